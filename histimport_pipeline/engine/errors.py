@@ -1,0 +1,139 @@
+"""Engine errors. Each keeps its facts as attributes and says them, plus what to do next.
+
+``terminal`` errors will fail again on retry until a person changes the file, the spec or the
+data; ``transient`` ones (the database went away) may pass on a retry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HistimportError(Exception):
+    """Base of every engine error."""
+
+    terminal: bool = True
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def facts(self) -> dict[str, object]:
+        """The error's attributes (path, row, column, import id...) for metadata and logs."""
+        return {k: v for k, v in vars(self).items() if k != "message" and v is not None}
+
+
+class TransientError(HistimportError):
+    """Worth retrying unchanged: e.g. the database was unreachable."""
+
+    terminal = False
+
+
+class DatabaseUnavailableError(TransientError):
+    """The target database could not be reached."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(
+            f"cannot reach the database {url}: {reason}. Check that the server is up and "
+            "HISTIMPORT_DATABASE_URL is right; the import can be retried unchanged."
+        )
+        self.url = url
+        self.reason = reason
+
+
+class SpecError(HistimportError):
+    """A dataset spec is invalid."""
+
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+
+
+class FileError(HistimportError):
+    """A file cannot be imported as a whole (format, encoding, headers)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        problem: str,
+        *,
+        row: int | None = None,
+        column: str | None = None,
+        offset: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = str(path)
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column {column!r}"
+        if offset is not None:
+            where += f", byte offset {offset}"
+        text = f"{where}: {problem}"
+        if hint:
+            text += f". {hint}"
+        super().__init__(text)
+        self.path = str(path)
+        self.problem = problem
+        self.row = row
+        self.column = column
+        self.offset = offset
+        self.hint = hint
+
+
+class UnsupportedFormatError(FileError):
+    """The file is of a kind histimport does not read (``.xls``, encrypted, macro...)."""
+
+
+class EncodingError(FileError):
+    """The file's bytes are not valid in any accepted encoding."""
+
+
+class HeaderError(FileError):
+    """The header row does not fit the dataset's columns (missing, duplicate, empty)."""
+
+
+class DatasetNotFoundError(HistimportError):
+    """No dataset spec matches a name or a file."""
+
+    def __init__(self, what: str, known: list[str]) -> None:
+        names = ", ".join(sorted(known)) or "none (is HISTIMPORT_DATASETS set?)"
+        super().__init__(f"no dataset for {what}; known datasets: {names}")
+        self.what = what
+        self.known = known
+
+
+class SchemaChangeError(HistimportError):
+    """The target table is incompatible with the spec."""
+
+    def __init__(self, table: str, problem: str) -> None:
+        super().__init__(
+            f"table {table!r}: {problem}. Change the spec back, or migrate the table by hand "
+            "(histimport never drops or retypes a column of your data)."
+        )
+        self.table = table
+        self.problem = problem
+
+
+class ImportNotFoundError(HistimportError):
+    """No import with that id."""
+
+    def __init__(self, import_id: int) -> None:
+        super().__init__(f"no import with id {import_id}; see `histimport history`")
+        self.import_id = import_id
+
+
+class RollbackConflictError(HistimportError):
+    """Later imports changed rows that a rollback would restore."""
+
+    def __init__(self, import_id: int, later_imports: list[int]) -> None:
+        ids = ", ".join(str(i) for i in later_imports)
+        super().__init__(
+            f"cannot roll back import {import_id}: later imports {ids} changed its rows. "
+            f"Roll those back first, or use --cascade to roll back {ids} and then {import_id}."
+        )
+        self.import_id = import_id
+        self.later_imports = later_imports

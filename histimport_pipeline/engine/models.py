@@ -1,0 +1,191 @@
+"""Shared records and status vocabularies of the engine.
+
+Each vocabulary is defined once here and used by the schema, the engine, the CLI and the
+Dagster layer alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+
+class ImportStatus(StrEnum):
+    """Where an import attempt stands (``import_history.status``)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    ROLLED_BACK = "rolled_back"
+
+
+class ImportPhase(StrEnum):
+    """The step an import is in or ended in (``import_history.phase``)."""
+
+    PARSE = "PARSE"
+    VALIDATE = "VALIDATE"
+    RECONCILE = "RECONCILE"
+    CONFIRM = "CONFIRM"
+    LOAD = "LOAD"
+    COMPLETE = "COMPLETE"
+
+
+class ImportType(StrEnum):
+    """Why an import happened (``import_history.import_type``)."""
+
+    DROP = "DROP"
+    DAILY = "DAILY"
+    BACKFILL = "BACKFILL"
+    MANUAL = "MANUAL"
+    RETRY = "RETRY"
+
+
+class ImportSource(StrEnum):
+    """How the file reached histimport (``import_history.source``)."""
+
+    INBOX = "inbox"
+    CLI = "cli"
+    SCHEDULE = "schedule"
+
+
+class ErrorCategory(StrEnum):
+    """Why a row failed (``import_failed_rows.category``)."""
+
+    PARSE = "parse"
+    TYPE = "type"
+    REQUIRED = "required"
+    FORMAT = "format"
+    RANGE = "range"
+    DUPLICATE = "duplicate"
+    RECONCILIATION = "reconciliation"
+    DATABASE = "database"
+
+
+class MatchType(StrEnum):
+    """How a reference value was resolved (``import_reconciliation_matches.match_type``)."""
+
+    EXACT = "exact"
+    NORMALIZED = "normalized"
+    ALIAS = "alias"
+    FUZZY = "fuzzy"
+    CREATED = "created"
+    AMBIGUOUS = "ambiguous"
+    UNMATCHED = "unmatched"
+
+
+class MatchDecision(StrEnum):
+    """What became of a reconciliation match (``import_reconciliation_matches.decision``)."""
+
+    AUTO_ACCEPTED = "auto_accepted"
+    NEEDS_REVIEW = "needs_review"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    CREATED = "created"
+
+
+class ImageOperation(StrEnum):
+    """What an import did to a row whose before-image it kept (``import_row_images``)."""
+
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class FileStatus(StrEnum):
+    """The state of one distinct file content for a dataset (``processed_files.status``)."""
+
+    PROCESSING = "processing"
+    IMPORTED = "imported"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    ROLLED_BACK = "rolled_back"
+
+
+#: A value after validation.
+Value = str | int | Decimal | bool | date | datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """One record as parsed: text values keyed by spec column, before any coercion.
+
+    Attributes:
+        source_row: the record's number as a person finds it in the file: for CSV/TSV and
+            XLSX the header is row 1 and the first data record row 2 (a quoted value spanning
+            lines is still one record); for JSON the 1-based position in the array; for
+            NDJSON the line number.
+        values: spec column -> text exactly as in the file (``None`` when the file has no
+            cell for it, as in a short ragged row). Never stripped, never turned into null.
+        raw: the record's original cells in the order of ``FileInfo.headers`` (extra columns
+            included), for the failed-rows CSV.
+        error: a row-level parse problem (e.g. wrong number of fields), else ``None``.
+    """
+
+    source_row: int
+    values: dict[str, str | None]
+    raw: tuple[str | None, ...]
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """What parsing detected about a file; recorded on the import."""
+
+    path: str
+    format: str  # "csv" (any delimited text), "xlsx", "json" or "ndjson"
+    encoding: str | None
+    delimiter: str | None
+    quotechar: str | None
+    header_row: int | None
+    sheet: str | None
+    headers: tuple[str, ...]
+    mapping: dict[str, str]  # original header -> spec column
+    extra_headers: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+    def as_metadata(self) -> dict[str, object]:
+        """JSON-ready dict for ``import_history.file_metadata``."""
+        return {
+            "format": self.format,
+            "encoding": self.encoding,
+            "delimiter": self.delimiter,
+            "quotechar": self.quotechar,
+            "header_row": self.header_row,
+            "sheet": self.sheet,
+            "headers": list(self.headers),
+            "extra_headers": list(self.extra_headers),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """Why one row failed: the first failing column, category and a readable message."""
+
+    source_row: int
+    column: str | None
+    category: ErrorCategory
+    message: str
+    raw_value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidRow:
+    """A row that passed validation: typed values keyed by spec column."""
+
+    source_row: int
+    values: dict[str, Value]
+
+
+@dataclass
+class ValidatedBatch:
+    """The outcome of validating one batch of rows."""
+
+    valid: list[ValidRow] = field(default_factory=list)
+    failed: list[tuple[RawRow, RowError]] = field(default_factory=list)
+    duplicates: list[tuple[RawRow, RowError]] = field(default_factory=list)

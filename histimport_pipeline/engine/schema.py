@@ -1,0 +1,274 @@
+"""Table definitions of the tracking tables, as the engine uses them.
+
+The database schema itself is created only by the migrations under ``sql/``; a test compares
+the migrated database with these definitions so the two cannot drift apart. On PostgreSQL the
+tables live in their own schema (``HISTIMPORT_DB_SCHEMA``, default ``histimport``); SQLite has
+no schemas, so there they are built with ``schema=None``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+from histimport_pipeline.engine.models import (
+    FileStatus,
+    ImageOperation,
+    ImportPhase,
+    ImportStatus,
+)
+
+#: JSON on SQLite, JSONB on PostgreSQL.
+Json = sa.JSON().with_variant(JSONB(), "postgresql")
+#: 64-bit keys on PostgreSQL; SQLite only auto-increments ``INTEGER PRIMARY KEY``.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Timestamp = sa.DateTime(timezone=True)
+
+
+def _created_at() -> sa.Column[object]:
+    return sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now())
+
+
+def _updated_at() -> sa.Column[object]:
+    return sa.Column(
+        "updated_at",
+        Timestamp,
+        nullable=False,
+        server_default=sa.func.now(),
+        onupdate=sa.func.now(),
+    )
+
+
+def _check_in(column: str, values: type[ImportStatus] | type[ImportPhase] | type[FileStatus]
+              | type[ImageOperation], name: str) -> sa.CheckConstraint:
+    allowed = ", ".join(f"'{v.value}'" for v in values)
+    return sa.CheckConstraint(f"{column} IN ({allowed})", name=name)
+
+
+@dataclass(frozen=True)
+class TrackingTables:
+    """The tracking tables for one schema (``None`` on SQLite)."""
+
+    metadata: sa.MetaData
+    import_history: sa.Table
+    processed_files: sa.Table
+    processing_status: sa.Table
+    import_failed_rows: sa.Table
+    import_reconciliation_matches: sa.Table
+    import_audit_trail: sa.Table
+    import_row_images: sa.Table
+
+
+@cache
+def tracking_tables(schema: str | None) -> TrackingTables:
+    """Build (once per schema) the table definitions of the tracking tables.
+
+    Args:
+        schema: PostgreSQL schema name, or ``None`` for SQLite.
+
+    Returns:
+        The tables, bound to a fresh :class:`sqlalchemy.MetaData`.
+    """
+    md = sa.MetaData(schema=schema)
+    fk_import = f"{schema}.import_history.import_id" if schema else "import_history.import_id"
+
+    import_history = sa.Table(
+        "import_history",
+        md,
+        sa.Column("import_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("dataset", sa.String(200), nullable=False),
+        sa.Column("target_table", sa.String(200), nullable=False),
+        sa.Column("import_type", sa.String(20), nullable=False),
+        sa.Column("source", sa.String(20), nullable=False),
+        sa.Column("partition_key", sa.String(300)),
+        sa.Column("business_date", sa.Date),
+        sa.Column("dagster_run_id", sa.String(64)),
+        sa.Column("file_name", sa.String(500)),
+        sa.Column("file_path", sa.Text),
+        sa.Column("file_size", sa.BigInteger),
+        sa.Column("file_type", sa.String(20)),
+        sa.Column("file_sha256", sa.String(64)),
+        sa.Column("file_metadata", Json),
+        sa.Column("column_mapping", Json),
+        sa.Column("strategy", sa.String(20)),
+        sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
+        sa.Column("phase", sa.String(20)),
+        sa.Column("error_message", sa.Text),
+        sa.Column("warnings", Json),
+        sa.Column("error_summary", Json),
+        sa.Column("rows_in_file", sa.BigInteger),
+        sa.Column("rows_processed", sa.BigInteger),
+        sa.Column("rows_created", sa.BigInteger),
+        sa.Column("rows_updated", sa.BigInteger),
+        sa.Column("rows_unchanged", sa.BigInteger),
+        sa.Column("rows_failed", sa.BigInteger),
+        sa.Column("rows_duplicate", sa.BigInteger),
+        sa.Column("rows_review", sa.BigInteger),
+        sa.Column("phase_seconds", Json),
+        sa.Column("total_seconds", sa.Float),
+        sa.Column("forced", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("retry_of", BigId, sa.ForeignKey(fk_import, ondelete="SET NULL")),
+        sa.Column("triggered_by", sa.String(200)),
+        sa.Column("worker", sa.String(200)),
+        sa.Column("heartbeat_at", Timestamp),
+        _created_at(),
+        sa.Column("started_at", Timestamp),
+        sa.Column("finished_at", Timestamp),
+        _updated_at(),
+        _check_in("status", ImportStatus, "ck_import_history_status"),
+        _check_in("phase", ImportPhase, "ck_import_history_phase"),
+        sa.Index("ix_import_history_dataset_started", "dataset", "started_at"),
+        sa.Index("ix_import_history_status", "status"),
+        sa.Index("ix_import_history_started_at", "started_at"),
+        sa.Index("ix_import_history_file_sha256", "file_sha256"),
+        sa.Index("ix_import_history_partition", "dataset", "partition_key"),
+        sa.Index("ix_import_history_target_table", "target_table"),
+    )
+
+    processed_files = sa.Table(
+        "processed_files",
+        md,
+        sa.Column("file_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("dataset", sa.String(200), nullable=False),
+        sa.Column("sha256", sa.String(64), nullable=False),
+        sa.Column("file_name", sa.String(500), nullable=False),
+        sa.Column("file_size", sa.BigInteger),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("first_import_id", BigId, sa.ForeignKey(fk_import, ondelete="SET NULL")),
+        sa.Column("last_import_id", BigId, sa.ForeignKey(fk_import, ondelete="SET NULL")),
+        sa.Column("times_seen", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("first_seen_at", Timestamp, nullable=False, server_default=sa.func.now()),
+        sa.Column("last_seen_at", Timestamp, nullable=False, server_default=sa.func.now()),
+        _updated_at(),
+        sa.UniqueConstraint("dataset", "sha256", name="uq_processed_files_dataset_sha256"),
+        _check_in("status", FileStatus, "ck_processed_files_status"),
+        sa.Index("ix_processed_files_sha256", "sha256"),
+        sa.Index("ix_processed_files_last_import_id", "last_import_id"),
+    )
+
+    processing_status = sa.Table(
+        "processing_status",
+        md,
+        sa.Column("process_name", sa.String(200), primary_key=True),
+        sa.Column("process_type", sa.String(40), nullable=False),
+        sa.Column("dataset", sa.String(200)),
+        sa.Column("state", sa.String(40), nullable=False, server_default="idle"),
+        sa.Column("last_run_at", Timestamp),
+        sa.Column("last_run_date", sa.Date),
+        sa.Column("last_success_at", Timestamp),
+        sa.Column("last_success_date", sa.Date),
+        sa.Column("next_scheduled_run", Timestamp),
+        sa.Column("configuration", Json),
+        sa.Column("consecutive_errors", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.Text),
+        sa.Column("last_import_id", BigId, sa.ForeignKey(fk_import, ondelete="SET NULL")),
+        _updated_at(),
+        sa.Index("ix_processing_status_dataset", "dataset"),
+    )
+
+    import_failed_rows = sa.Table(
+        "import_failed_rows",
+        md,
+        sa.Column("failed_row_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column(
+            "import_id",
+            BigId,
+            sa.ForeignKey(fk_import, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("source_row", sa.BigInteger),
+        sa.Column("column_name", sa.String(200)),
+        sa.Column("category", sa.String(20), nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("raw_value", sa.Text),
+        sa.Column("raw_values", Json),
+        _created_at(),
+        sa.Index("ix_import_failed_rows_import_id", "import_id", "source_row"),
+        sa.Index("ix_import_failed_rows_category", "category"),
+        sa.Index("ix_import_failed_rows_created_at", "created_at"),
+    )
+
+    import_reconciliation_matches = sa.Table(
+        "import_reconciliation_matches",
+        md,
+        sa.Column("match_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column(
+            "import_id",
+            BigId,
+            sa.ForeignKey(fk_import, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("dataset", sa.String(200), nullable=False),
+        sa.Column("reference_column", sa.String(200), nullable=False),
+        sa.Column("entity", sa.String(200), nullable=False),
+        sa.Column("input_values", Json, nullable=False),
+        sa.Column("match_type", sa.String(20), nullable=False),
+        sa.Column("matched_id", sa.String(200)),
+        sa.Column("score", sa.Float),
+        sa.Column("candidates", Json),
+        sa.Column("decision", sa.String(20), nullable=False),
+        sa.Column("rows_affected", sa.BigInteger),
+        sa.Column("decided_by", sa.String(200)),
+        sa.Column("decided_at", Timestamp),
+        _created_at(),
+        _updated_at(),
+        sa.Index("ix_import_reconciliation_matches_import_id", "import_id"),
+        sa.Index("ix_import_reconciliation_matches_decision", "decision"),
+        sa.Index("ix_import_reconciliation_matches_entity", "entity"),
+    )
+
+    import_audit_trail = sa.Table(
+        "import_audit_trail",
+        md,
+        sa.Column("audit_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("import_id", BigId, sa.ForeignKey(fk_import, ondelete="CASCADE")),
+        sa.Column("action", sa.String(40), nullable=False),
+        sa.Column("actor", sa.String(200)),
+        sa.Column("details", Json),
+        _created_at(),
+        sa.Index("ix_import_audit_trail_import_id", "import_id"),
+        sa.Index("ix_import_audit_trail_created_at", "created_at"),
+    )
+
+    import_row_images = sa.Table(
+        "import_row_images",
+        md,
+        sa.Column("image_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column(
+            "import_id",
+            BigId,
+            sa.ForeignKey(fk_import, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("target_table", sa.String(200), nullable=False),
+        sa.Column("operation", sa.String(10), nullable=False),
+        sa.Column("row_key", Json, nullable=False),
+        sa.Column("row_data", Json, nullable=False),
+        _created_at(),
+        _check_in("operation", ImageOperation, "ck_import_row_images_operation"),
+        sa.Index("ix_import_row_images_import_id", "import_id"),
+        sa.Index("ix_import_row_images_target_table", "target_table"),
+    )
+
+    return TrackingTables(
+        metadata=md,
+        import_history=import_history,
+        processed_files=processed_files,
+        processing_status=processing_status,
+        import_failed_rows=import_failed_rows,
+        import_reconciliation_matches=import_reconciliation_matches,
+        import_audit_trail=import_audit_trail,
+        import_row_images=import_row_images,
+    )
+
+
+#: Tables that carry an ``updated_at`` column kept current by a trigger.
+UPDATED_AT_TABLES = (
+    "import_history",
+    "processed_files",
+    "processing_status",
+    "import_reconciliation_matches",
+)

@@ -1,0 +1,172 @@
+"""Settings read from the environment, and only from it.
+
+Every setting has a documented default under ``HISTIMPORT_HOME`` so that a new user runs
+everything with no server. Settings are read when :meth:`Settings.from_env` is called, never at
+import time, so the same code runs in tests, ``dagster dev`` and production.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+
+DEFAULT_PG_SCHEMA = "histimport"
+
+#: name -> (meaning, default) for the README and ``histimport settings``.
+ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
+    "HISTIMPORT_HOME": (
+        "Folder for local state: SQLite database, inbox, archive.",
+        "./.histimport",
+    ),
+    "HISTIMPORT_DATABASE_URL": (
+        "SQLAlchemy URL of the target database (data and tracking tables).",
+        "sqlite:///$HISTIMPORT_HOME/histimport.db",
+    ),
+    "HISTIMPORT_DB_SCHEMA": (
+        "PostgreSQL schema that holds the tracking tables.",
+        DEFAULT_PG_SCHEMA,
+    ),
+    "HISTIMPORT_INBOX": ("Watched drop folder.", "$HISTIMPORT_HOME/inbox"),
+    "HISTIMPORT_DATASETS": ("Folder of dataset specs (YAML).", "$HISTIMPORT_HOME/datasets"),
+    "HISTIMPORT_ARCHIVE": ("Where imported files are moved.", "$HISTIMPORT_HOME/archive"),
+    "HISTIMPORT_QUARANTINE": ("Where rejected files are moved.", "$HISTIMPORT_HOME/quarantine"),
+}
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class SettingsError(ValueError):
+    """A setting from the environment is unusable; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where histimport keeps things. Build it with :meth:`from_env`.
+
+    Attributes:
+        home: folder for local state (``HISTIMPORT_HOME``).
+        database_url: SQLAlchemy URL of the target database (``HISTIMPORT_DATABASE_URL``).
+        db_schema: PostgreSQL schema of the tracking tables (``HISTIMPORT_DB_SCHEMA``);
+            ignored on SQLite, which has no schemas.
+        inbox, datasets, archive, quarantine: folders, each from its own variable.
+    """
+
+    home: Path
+    database_url: str
+    db_schema: str
+    inbox: Path
+    datasets: Path
+    archive: Path
+    quarantine: Path
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+    ) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``).
+
+        Args:
+            environ: the environment to read; tests pass their own mapping.
+            cwd: the folder a relative default ``HISTIMPORT_HOME`` is resolved against.
+
+        Returns:
+            The settings, with every folder an absolute path.
+
+        Raises:
+            SettingsError: a variable holds something unusable (a malformed URL or schema name).
+        """
+        env = os.environ if environ is None else environ
+        base = cwd or Path.cwd()
+
+        def folder(name: str, default: Path) -> Path:
+            raw = env.get(name, "").strip()
+            return (base / Path(raw).expanduser()).resolve() if raw else default
+
+        home = folder("HISTIMPORT_HOME", base / ".histimport")
+        url = env.get("HISTIMPORT_DATABASE_URL", "").strip()
+        if not url:
+            url = f"sqlite:///{home / 'histimport.db'}"
+        try:
+            make_url(url)
+        except Exception as exc:
+            raise SettingsError(
+                f"HISTIMPORT_DATABASE_URL is not a valid SQLAlchemy URL ({exc}); "
+                "expected e.g. postgresql+psycopg://USER@HOST:5432/DB or sqlite:///path/file.db"
+            ) from None
+        schema = env.get("HISTIMPORT_DB_SCHEMA", "").strip() or DEFAULT_PG_SCHEMA
+        if not _IDENTIFIER.match(schema):
+            raise SettingsError(
+                f"HISTIMPORT_DB_SCHEMA={schema!r} is not a plain identifier "
+                "(letters, digits, underscore; at most 63 characters)"
+            )
+        return cls(
+            home=home,
+            database_url=url,
+            db_schema=schema,
+            inbox=folder("HISTIMPORT_INBOX", home / "inbox"),
+            datasets=folder("HISTIMPORT_DATASETS", home / "datasets"),
+            archive=folder("HISTIMPORT_ARCHIVE", home / "archive"),
+            quarantine=folder("HISTIMPORT_QUARANTINE", home / "quarantine"),
+        )
+
+    @property
+    def masked_database_url(self) -> str:
+        """The database URL with its password replaced by ``***``, safe to print or log."""
+        return mask_url(self.database_url)
+
+
+def mask_url(url: str | URL) -> str:
+    """Return ``url`` with any password masked, for logs and screens.
+
+    Args:
+        url: a SQLAlchemy URL or its string form.
+
+    Returns:
+        The URL as text with the password shown as ``***``. A string that does not parse as
+        a URL is returned with anything between ``://user:`` and ``@`` masked.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except Exception:
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+    rendered: str = parsed.render_as_string(hide_password=True)
+    return rendered
+
+
+def normalize_database_url(url: str) -> str:
+    """Pin the driver of a PostgreSQL URL for the engine: ``postgresql://`` means psycopg 3.
+
+    SQLAlchemy 2.0 reads a bare ``postgresql://`` as psycopg2 and 2.1 as psycopg 3; the engine
+    is tested on psycopg 3, so the bare forms (and ``postgres://``) are made explicit.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    rendered: str = parsed.render_as_string(hide_password=False)
+    return rendered
+
+
+def dagster_instance_url(url: str) -> str:
+    """Turn a PostgreSQL URL into one that dagster-postgres can use for instance storage.
+
+    dagster-postgres relies on psycopg2 behaviour (its run-event ``NOTIFY`` fails under
+    psycopg 3, dagster issue 33958), while SQLAlchemy 2.1 maps a bare ``postgresql://`` to
+    psycopg 3. So any PostgreSQL URL, bare or with another driver, is pinned to psycopg2.
+
+    Raises:
+        SettingsError: the URL is not a PostgreSQL URL.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        raise SettingsError(
+            f"Dagster instance storage needs a PostgreSQL URL, got {mask_url(parsed)}"
+        )
+    rendered: str = parsed.set(drivername="postgresql+psycopg2").render_as_string(
+        hide_password=False
+    )
+    return rendered

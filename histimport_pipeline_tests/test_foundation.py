@@ -1,0 +1,322 @@
+"""The foundation: real servers, migrations both ways, schema = code, settings, layering."""
+
+from __future__ import annotations
+
+import ast
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from histimport_pipeline.engine import migrations
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.models import FileStatus, ImportPhase, ImportStatus
+from histimport_pipeline.engine.schema import tracking_tables
+from histimport_pipeline.engine.settings import (
+    Settings,
+    SettingsError,
+    dagster_instance_url,
+    mask_url,
+    normalize_database_url,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+TRACKING = {
+    "import_history",
+    "processed_files",
+    "processing_status",
+    "import_failed_rows",
+    "import_reconciliation_matches",
+    "import_audit_trail",
+    "import_row_images",
+}
+
+
+def tables_in(db: Database) -> set[str]:
+    return set(sa.inspect(db.engine).get_table_names(schema=db.schema))
+
+
+def test_postgres_is_a_real_server(pg_url: str) -> None:
+    db = Database.connect(pg_url)
+    with db.engine.connect() as conn:
+        version = conn.exec_driver_sql("SELECT version()").scalar_one()
+        number = int(conn.exec_driver_sql("SHOW server_version_num").scalar_one())
+    db.dispose()
+    assert version.startswith("PostgreSQL")
+    assert number >= 130000
+
+
+def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
+    assert migrations.current(empty_db) is None
+    assert migrations.upgrade(empty_db) == [migrations.head()]
+    assert TRACKING <= tables_in(empty_db)
+    assert migrations.current(empty_db) == migrations.head()
+
+    assert migrations.upgrade(empty_db) == []  # up to date: a no-op
+
+    migrations.downgrade(empty_db, "base")
+    assert tables_in(empty_db) & TRACKING == set()
+    assert migrations.current(empty_db) is None
+
+    migrations.upgrade(empty_db)
+    assert TRACKING <= tables_in(empty_db)
+
+
+def test_migrated_schema_matches_the_code(db: Database) -> None:
+    with db.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn,
+            opts={
+                "include_schemas": db.schema is not None,
+                "include_name": lambda name, type_, _parent: (
+                    type_ != "schema" or name == db.schema
+                ),
+                "version_table": migrations.VERSION_TABLE,
+                "version_table_schema": db.schema,
+                "compare_type": True,
+            },
+        )
+        diff = compare_metadata(ctx, tracking_tables(db.schema).metadata)
+    assert diff == []
+
+
+def test_postgres_tables_live_in_the_configured_schema(pg_url: str) -> None:
+    db = Database.connect(pg_url, pg_schema="track_x")
+    migrations.upgrade(db)
+    inspector = sa.inspect(db.engine)
+    assert TRACKING <= set(inspector.get_table_names(schema="track_x"))
+    assert set(inspector.get_table_names(schema="public")) == set()
+    db.dispose()
+
+
+def test_json_columns_are_jsonb_on_postgres(pg_url: str) -> None:
+    db = Database.connect(pg_url)
+    migrations.upgrade(db)
+    with db.engine.connect() as conn:
+        kind = conn.exec_driver_sql(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema='histimport' "
+            "AND table_name='import_history' AND column_name='file_metadata'"
+        ).scalar_one()
+    db.dispose()
+    assert kind == "jsonb"
+
+
+def _new_import(conn: sa.Connection, db: Database, **values: object) -> int:
+    row = {
+        "dataset": "signups",
+        "target_table": "signups",
+        "import_type": "MANUAL",
+        "source": "cli",
+        **values,
+    }
+    t = db.tables.import_history
+    return int(conn.execute(sa.insert(t).values(**row).returning(t.c.import_id)).scalar_one())
+
+
+def test_updated_at_is_kept_current_on_update(db: Database) -> None:
+    t = db.tables.processing_status
+    past = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(t).values(process_name="sensor:x", process_type="sensor", updated_at=past)
+        )
+    with db.engine.begin() as conn:
+        # A plain UPDATE that does not mention updated_at, as a DBA would write it.
+        conn.execute(
+            sa.text(f"UPDATE {_qualified(db, 'processing_status')} SET state = 'running'")
+        )
+    with db.engine.connect() as conn:
+        stamp = conn.execute(sa.select(t.c.updated_at)).scalar_one()
+    assert stamp.year >= 2026
+
+
+def _qualified(db: Database, table: str) -> str:
+    return f'"{db.schema}"."{table}"' if db.schema else f'"{table}"'
+
+
+def test_processed_files_unique_on_dataset_and_hash(db: Database) -> None:
+    t = db.tables.processed_files
+    row = {"dataset": "signups", "sha256": "ab" * 32, "file_name": "a.csv", "status": "imported"}
+    with db.engine.begin() as conn:
+        conn.execute(sa.insert(t).values(**row))
+        conn.execute(sa.insert(t).values(**{**row, "dataset": "other"}))
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+        conn.execute(sa.insert(t).values(**{**row, "file_name": "renamed.csv"}))
+
+
+def test_status_vocabularies_are_enforced(db: Database) -> None:
+    with db.engine.begin() as conn:
+        for status in ImportStatus:
+            for phase in ImportPhase:
+                _new_import(conn, db, status=status.value, phase=phase.value)
+        for i, file_status in enumerate(FileStatus):
+            conn.execute(
+                sa.insert(db.tables.processed_files).values(
+                    dataset="d", sha256=f"{i:064d}", file_name="f", status=file_status.value
+                )
+            )
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+        _new_import(conn, db, status="done")
+
+
+def test_child_rows_need_an_existing_import(db: Database) -> None:
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(db.tables.import_failed_rows).values(
+                import_id=999_999, category="type", message="x"
+            )
+        )
+    with db.engine.begin() as conn:
+        import_id = _new_import(conn, db)
+        conn.execute(
+            sa.insert(db.tables.import_failed_rows).values(
+                import_id=import_id, category="type", message="x"
+            )
+        )
+    with db.engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(
+            db.tables.import_failed_rows)).scalar_one()
+    assert count == 1
+
+
+def test_ddl_is_transactional(empty_db: Database) -> None:
+    """What lets a migration and its bookkeeping commit or vanish together, on both DBs."""
+    conn = empty_db.engine.connect()
+    trans = conn.begin()
+    conn.exec_driver_sql("CREATE TABLE half_done (x integer)")
+    trans.rollback()
+    conn.close()
+    assert "half_done" not in sa.inspect(empty_db.engine).get_table_names()
+
+
+def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
+    s = Settings.from_env({}, cwd=tmp_path)
+    assert s.home == tmp_path / ".histimport"
+    assert s.database_url == f"sqlite:///{tmp_path / '.histimport' / 'histimport.db'}"
+    assert s.inbox == s.home / "inbox"
+    assert s.archive == s.home / "archive"
+    assert s.quarantine == s.home / "quarantine"
+    assert s.datasets == s.home / "datasets"
+    assert s.db_schema == "histimport"
+
+    s = Settings.from_env(
+        {"HISTIMPORT_HOME": "h", "HISTIMPORT_INBOX": "/srv/drop", "HISTIMPORT_DB_SCHEMA": "imp"},
+        cwd=tmp_path,
+    )
+    assert s.home == tmp_path / "h"
+    assert s.inbox == Path("/srv/drop")
+    assert s.db_schema == "imp"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HISTIMPORT_DB_SCHEMA": "bad name; drop"},
+        {"HISTIMPORT_DATABASE_URL": "not a url"},
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=next(iter(env))):
+        Settings.from_env(env, cwd=tmp_path)
+
+
+def test_passwords_are_masked() -> None:
+    url = "postgresql+psycopg://loader:s3cr3t@db.example:5432/prod"
+    assert "s3cr3t" not in mask_url(url)
+    assert "loader:***@db.example" in mask_url(url)
+    s = Settings.from_env({"HISTIMPORT_DATABASE_URL": url})
+    assert "s3cr3t" not in s.masked_database_url
+    assert "s3cr3t" not in repr(Database.connect(url).masked_url)
+
+
+def test_postgres_urls_pin_their_driver() -> None:
+    assert normalize_database_url("postgresql://u@h/db").startswith("postgresql+psycopg://")
+    assert dagster_instance_url("postgresql://u:p@h/db") == "postgresql+psycopg2://u:p@h/db"
+    assert dagster_instance_url("postgresql+psycopg://u@h/db").startswith("postgresql+psycopg2")
+    with pytest.raises(SettingsError):
+        dagster_instance_url("sqlite:///x.db")
+
+
+def test_engine_never_imports_dagster() -> None:
+    engine_dir = REPO / "histimport_pipeline" / "engine"
+    offenders = []
+    for path in engine_dir.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "dagster"]
+    assert len(list(engine_dir.rglob("*.py"))) > 3
+    assert offenders == []
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "histimport_pipeline.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_db_commands(db_url: str, tmp_path: Path) -> None:
+    env = {"HISTIMPORT_DATABASE_URL": db_url, "HISTIMPORT_HOME": str(tmp_path)}
+    first = _cli(["db", "upgrade"], env)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001" in first.stdout
+    again = _cli(["db", "upgrade"], env)
+    assert "nothing to do" in again.stdout
+    assert "up to date" in _cli(["db", "current"], env).stdout
+    down = _cli(["db", "downgrade", "base"], env)
+    assert down.returncode == 0, down.stderr
+    assert "now at base" in down.stdout
+    db = Database.connect(db_url)
+    assert tables_in(db) & TRACKING == set()
+    db.dispose()
+
+
+def test_cli_reports_unreachable_database_cleanly(tmp_path: Path) -> None:
+    env = {
+        "HISTIMPORT_DATABASE_URL": "postgresql+psycopg://u:topsecret@127.0.0.1:1/none",
+        "HISTIMPORT_HOME": str(tmp_path),
+    }
+    result = _cli(["db", "current"], env)
+    assert result.returncode == 2
+    assert "topsecret" not in result.stdout + result.stderr
+    assert "cannot reach the database" in result.stderr
+
+
+def test_cli_sql_prints_postgres_ddl_for_every_table() -> None:
+    result = _cli(["db", "sql", "--schema", "audit"], {})
+    assert result.returncode == 0, result.stderr
+    for table in TRACKING:
+        assert f"CREATE TABLE audit.{table}" in result.stdout
+    assert "JSONB" in result.stdout
+    assert "COMMIT" in result.stdout
+
+
+def test_workspace_definitions_validate(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w",
+         str(REPO / "workspace.yaml")],
+        env={
+            **os.environ,
+            "HISTIMPORT_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}",
+            "DAGSTER_HOME": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout

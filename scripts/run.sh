@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The run command: set up .venv, apply migrations to the target database (SQLite under
+# HISTIMPORT_HOME unless HISTIMPORT_DATABASE_URL says otherwise), and start `dagster dev`
+# (webserver + daemon) on http://127.0.0.1:${DAGSTER_PORT:-3000}. Ctrl-C stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+export HISTIMPORT_HOME="${HISTIMPORT_HOME:-$PWD/.histimport}"
+mkdir -p "$HISTIMPORT_HOME"
+export HISTIMPORT_DATABASE_URL="${HISTIMPORT_DATABASE_URL:-sqlite:///$HISTIMPORT_HOME/histimport.db}"
+export DAGSTER_HOME="${DAGSTER_HOME:-$HISTIMPORT_HOME/dagster}"
+mkdir -p "$DAGSTER_HOME"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || printf 'telemetry:\n  enabled: false\n' \
+    >"$DAGSTER_HOME/dagster.yaml"
+
+histimport db upgrade
+exec dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}"

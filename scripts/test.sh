@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command: set up .venv, start a throwaway PostgreSQL, run ruff, mypy and pytest
+# against PostgreSQL and SQLite, and stop the server whatever happens. Extra arguments go to
+# pytest (e.g. scripts/test.sh -k rollback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/bootstrap.sh dev
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== ruff"
+ruff check histimport_pipeline histimport_pipeline_tests sql scripts
+echo "== mypy"
+mypy
+
+eval "$(scripts/pg_throwaway.sh start)"
+trap 'scripts/pg_throwaway.sh stop "$PG_THROWAWAY_DIR"' EXIT
+export HISTIMPORT_REQUIRE_PG=1
+
+echo "== pytest (PostgreSQL at ${HISTIMPORT_TEST_PG_URL%%@*}@..., and SQLite)"
+status=0
+python -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+    echo "test.sh: pytest collected no tests; that is a failure" >&2
+    exit 1
+fi
+exit "$status"
