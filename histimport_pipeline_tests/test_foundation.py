@@ -55,7 +55,7 @@ def test_postgres_is_a_real_server(pg_url: str) -> None:
 def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     assert migrations.current(empty_db) is None
     assert migrations.upgrade(empty_db) == [migrations.head()]
-    assert TRACKING <= tables_in(empty_db)
+    assert tables_in(empty_db) >= TRACKING
     assert migrations.current(empty_db) == migrations.head()
 
     assert migrations.upgrade(empty_db) == []  # up to date: a no-op
@@ -65,7 +65,7 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     assert migrations.current(empty_db) is None
 
     migrations.upgrade(empty_db)
-    assert TRACKING <= tables_in(empty_db)
+    assert tables_in(empty_db) >= TRACKING
 
 
 def test_migrated_schema_matches_the_code(db: Database) -> None:
@@ -90,7 +90,7 @@ def test_postgres_tables_live_in_the_configured_schema(pg_url: str) -> None:
     db = Database.connect(pg_url, pg_schema="track_x")
     migrations.upgrade(db)
     inspector = sa.inspect(db.engine)
-    assert TRACKING <= set(inspector.get_table_names(schema="track_x"))
+    assert set(inspector.get_table_names(schema="track_x")) >= TRACKING
     assert set(inspector.get_table_names(schema="public")) == set()
     db.dispose()
 
