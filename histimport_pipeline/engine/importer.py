@@ -1,0 +1,720 @@
+"""One import, step by step: start → stage (parse + validate) → reconcile → load.
+
+Each step is a function that the CLI calls in a row (:func:`run_import`) and the Dagster
+layer calls as separate ops, passing the small :class:`ImportHandle` between them. Data
+between steps lives in the import's staging table, never in memory.
+
+Transactions: the start (history row + file claim) commits on its own so that a concurrent
+attempt sees the claim; staging commits per batch; the load writes the target and every
+final tracking row in one transaction. A crash anywhere leaves the whole import or nothing
+in the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from histimport_pipeline.engine import failpoints, load, migrations, tracking
+from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.errors import FileError, HistimportError
+from histimport_pipeline.engine.models import (
+    FileStatus,
+    ImportPhase,
+    ImportSource,
+    ImportStatus,
+    ImportType,
+)
+from histimport_pipeline.engine.parse import open_file
+from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
+from histimport_pipeline.engine.validate import Validator
+
+#: Seconds between heartbeats written while a file is staged.
+HEARTBEAT_EVERY_S = 5.0
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """Per-import choices. Defaults fit a manual import from the CLI."""
+
+    force: bool = False
+    dry_run: bool = False
+    import_type: ImportType = ImportType.MANUAL
+    source: ImportSource = ImportSource.CLI
+    triggered_by: str | None = None
+    partition_key: str | None = None
+    business_date: date | None = None
+    dagster_run_id: str | None = None
+    #: Overrides the dataset's ``max_error_ratio`` for this import.
+    max_error_ratio: float | None = None
+    batch_size: int = 10_000
+    retry_of: int | None = None
+
+
+@dataclass(frozen=True)
+class ImportHandle:
+    """What the steps of one import pass to each other."""
+
+    import_id: int
+    dataset: str
+    file_path: str
+    file_name: str
+    sha256: str
+    file_size: int
+    business_date: date | None
+    #: Set when the content was already imported: the import that holds it.
+    duplicate_of: int | None = None
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Counts and timings of the parse + validate step."""
+
+    rows_read: int
+    rows_staged: int
+    rows_failed: int
+    rows_duplicate: int
+    seconds: dict[str, float]
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """How an import ended; also what the CLI prints and Dagster records as metadata."""
+
+    import_id: int
+    dataset: str
+    status: ImportStatus
+    file_name: str
+    sha256: str
+    rows_read: int = 0
+    rows_created: int = 0
+    rows_updated: int = 0
+    rows_unchanged: int = 0
+    rows_failed: int = 0
+    rows_duplicate: int = 0
+    rows_deleted: int = 0
+    rows_review: int = 0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    error_message: str | None = None
+    warnings: tuple[str, ...] = ()
+    duplicate_of: int | None = None
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """Whether the import loaded (fully or partly) or was a harmless duplicate."""
+        return self.status in (ImportStatus.SUCCESS, ImportStatus.PARTIAL, ImportStatus.DUPLICATE)
+
+
+Progress = Callable[[int], None]
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def ensure_schema(db: Database) -> None:
+    """Make sure the tracking tables are migrated to the newest revision.
+
+    SQLite (the embedded default) is migrated on the spot; a PostgreSQL database behind the
+    code is an error, since its schema belongs to whoever runs ``histimport db upgrade``.
+    """
+    current, head = migrations.current(db), migrations.head()
+    if current == head:
+        return
+    if db.dialect == "sqlite":
+        migrations.upgrade(db)
+        return
+    raise HistimportError(
+        f"the tracking tables in {db.masked_url} are at revision {current or 'none'}, this "
+        f"histimport needs {head}: run `histimport db upgrade` (or have your DBA apply "
+        "`histimport db sql`)"
+    )
+
+
+@contextmanager
+def _tx(db: Database, conn: sa.Connection | None) -> Iterator[sa.Connection]:
+    """A transaction of its own, or the caller's (dry run: everything in one, rolled back)."""
+    if conn is not None:
+        yield conn
+        return
+    with db.engine.begin() as own:
+        yield own
+
+
+def start_import(
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions = ImportOptions(),
+    conn: sa.Connection | None = None,
+) -> ImportHandle:
+    """Record a new import of ``path`` and claim its content for it.
+
+    Stale ``running`` imports of the same content are marked failed first. When the content
+    was already imported (and ``force`` is off) the import is recorded as ``duplicate`` at
+    once and the handle says which import holds the content.
+
+    Raises:
+        FileError: the file is missing, or a daily dataset's file name has no date.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(path, "no such file", hint="Check the path")
+    sha, size = file_sha256(path)
+    business_date = options.business_date
+    if spec.partitioning is Partitioning.DAILY and business_date is None:
+        business_date = spec.business_date(path.name)
+        if business_date is None:
+            raise FileError(
+                path,
+                f"dataset {spec.name} is daily, but the file name has no date matching "
+                f"{spec.date_from_name.regex!r}",
+                hint="Rename the file (e.g. signups_2024-01-31.csv) or pass the date",
+            )
+    if conn is None:
+        tracking.fail_stale_imports(db, spec.name, sha)
+    with _tx(db, conn) as tx:
+        import_id = tracking.create_import(
+            tx,
+            db,
+            dataset=spec.name,
+            target_table=spec.target_table,
+            import_type=options.import_type.value,
+            source=options.source.value,
+            partition_key=options.partition_key,
+            business_date=business_date,
+            dagster_run_id=options.dagster_run_id,
+            file_name=path.name,
+            file_path=str(path.resolve()),
+            file_size=size,
+            file_sha256=sha,
+            strategy=spec.strategy.value,
+            status=ImportStatus.RUNNING.value,
+            phase=ImportPhase.PARSE.value,
+            forced=options.force,
+            retry_of=options.retry_of,
+            triggered_by=options.triggered_by,
+            worker=tracking.worker_id(),
+            heartbeat_at=tracking.utcnow(),
+            started_at=tracking.utcnow(),
+        )
+        tracking.record_audit(
+            tx,
+            db,
+            import_id,
+            "started",
+            options.triggered_by,
+            {"file": path.name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
+        )
+        claim = tracking.claim_file(
+            tx,
+            db,
+            dataset=spec.name,
+            sha256=sha,
+            file_name=path.name,
+            file_size=size,
+            import_id=import_id,
+            force=options.force,
+        )
+        handle = ImportHandle(
+            import_id=import_id,
+            dataset=spec.name,
+            file_path=str(path),
+            file_name=path.name,
+            sha256=sha,
+            file_size=size,
+            business_date=business_date,
+        )
+        if not claim.claimed:
+            message = (
+                f"this content was already imported by import {claim.holder_import_id} "
+                f"({claim.holder_status}); nothing loaded. Use --force to import it again"
+            )
+            tracking.update_import(
+                tx,
+                db,
+                import_id,
+                status=ImportStatus.DUPLICATE.value,
+                phase=ImportPhase.COMPLETE.value,
+                error_message=message,
+                finished_at=tracking.utcnow(),
+                rows_created=0,
+                rows_updated=0,
+                rows_unchanged=0,
+                rows_failed=0,
+            )
+            tracking.record_audit(
+                tx,
+                db,
+                import_id,
+                "duplicate",
+                options.triggered_by,
+                {"holder_import_id": claim.holder_import_id},
+            )
+            return replace(handle, duplicate_of=claim.holder_import_id)
+        load.create_staging(tx, db, spec, import_id)
+    return handle
+
+
+def stage_file(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions = ImportOptions(),
+    progress: Progress | None = None,
+    conn: sa.Connection | None = None,
+) -> StageResult:
+    """Parse and validate the file, staging valid rows and recording failed ones.
+
+    Memory stays bounded: rows flow through in batches of ``options.batch_size``.
+
+    Raises:
+        FileError: a file-level problem (format, encoding, headers); nothing is staged.
+    """
+    seconds = {"parse": 0.0, "validate": 0.0, "stage": 0.0}
+    read = staged = failed = duplicates = 0
+    t0 = time.perf_counter()
+    with open_file(Path(handle.file_path), spec, batch_size=options.batch_size) as parsed:
+        info = parsed.info
+        with _tx(db, conn) as tx:
+            tracking.update_import(
+                tx,
+                db,
+                handle.import_id,
+                file_type=info.format,
+                file_metadata=info.as_metadata(),
+                column_mapping=info.mapping,
+                warnings=list(info.warnings),
+                phase=ImportPhase.VALIDATE.value,
+            )
+            tracking.record_audit(tx, db, handle.import_id, "parsed", None, info.as_metadata())
+        validator = Validator(spec)
+        headers = info.headers
+        last_beat = time.monotonic()
+        batches = parsed.batches()
+        seconds["parse"] += time.perf_counter() - t0
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            t1 = time.perf_counter()
+            seconds["parse"] += t1 - t0
+            if batch is None:
+                break
+            outcome = validator.validate_batch(batch)
+            t2 = time.perf_counter()
+            seconds["validate"] += t2 - t1
+            with _tx(db, conn) as tx:
+                load.stage_rows(tx, db, spec, handle.import_id, outcome.valid)
+                tracking.write_failed_rows(tx, db, handle.import_id, headers, outcome.failed)
+                tracking.write_failed_rows(tx, db, handle.import_id, headers, outcome.duplicates)
+                read += len(batch)
+                staged += len(outcome.valid)
+                failed += len(outcome.failed)
+                duplicates += len(outcome.duplicates)
+                if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
+                    last_beat = time.monotonic()
+                    tracking.update_import(
+                        tx,
+                        db,
+                        handle.import_id,
+                        heartbeat_at=tracking.utcnow(),
+                        rows_in_file=read,
+                    )
+            seconds["stage"] += time.perf_counter() - t2
+            failpoints.checkpoint("staging")
+            if progress is not None:
+                progress(read)
+    result = StageResult(
+        rows_read=read,
+        rows_staged=staged,
+        rows_failed=failed,
+        rows_duplicate=duplicates,
+        seconds={k: round(v, 4) for k, v in seconds.items()},
+        warnings=tuple(info.warnings),
+    )
+    with _tx(db, conn) as tx:
+        tracking.update_import(
+            tx,
+            db,
+            handle.import_id,
+            rows_in_file=read,
+            rows_processed=staged,
+            rows_failed=failed,
+            rows_duplicate=duplicates,
+            phase=ImportPhase.RECONCILE.value,
+            phase_seconds=result.seconds,
+            heartbeat_at=tracking.utcnow(),
+        )
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            "validated",
+            None,
+            {
+                "rows_read": read,
+                "rows_valid": staged,
+                "rows_failed": failed,
+                "rows_duplicate": duplicates,
+            },
+        )
+    return result
+
+
+def reconcile_import(
+    db: Database, spec: DatasetSpec, handle: ImportHandle, conn: sa.Connection | None = None
+) -> dict[str, Any]:
+    """Resolve the dataset's entity references in the staged rows.
+
+    A dataset without ``references`` passes through untouched.
+
+    Returns:
+        Counts of the reconciliation (empty when there is nothing to reconcile).
+    """
+    with _tx(db, conn) as tx:
+        tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.CONFIRM.value)
+        if spec.references:
+            tracking.record_audit(
+                tx,
+                db,
+                handle.import_id,
+                "reconciled",
+                None,
+                {"note": "reference columns are loaded as given; matching is not enabled yet"},
+            )
+    return {}
+
+
+def load_import(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions = ImportOptions(),
+    conn: sa.Connection | None = None,
+) -> ImportResult:
+    """Apply the error gate, then write the target and the final tracking rows atomically.
+
+    Over the gate (failed share above ``max_error_ratio``) the import ends ``rejected`` and
+    nothing is written to the target.
+    """
+    t0 = time.perf_counter()
+    with _tx(db, conn) as tx:
+        row = tracking.get_import(tx, db, handle.import_id)
+        if row is None:
+            raise HistimportError(f"import {handle.import_id} vanished from import_history")
+        seconds: dict[str, float] = dict(row["phase_seconds"] or {})
+        read = int(row["rows_in_file"] or 0)
+        failed = int(row["rows_failed"] or 0)
+        duplicates = int(row["rows_duplicate"] or 0)
+        warnings = list(row["warnings"] or [])
+        gate = spec.max_error_ratio if options.max_error_ratio is None else options.max_error_ratio
+        share = failed / read if read else 0.0
+        base: dict[str, Any] = {
+            "import_id": handle.import_id,
+            "dataset": spec.name,
+            "file_name": handle.file_name,
+            "sha256": handle.sha256,
+            "rows_read": read,
+            "rows_failed": failed,
+            "rows_duplicate": duplicates,
+            "dry_run": options.dry_run,
+        }
+        if share > gate:
+            message = (
+                f"{failed} of {read} rows failed ({share:.1%}), above the dataset's limit of "
+                f"{gate:.1%}; nothing was loaded. See `histimport errors {handle.import_id} "
+                "-o errors.csv`, fix the rows and import the file again"
+            )
+            seconds["confirm"] = round(time.perf_counter() - t0, 4)
+            _finish(
+                tx,
+                db,
+                spec,
+                handle,
+                ImportStatus.REJECTED,
+                ImportPhase.CONFIRM,
+                seconds,
+                row,
+                error_message=message,
+                warnings=warnings,
+            )
+            tracking.record_audit(
+                tx,
+                db,
+                handle.import_id,
+                "rejected",
+                None,
+                {"failed_share": round(share, 4), "gate": gate},
+            )
+            return ImportResult(
+                status=ImportStatus.REJECTED,
+                error_message=message,
+                phase_seconds=seconds,
+                warnings=tuple(warnings),
+                **base,
+            )
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            "confirmed",
+            None,
+            {"failed_share": round(share, 4), "gate": gate},
+        )
+        tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.LOAD.value)
+        if spec.strategy.value == "append" and spec.key:
+            duplicates += load.record_append_conflicts(tx, db, spec, handle.import_id)
+        counts = load.write_target(tx, db, spec, handle.import_id, handle.business_date)
+        failpoints.checkpoint("write")
+        seconds["load"] = round(time.perf_counter() - t0, 4)
+        status = ImportStatus.PARTIAL if failed or duplicates else ImportStatus.SUCCESS
+        if read == 0:
+            warnings.append("the file has no data rows")
+        _finish(
+            tx,
+            db,
+            spec,
+            handle,
+            status,
+            ImportPhase.COMPLETE,
+            seconds,
+            row,
+            warnings=warnings,
+            rows_created=counts.created,
+            rows_updated=counts.updated,
+            rows_unchanged=counts.unchanged,
+            rows_duplicate=duplicates,
+        )
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            "loaded",
+            None,
+            {
+                "created": counts.created,
+                "updated": counts.updated,
+                "unchanged": counts.unchanged,
+                "deleted": counts.deleted,
+                "strategy": spec.strategy.value,
+            },
+        )
+        tracking.record_audit(tx, db, handle.import_id, "completed", None, {"status": status.value})
+        failpoints.checkpoint("commit")
+        base["rows_duplicate"] = duplicates
+        return ImportResult(
+            status=status,
+            rows_created=counts.created,
+            rows_updated=counts.updated,
+            rows_unchanged=counts.unchanged,
+            rows_deleted=counts.deleted,
+            phase_seconds=seconds,
+            warnings=tuple(warnings),
+            **base,
+        )
+
+
+def _finish(
+    tx: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    status: ImportStatus,
+    phase: ImportPhase,
+    seconds: dict[str, float],
+    row: dict[str, Any],
+    **values: Any,
+) -> None:
+    """Final tracking rows of an import; the staging table goes in the same transaction."""
+    finished = tracking.utcnow()
+    started = row["started_at"]
+    total = (finished - _aware(started)).total_seconds() if started else None
+    file_status = {
+        ImportStatus.SUCCESS: FileStatus.IMPORTED,
+        ImportStatus.PARTIAL: FileStatus.PARTIAL,
+        ImportStatus.REJECTED: FileStatus.REJECTED,
+    }.get(status, FileStatus.FAILED)
+    tracking.update_import(
+        tx,
+        db,
+        handle.import_id,
+        status=status.value,
+        phase=phase.value,
+        phase_seconds=seconds,
+        total_seconds=total,
+        finished_at=finished,
+        error_summary=tracking.error_summary(tx, db, handle.import_id),
+        **values,
+    )
+    tracking.set_file_status(tx, db, spec.name, handle.sha256, handle.import_id, file_status)
+    tracking.record_outcome(
+        tx,
+        db,
+        dataset=spec.name,
+        import_id=handle.import_id,
+        ok=status in (ImportStatus.SUCCESS, ImportStatus.PARTIAL),
+        error=values.get("error_message"),
+        business_date=handle.business_date,
+    )
+    load.staging_table(db, spec, handle.import_id).drop(tx, checkfirst=True)
+
+
+def _aware(stamp: Any) -> Any:
+    from datetime import UTC
+
+    return stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+
+
+def fail_import(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    error: BaseException,
+    *,
+    keep_staging: bool = False,
+) -> ImportResult:
+    """Record that an import failed; the target was not touched.
+
+    Args:
+        keep_staging: keep the staging table so a retry can resume at the load step.
+    """
+    message = str(error) or type(error).__name__
+    with db.engine.begin() as tx:
+        row = tracking.get_import(tx, db, handle.import_id) or {}
+        finished = tracking.utcnow()
+        tracking.update_import(
+            tx,
+            db,
+            handle.import_id,
+            status=ImportStatus.FAILED.value,
+            error_message=message,
+            finished_at=finished,
+            heartbeat_at=finished,
+            error_summary=tracking.error_summary(tx, db, handle.import_id),
+        )
+        tracking.set_file_status(
+            tx, db, spec.name, handle.sha256, handle.import_id, FileStatus.FAILED
+        )
+        tracking.record_outcome(
+            tx,
+            db,
+            dataset=spec.name,
+            import_id=handle.import_id,
+            ok=False,
+            error=message,
+            business_date=handle.business_date,
+        )
+        details: dict[str, Any] = {"error": message, "type": type(error).__name__}
+        if isinstance(error, HistimportError):
+            details |= {k: v for k, v in error.facts.items() if isinstance(v, str | int)}
+        tracking.record_audit(tx, db, handle.import_id, "failed", None, details)
+    if not keep_staging:
+        load.drop_staging(db, handle.import_id)
+    return ImportResult(
+        import_id=handle.import_id,
+        dataset=spec.name,
+        status=ImportStatus.FAILED,
+        file_name=handle.file_name,
+        sha256=handle.sha256,
+        error_message=message,
+        rows_read=int(row.get("rows_in_file") or 0),
+        rows_failed=int(row.get("rows_failed") or 0),
+    )
+
+
+def run_import(
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions = ImportOptions(),
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Import one file from start to end.
+
+    A dry run does everything, including the target write, inside one transaction that is
+    rolled back: its counts are exactly what a real import would do, and nothing is kept.
+
+    Returns:
+        How the import ended. File-level errors end as ``failed`` with the error's message;
+        they are not raised.
+
+    Raises:
+        DatabaseUnavailableError: the database could not be reached (worth a retry).
+    """
+    with unavailable_as_transient(db.engine.url):
+        ensure_schema(db)
+        if options.dry_run:
+            return _dry_run(db, spec, Path(path), options, progress)
+        handle = start_import(db, spec, Path(path), options)
+        if handle.duplicate_of is not None:
+            return _duplicate_result(spec, handle)
+        try:
+            stage_file(db, spec, handle, options, progress)
+            reconcile_import(db, spec, handle)
+            return load_import(db, spec, handle, options)
+        except HistimportError as exc:
+            if not exc.terminal:
+                raise
+            return fail_import(db, spec, handle, exc)
+        except BaseException as exc:
+            fail_import(db, spec, handle, exc)
+            raise
+
+
+def _duplicate_result(spec: DatasetSpec, handle: ImportHandle) -> ImportResult:
+    return ImportResult(
+        import_id=handle.import_id,
+        dataset=spec.name,
+        status=ImportStatus.DUPLICATE,
+        file_name=handle.file_name,
+        sha256=handle.sha256,
+        duplicate_of=handle.duplicate_of,
+        error_message=f"already imported by import {handle.duplicate_of}",
+    )
+
+
+def _dry_run(
+    db: Database, spec: DatasetSpec, path: Path, options: ImportOptions, progress: Progress | None
+) -> ImportResult:
+    with db.engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            handle = start_import(db, spec, path, options, conn=conn)
+            if handle.duplicate_of is not None:
+                result = _duplicate_result(spec, handle)
+            else:
+                try:
+                    stage_file(db, spec, handle, options, progress, conn=conn)
+                    reconcile_import(db, spec, handle, conn=conn)
+                    result = load_import(db, spec, handle, options, conn=conn)
+                except HistimportError as exc:
+                    if not exc.terminal:
+                        raise
+                    result = ImportResult(
+                        import_id=handle.import_id,
+                        dataset=spec.name,
+                        status=ImportStatus.FAILED,
+                        file_name=handle.file_name,
+                        sha256=handle.sha256,
+                        error_message=str(exc),
+                    )
+        finally:
+            outer.rollback()
+    return replace(result, dry_run=True)

@@ -1,0 +1,416 @@
+"""Load: the target table, staging, and the write strategies with before-images.
+
+Valid rows are first staged in a table of their own (PostgreSQL: an UNLOGGED table in the
+tracking schema filled by COPY; SQLite: batched inserts). The target write then happens in
+one statement per step, inside the caller's transaction, together with the tracking rows.
+Every written row carries ``_import_id``, ``_source_row`` and ``_loaded_at``; rows an upsert
+changes or a replace deletes are first copied to ``import_row_images`` so that a rollback can
+put them back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.errors import SchemaChangeError
+from histimport_pipeline.engine.models import ImageOperation, ValidRow
+from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, Strategy
+
+#: INSERT ... SELECT reports its row count only when asked to (SQLAlchemy 2.x).
+COUNT = {"preserve_rowcount": True}
+#: Rows per INSERT batch on SQLite.
+SQLITE_BATCH = 5_000
+
+
+def column_type(
+    spec_type: ColumnType, scale: int, max_length: int | None
+) -> sa.types.TypeEngine[Any]:
+    """The SQL type a spec column gets in the target and staging tables."""
+    match spec_type:
+        case ColumnType.INTEGER:
+            return sa.BigInteger()
+        case ColumnType.DECIMAL:
+            return sa.Numeric(38, scale)
+        case ColumnType.BOOLEAN:
+            return sa.Boolean()
+        case ColumnType.DATE:
+            return sa.Date()
+        case ColumnType.TIMESTAMP:
+            return sa.DateTime()
+        case _:
+            return sa.String(max_length) if max_length else sa.Text()
+
+
+def _family(type_: sa.types.TypeEngine[Any]) -> str:
+    """A coarse type family used to tell compatible from incompatible column changes."""
+    if isinstance(type_, sa.Boolean):
+        return "boolean"
+    if isinstance(type_, sa.Integer):
+        return "integer"
+    if isinstance(type_, sa.Numeric):
+        return "numeric"
+    if isinstance(type_, sa.DateTime):
+        return "timestamp"
+    if isinstance(type_, sa.Date):
+        return "date"
+    if isinstance(type_, sa.String | sa.Text):
+        return "text"
+    return type(type_).__name__.lower()
+
+
+def data_columns(spec: DatasetSpec) -> list[str]:
+    """The spec's columns in declaration order."""
+    return list(spec.columns)
+
+
+def target_table(spec: DatasetSpec, metadata: sa.MetaData | None = None) -> sa.Table:
+    """The target table as the spec declares it (not reflected)."""
+    md = metadata or sa.MetaData()
+    cols: list[sa.Column[Any]] = []
+    if not spec.key:
+        cols.append(
+            sa.Column(
+                "_row_id",
+                sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                sa.Identity(),
+                primary_key=True,
+            )
+        )
+    for name, col in spec.columns.items():
+        cols.append(
+            sa.Column(
+                name,
+                column_type(col.type, col.scale, col.max_length),
+                primary_key=name in spec.key,
+                nullable=name not in spec.key,
+            )
+        )
+    cols += [
+        sa.Column("_import_id", sa.BigInteger, nullable=False, index=True),
+        sa.Column("_source_row", sa.BigInteger),
+        sa.Column("_loaded_at", sa.DateTime, nullable=False, server_default=sa.func.now()),
+    ]
+    if spec.partitioning is Partitioning.DAILY:
+        cols.append(sa.Column("_business_date", sa.Date, index=True))
+    return sa.Table(spec.target_table, md, *cols)
+
+
+def ensure_target(conn: sa.Connection, spec: DatasetSpec) -> sa.Table:
+    """Create the target table if missing, or add new optional columns to it.
+
+    Returns:
+        The table as it is in the database after the change.
+
+    Raises:
+        SchemaChangeError: an existing column has another type, a new column is required or
+            part of the key, or a system column is missing.
+    """
+    declared = target_table(spec)
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(spec.target_table):
+        declared.create(conn)
+        return declared
+    existing = {c["name"]: c for c in inspector.get_columns(spec.target_table)}
+    for system in ("_import_id", "_source_row", "_loaded_at"):
+        if system not in existing:
+            raise SchemaChangeError(
+                spec.target_table,
+                f"it exists but has no {system} column, so it was not created by histimport; "
+                "point target_table at a new table",
+            )
+    problems = []
+    to_add: list[sa.Column[Any]] = []
+    for column in declared.columns:
+        if column.name not in existing:
+            if not column.nullable or column.primary_key:
+                problems.append(f"new column {column.name!r} is required or part of the key")
+            else:
+                to_add.append(column)
+            continue
+        have, want = _family(existing[column.name]["type"]), _family(column.type)
+        if have != want:
+            problems.append(f"column {column.name!r} is {have} in the table but {want} in the spec")
+    if problems:
+        raise SchemaChangeError(spec.target_table, "; ".join(problems))
+    preparer = conn.dialect.identifier_preparer
+    for column in to_add:
+        ddl_type = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(spec.target_table)} "
+            f"ADD COLUMN {preparer.quote(column.name)} {ddl_type}"
+        )
+    return sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+
+
+# Staging -------------------------------------------------------------------------------------
+
+
+def staging_name(import_id: int) -> str:
+    """Name of an import's staging table."""
+    return f"hi_stage_{import_id}"
+
+
+def staging_table(db: Database, spec: DatasetSpec, import_id: int) -> sa.Table:
+    """The staging table of an import: the spec's columns plus ``_source_row``."""
+    md = sa.MetaData(schema=db.schema)
+    cols: list[sa.Column[Any]] = [sa.Column("_source_row", sa.BigInteger, nullable=False)]
+    for name, col in spec.columns.items():
+        cols.append(sa.Column(name, column_type(col.type, col.scale, col.max_length)))
+    # No WAL for a table that is thrown away after the load.
+    prefixes = ["UNLOGGED"] if db.dialect == "postgresql" else []
+    return sa.Table(staging_name(import_id), md, *cols, prefixes=prefixes)
+
+
+def create_staging(conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int) -> None:
+    """(Re)create the import's empty staging table."""
+    table = staging_table(db, spec, import_id)
+    table.drop(conn, checkfirst=True)
+    table.create(conn)
+
+
+def drop_staging(db: Database, import_id: int) -> None:
+    """Drop an import's staging table if it exists (own transaction)."""
+    preparer = db.engine.dialect.identifier_preparer
+    name = preparer.quote(staging_name(import_id))
+    qualified = f"{preparer.quote(db.schema)}.{name}" if db.schema else name
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified}")
+
+
+def stage_rows(
+    conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int, rows: Sequence[ValidRow]
+) -> None:
+    """Append validated rows to the staging table: COPY on PostgreSQL, inserts on SQLite."""
+    if not rows:
+        return
+    names = data_columns(spec)
+    if db.dialect == "postgresql":
+        preparer = conn.dialect.identifier_preparer
+        target = (
+            f"{preparer.quote(db.schema or 'public')}.{preparer.quote(staging_name(import_id))}"
+        )
+        column_list = ", ".join(preparer.quote(n) for n in ["_source_row", *names])
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cur, cur.copy(f"COPY {target} ({column_list}) FROM STDIN") as copy:
+            for row in rows:
+                values = row.values
+                copy.write_row([row.source_row, *(values[n] for n in names)])
+        return
+    table = staging_table(db, spec, import_id)
+    records = [{"_source_row": r.source_row, **r.values} for r in rows]
+    for start in range(0, len(records), SQLITE_BATCH):
+        conn.execute(sa.insert(table), records[start : start + SQLITE_BATCH])
+
+
+def count_staged(conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int) -> int:
+    """Rows in the import's staging table."""
+    table = staging_table(db, spec, import_id)
+    return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+# Writing the target --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    """What a strategy did to the target table."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    #: Staged rows whose key already was in the table under the append strategy.
+    conflicts: int = 0
+
+
+def write_target(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    import_id: int,
+    business_date: date | None,
+) -> WriteCounts:
+    """Write the staged rows to the target by the spec's strategy, in ``conn``'s transaction.
+
+    Returns:
+        Created, updated, unchanged and deleted counts.
+    """
+    target = ensure_target(conn, spec)
+    stage = staging_table(db, spec, import_id).alias("s")
+    tgt = target.alias("t")
+    names = data_columns(spec)
+    staged = int(conn.execute(sa.select(sa.func.count()).select_from(stage)).scalar_one())
+    system: dict[str, Any] = {
+        "_import_id": sa.literal(import_id, sa.BigInteger),
+        "_source_row": stage.c._source_row,
+        "_loaded_at": sa.func.now(),
+    }
+    if "_business_date" in target.c:
+        system["_business_date"] = sa.literal(business_date, sa.Date)
+
+    def insert_from_stage(where: sa.ColumnElement[bool] | None = None) -> int:
+        cols = [*names, *system]
+        select = sa.select(*(stage.c[n] for n in names), *system.values())
+        if where is not None:
+            select = select.where(where)
+        result = conn.execute(sa.insert(target).from_select(cols, select), execution_options=COUNT)
+        return int(result.rowcount)
+
+    if spec.strategy is Strategy.APPEND:
+        if spec.key:
+            on_key = sa.and_(*(tgt.c[k] == stage.c[k] for k in spec.key))
+            created = insert_from_stage(~sa.exists().where(on_key))
+            return WriteCounts(created=created, conflicts=staged - created)
+        return WriteCounts(created=insert_from_stage())
+
+    if spec.strategy is Strategy.REPLACE_DATE:
+        where = target.c._business_date == business_date
+        save_images(conn, db, target, import_id, ImageOperation.DELETE, where, spec.key)
+        deleted = int(conn.execute(sa.delete(target).where(where)).rowcount)
+        return WriteCounts(created=insert_from_stage(), deleted=deleted)
+
+    # upsert
+    on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
+    others = [n for n in names if n not in spec.key]
+    changed = (
+        sa.or_(*(target.c[n].is_distinct_from(stage.c[n]) for n in others))
+        if others
+        else sa.false()
+    )
+    differs = sa.exists().where(on_key, changed)
+    save_images(conn, db, target, import_id, ImageOperation.UPDATE, differs, spec.key)
+    values: dict[str, Any] = {n: stage.c[n] for n in others}
+    values |= {k: v for k, v in system.items() if k != "_business_date"}
+    if "_business_date" in system:
+        values["_business_date"] = system["_business_date"]
+    updated = (
+        int(conn.execute(sa.update(target).values(values).where(on_key, changed)).rowcount)
+        if others
+        else 0
+    )
+    on_key_t = sa.and_(*(tgt.c[k] == stage.c[k] for k in spec.key))
+    created = insert_from_stage(~sa.exists().where(on_key_t))
+    return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
+
+
+def save_images(
+    conn: sa.Connection,
+    db: Database,
+    target: sa.Table,
+    import_id: int,
+    operation: ImageOperation,
+    where: sa.ColumnElement[bool],
+    key: Sequence[str],
+) -> int:
+    """Copy the rows of ``target`` matching ``where`` to ``import_row_images`` as JSON."""
+    images = db.tables.import_row_images
+    key_cols = list(key) or ["_row_id"]
+    if db.dialect == "postgresql":
+        # The table's name as a whole-row reference: to_jsonb("t") is the row as JSON.
+        quoted = conn.dialect.identifier_preparer.quote(target.name)
+        record: sa.ColumnElement[Any] = sa.literal_column(quoted)
+        row_data: sa.ColumnElement[Any] = sa.func.to_jsonb(record)
+        row_key: sa.ColumnElement[Any] = sa.func.jsonb_build_object(
+            *(e for k in key_cols for e in (sa.literal(k), target.c[k]))
+        )
+    else:
+        row_data = sa.func.json_object(
+            *(e for c in target.columns for e in (sa.literal(c.name), target.c[c.name]))
+        )
+        row_key = sa.func.json_object(*(e for k in key_cols for e in (sa.literal(k), target.c[k])))
+    select = sa.select(
+        sa.literal(import_id, sa.BigInteger),
+        sa.literal(target.name),
+        sa.literal(operation.value),
+        row_key,
+        row_data,
+        sa.func.now(),
+    ).where(where)
+    result = conn.execute(
+        sa.insert(images).from_select(
+            ["import_id", "target_table", "operation", "row_key", "row_data", "created_at"], select
+        ),
+        execution_options=COUNT,
+    )
+    return int(result.rowcount)
+
+
+def restore_images(conn: sa.Connection, db: Database, table_name: str, import_id: int) -> int:
+    """Insert back every before-image an import kept for ``table_name``.
+
+    Returns:
+        Rows restored.
+    """
+    target = sa.Table(table_name, sa.MetaData(), autoload_with=conn)
+    images = db.tables.import_row_images
+    preparer = conn.dialect.identifier_preparer
+    if db.dialect == "postgresql":
+        quoted = preparer.quote(table_name)
+        # An identity _row_id must come back with its old value.
+        overriding = " OVERRIDING SYSTEM VALUE" if "_row_id" in target.c else ""
+        sql = (
+            f"INSERT INTO {quoted}{overriding} SELECT r.* FROM "
+            f"{preparer.quote(db.schema or 'public')}.import_row_images i "
+            f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{quoted}, i.row_data) r "
+            "WHERE i.import_id = :import_id AND i.target_table = :table ORDER BY i.image_id"
+        )
+        result = conn.execute(sa.text(sql), {"import_id": import_id, "table": table_name})
+        return int(result.rowcount)
+    columns = [c.name for c in target.columns]
+    extracted = [
+        sa.func.json_extract(images.c.row_data, '$."' + name.replace('"', '\\"') + '"')
+        for name in columns
+    ]
+    select = (
+        sa.select(*extracted)
+        .where(images.c.import_id == import_id, images.c.target_table == table_name)
+        .order_by(images.c.image_id)
+    )
+    result = conn.execute(sa.insert(target).from_select(columns, select), execution_options=COUNT)
+    return int(result.rowcount)
+
+
+def record_append_conflicts(
+    conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int
+) -> int:
+    """Under ``append`` with a key, record staged rows whose key is already in the table.
+
+    Such rows are skipped by the write (they would violate the key) and stored as failed rows
+    of category ``duplicate`` naming the import that loaded the key.
+
+    Returns:
+        How many staged rows conflict.
+    """
+    if not sa.inspect(conn).has_table(spec.target_table):
+        return 0
+    target = sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+    stage = staging_table(db, spec, import_id)
+    names = data_columns(spec)
+    on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
+    rows = conn.execute(
+        sa.select(stage, target.c._import_id.label("_holder")).join(target, on_key)
+    ).mappings()
+    records = []
+    for row in rows:
+        key_text = ", ".join(f"{k}={row[k]!s}" for k in spec.key)
+        records.append(
+            {
+                "import_id": import_id,
+                "source_row": row["_source_row"],
+                "column_name": spec.key[0],
+                "category": "duplicate",
+                "message": f"key {key_text} is already in {spec.target_table} "
+                f"(loaded by import {row['_holder']}); the row was skipped",
+                "raw_value": str(row[spec.key[0]]),
+                "raw_values": {n: None if row[n] is None else str(row[n]) for n in names},
+            }
+        )
+    if records:
+        conn.execute(sa.insert(db.tables.import_failed_rows), records)
+    return len(records)

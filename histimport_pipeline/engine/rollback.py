@@ -1,0 +1,129 @@
+"""Exact rollback of an import.
+
+The rows an import created are deleted and the before-images of rows it updated or deleted
+are inserted back, in one transaction. A row that a later import changed belongs to that
+import now: rolling back underneath it would lose the later change, so the rollback refuses
+and names those imports, unless asked to cascade (newest first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from histimport_pipeline.engine import load, tracking
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.errors import ImportNotFoundError, RollbackConflictError
+from histimport_pipeline.engine.models import FileStatus, ImportStatus
+
+_LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """One import that a rollback undid."""
+
+    import_id: int
+    target_table: str
+    rows_deleted: int
+    rows_restored: int
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What a rollback did; ``already`` when the import was rolled back before."""
+
+    import_id: int
+    undone: tuple[RolledBack, ...] = ()
+    already: bool = False
+    nothing_loaded: bool = False
+
+
+def later_imports_touching(conn: sa.Connection, db: Database, import_id: int) -> list[int]:
+    """Imports (not rolled back) that updated or deleted rows written by ``import_id``."""
+    images = db.tables.import_row_images
+    history = db.tables.import_history
+    writer = images.c.row_data["_import_id"].as_integer()
+    rows = conn.execute(
+        sa.select(images.c.import_id)
+        .distinct()
+        .join(history, history.c.import_id == images.c.import_id)
+        .where(
+            images.c.import_id != import_id,
+            history.c.status != ImportStatus.ROLLED_BACK.value,
+            writer == import_id,
+        )
+    )
+    return sorted(r[0] for r in rows)
+
+
+def rollback_import(
+    db: Database, import_id: int, *, cascade: bool = False, actor: str | None = None
+) -> RollbackResult:
+    """Roll back ``import_id`` (and, with ``cascade``, the later imports that depend on it).
+
+    Running it twice is harmless: the second time reports ``already``.
+
+    Raises:
+        ImportNotFoundError: no such import.
+        RollbackConflictError: later imports changed its rows and ``cascade`` is off.
+    """
+    history = db.tables.import_history
+    with db.engine.begin() as conn:
+        row = conn.execute(
+            sa.select(history.c.status).where(history.c.import_id == import_id)
+        ).first()
+        if row is None:
+            raise ImportNotFoundError(import_id)
+        if row.status == ImportStatus.ROLLED_BACK.value:
+            return RollbackResult(import_id=import_id, already=True)
+        if row.status not in _LOADED:
+            return RollbackResult(import_id=import_id, nothing_loaded=True)
+        order = _dependents(conn, db, import_id)
+        if len(order) > 1 and not cascade:
+            raise RollbackConflictError(import_id, sorted(set(order) - {import_id}))
+        undone = [
+            _undo(conn, db, i, actor, cascade_of=import_id if i != import_id else None)
+            for i in sorted(order, reverse=True)
+        ]
+    return RollbackResult(import_id=import_id, undone=tuple(undone))
+
+
+def _dependents(conn: sa.Connection, db: Database, import_id: int) -> list[int]:
+    """``import_id`` and every later import that transitively changed its rows."""
+    seen = {import_id}
+    todo = [import_id]
+    while todo:
+        for later in later_imports_touching(conn, db, todo.pop()):
+            if later not in seen:
+                seen.add(later)
+                todo.append(later)
+    return sorted(seen)
+
+
+def _undo(
+    conn: sa.Connection, db: Database, import_id: int, actor: str | None, cascade_of: int | None
+) -> RolledBack:
+    history = db.tables.import_history
+    info = conn.execute(
+        sa.select(history.c.target_table, history.c.dataset, history.c.file_sha256).where(
+            history.c.import_id == import_id
+        )
+    ).one()
+    deleted = restored = 0
+    if sa.inspect(conn).has_table(info.target_table):
+        target = sa.Table(info.target_table, sa.MetaData(), autoload_with=conn)
+        deleted = int(
+            conn.execute(sa.delete(target).where(target.c._import_id == import_id)).rowcount
+        )
+        restored = load.restore_images(conn, db, info.target_table, import_id)
+    tracking.update_import(conn, db, import_id, status=ImportStatus.ROLLED_BACK.value)
+    tracking.set_file_status(
+        conn, db, info.dataset, info.file_sha256, import_id, FileStatus.ROLLED_BACK
+    )
+    details: dict[str, object] = {"rows_deleted": deleted, "rows_restored": restored}
+    if cascade_of is not None:
+        details["cascade_of"] = cascade_of
+    tracking.record_audit(conn, db, import_id, "rolled_back", actor, details)
+    return RolledBack(import_id, info.target_table, deleted, restored)

@@ -1,0 +1,368 @@
+"""Tracking rows: the import's life in ``import_history``, the file in ``processed_files``,
+the process in ``processing_status``, failed rows and the audit trail.
+
+Functions here take an open connection so that the caller decides what commits together:
+the final tracking rows of an import commit in the same transaction as its data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.models import (
+    FileStatus,
+    ImportStatus,
+    RawRow,
+    RowError,
+)
+
+#: A running import whose worker on another host has not sent a heartbeat for this long is
+#: taken for dead. On the same host, a dead process id decides at once.
+STALE_AFTER = timedelta(minutes=10)
+#: Failed-row messages kept in the error summary.
+TOP_ERRORS = 5
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (stored as such on both databases)."""
+    return datetime.now(UTC)
+
+
+def worker_id() -> str:
+    """``host:pid`` of this process, recorded on the imports it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def record_audit(
+    conn: sa.Connection,
+    db: Database,
+    import_id: int | None,
+    action: str,
+    actor: str | None = None,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Append one entry to ``import_audit_trail``."""
+    conn.execute(
+        sa.insert(db.tables.import_audit_trail).values(
+            import_id=import_id,
+            action=action,
+            actor=actor,
+            details=dict(details) if details else None,
+            created_at=utcnow(),
+        )
+    )
+
+
+def create_import(conn: sa.Connection, db: Database, **values: Any) -> int:
+    """Insert an ``import_history`` row and return its id."""
+    t = db.tables.import_history
+    stamp = utcnow()
+    values.setdefault("created_at", stamp)
+    values.setdefault("updated_at", stamp)
+    result = conn.execute(sa.insert(t).values(**values).returning(t.c.import_id))
+    return int(result.scalar_one())
+
+
+def update_import(conn: sa.Connection, db: Database, import_id: int, **values: Any) -> None:
+    """Update fields of one ``import_history`` row (``updated_at`` is set too)."""
+    t = db.tables.import_history
+    conn.execute(
+        sa.update(t).where(t.c.import_id == import_id).values(updated_at=utcnow(), **values)
+    )
+
+
+def get_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any] | None:
+    """One ``import_history`` row as a dict, or ``None``."""
+    t = db.tables.import_history
+    row = conn.execute(sa.select(t).where(t.c.import_id == import_id)).mappings().first()
+    return dict(row) if row else None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of claiming a file's content for an import."""
+
+    claimed: bool
+    #: When not claimed: the import that already holds or loaded this content.
+    holder_import_id: int | None = None
+    holder_status: str | None = None
+
+
+_DONE = (FileStatus.IMPORTED.value, FileStatus.PARTIAL.value, FileStatus.PROCESSING.value)
+
+
+def claim_file(
+    conn: sa.Connection,
+    db: Database,
+    *,
+    dataset: str,
+    sha256: str,
+    file_name: str,
+    file_size: int,
+    import_id: int,
+    force: bool,
+) -> Claim:
+    """Claim ``(dataset, sha256)`` for ``import_id`` in ``processed_files``.
+
+    The unique constraint on ``(dataset, sha256)`` is the lock: of two processes claiming the
+    same content at once, the database lets exactly one insert. Content that was imported
+    (fully or partly) or is being imported is not claimed again unless ``force``; content
+    whose earlier import failed, was rejected or rolled back is claimed again.
+
+    Returns:
+        Whether this import holds the content now, else who does.
+    """
+    t = db.tables.processed_files
+    stamp = utcnow()
+    row = conn.execute(
+        sa.select(t.c.status, t.c.last_import_id)
+        .where(t.c.dataset == dataset, t.c.sha256 == sha256)
+        .with_for_update()
+    ).first()
+    if row is None:
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    sa.insert(t).values(
+                        dataset=dataset,
+                        sha256=sha256,
+                        file_name=file_name,
+                        file_size=file_size,
+                        status=FileStatus.PROCESSING.value,
+                        first_import_id=import_id,
+                        last_import_id=import_id,
+                        first_seen_at=stamp,
+                        last_seen_at=stamp,
+                        updated_at=stamp,
+                    )
+                )
+            return Claim(claimed=True)
+        except sa.exc.IntegrityError:
+            row = conn.execute(
+                sa.select(t.c.status, t.c.last_import_id).where(
+                    t.c.dataset == dataset, t.c.sha256 == sha256
+                )
+            ).one()
+    seen = {"times_seen": t.c.times_seen + 1, "last_seen_at": stamp, "updated_at": stamp}
+    where = sa.and_(t.c.dataset == dataset, t.c.sha256 == sha256)
+    if row.status in _DONE and not force:
+        conn.execute(sa.update(t).where(where).values(**seen))
+        return Claim(claimed=False, holder_import_id=row.last_import_id, holder_status=row.status)
+    conn.execute(
+        sa.update(t)
+        .where(where)
+        .values(
+            status=FileStatus.PROCESSING.value,
+            last_import_id=import_id,
+            file_name=file_name,
+            **seen,
+        )
+    )
+    return Claim(claimed=True)
+
+
+def set_file_status(
+    conn: sa.Connection, db: Database, dataset: str, sha256: str, import_id: int, status: FileStatus
+) -> None:
+    """Set the ``processed_files`` status of content last claimed by ``import_id``."""
+    t = db.tables.processed_files
+    conn.execute(
+        sa.update(t)
+        .where(t.c.dataset == dataset, t.c.sha256 == sha256, t.c.last_import_id == import_id)
+        .values(status=status.value, updated_at=utcnow())
+    )
+
+
+def touch_process(
+    conn: sa.Connection,
+    db: Database,
+    process_name: str,
+    *,
+    process_type: str,
+    dataset: str | None = None,
+    **values: Any,
+) -> None:
+    """Upsert one ``processing_status`` row with ``values`` (portable read-then-write)."""
+    t = db.tables.processing_status
+    values["updated_at"] = utcnow()
+    exists = conn.execute(
+        sa.select(t.c.process_name).where(t.c.process_name == process_name).with_for_update()
+    ).first()
+    if exists:
+        conn.execute(sa.update(t).where(t.c.process_name == process_name).values(**values))
+    else:
+        conn.execute(
+            sa.insert(t).values(
+                process_name=process_name, process_type=process_type, dataset=dataset, **values
+            )
+        )
+
+
+def record_outcome(
+    conn: sa.Connection,
+    db: Database,
+    *,
+    dataset: str,
+    import_id: int,
+    ok: bool,
+    error: str | None = None,
+    business_date: Any = None,
+) -> None:
+    """Update the dataset's ``processing_status`` row after an import ended."""
+    t = db.tables.processing_status
+    name = f"dataset:{dataset}"
+    stamp = utcnow()
+    current = conn.execute(
+        sa.select(t.c.consecutive_errors).where(t.c.process_name == name)
+    ).scalar()
+    values: dict[str, Any] = {
+        "state": "idle" if ok else "error",
+        "last_run_at": stamp,
+        "last_run_date": business_date or stamp.date(),
+        "last_import_id": import_id,
+    }
+    if ok:
+        values |= {
+            "last_success_at": stamp,
+            "last_success_date": business_date or stamp.date(),
+            "consecutive_errors": 0,
+            "last_error": None,
+        }
+    else:
+        values |= {"consecutive_errors": (current or 0) + 1, "last_error": error}
+    touch_process(conn, db, name, process_type="dataset", dataset=dataset, **values)
+
+
+def write_failed_rows(
+    conn: sa.Connection,
+    db: Database,
+    import_id: int,
+    headers: Sequence[str],
+    failures: Iterable[tuple[RawRow, RowError]],
+) -> int:
+    """Store failed rows with their original values keyed by original header.
+
+    Returns:
+        How many rows were written.
+    """
+    records = [
+        {
+            "import_id": import_id,
+            "source_row": err.source_row,
+            "column_name": err.column,
+            "category": err.category.value,
+            "message": err.message,
+            "raw_value": err.raw_value,
+            "raw_values": dict(zip(headers, raw.raw, strict=False)),
+        }
+        for raw, err in failures
+    ]
+    if records:
+        conn.execute(sa.insert(db.tables.import_failed_rows), records)
+    return len(records)
+
+
+def error_summary(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any]:
+    """Counts of failed rows per category and the most frequent messages."""
+    t = db.tables.import_failed_rows
+    by_category = {
+        category: count
+        for category, count in conn.execute(
+            sa.select(t.c.category, sa.func.count())
+            .where(t.c.import_id == import_id)
+            .group_by(t.c.category)
+            .order_by(t.c.category)
+        )
+    }
+    # Messages name the row's value; group by column and category for a readable top list.
+    top = [
+        {"column": column, "category": category, "count": count, "example": example}
+        for column, category, count, example in conn.execute(
+            sa.select(t.c.column_name, t.c.category, sa.func.count(), sa.func.min(t.c.message))
+            .where(t.c.import_id == import_id)
+            .group_by(t.c.column_name, t.c.category)
+            .order_by(sa.func.count().desc(), t.c.column_name)
+            .limit(TOP_ERRORS)
+        )
+    ]
+    return {"by_category": by_category, "top_errors": top}
+
+
+def fail_stale_imports(db: Database, dataset: str, sha256: str) -> list[int]:
+    """Mark imports of this content left ``running`` by a dead process as failed.
+
+    A worker on this host is dead when its process id is gone; on another host, when its
+    heartbeat is older than :data:`STALE_AFTER`. Their staging tables are dropped and their
+    claim on the file released.
+
+    Returns:
+        The ids of the imports marked failed.
+    """
+    t = db.tables.import_history
+    here = socket.gethostname()
+    with db.engine.begin() as conn:
+        rows = conn.execute(
+            sa.select(t.c.import_id, t.c.worker, t.c.heartbeat_at).where(
+                t.c.dataset == dataset,
+                t.c.file_sha256 == sha256,
+                t.c.status.in_([ImportStatus.RUNNING.value, ImportStatus.PENDING.value]),
+            )
+        ).all()
+        stale: list[int] = []
+        for import_id, worker, heartbeat in rows:
+            if _is_dead(worker, heartbeat, here):
+                stale.append(import_id)
+        for import_id in stale:
+            update_import(
+                conn,
+                db,
+                import_id,
+                status=ImportStatus.FAILED.value,
+                error_message="the process running this import died (found by a later attempt)",
+                finished_at=utcnow(),
+            )
+            set_file_status(conn, db, dataset, sha256, import_id, FileStatus.FAILED)
+            record_audit(conn, db, import_id, "failed", "histimport", {"reason": "stale"})
+    from histimport_pipeline.engine.load import drop_staging
+
+    for import_id in stale:
+        drop_staging(db, import_id)
+    return stale
+
+
+def _is_dead(worker: str | None, heartbeat: datetime | None, here: str) -> bool:
+    if not worker or ":" not in worker:
+        return True
+    host, _, pid_text = worker.rpartition(":")
+    if host == here and pid_text.isdigit():
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return _is_zombie(pid)
+    if heartbeat is None:
+        return True
+    if heartbeat.tzinfo is None:
+        heartbeat = heartbeat.replace(tzinfo=UTC)
+    return utcnow() - heartbeat > STALE_AFTER
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False

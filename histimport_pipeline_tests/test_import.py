@@ -1,0 +1,326 @@
+"""End-to-end imports through the engine, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zipfile
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from histimport_pipeline.engine import tracking
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.errors import RollbackConflictError
+from histimport_pipeline.engine.importer import ImportOptions, run_import
+from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.rollback import rollback_import
+from histimport_pipeline_tests.helpers import (
+    assert_accounting,
+    audit_actions,
+    history,
+    make_spec,
+    rows,
+    table_checksum,
+    write,
+)
+
+GOOD = (
+    "ID,email,signed_up,amount,note\n"
+    "007,a@example.com,2024-01-31,10.50,NA\n"
+    "008,b@example.com,31/01/2024,0,\"multi\nline, with comma\"\n"
+    "009,c@example.com,,3,null\n"
+)
+
+
+def test_append_records_lineage_and_tracking(db: Database, tmp_path: Path) -> None:
+    spec = make_spec(strategy="append", key=[])
+    path = write(tmp_path / "signups_1.csv", GOOD)
+    result = run_import(db, spec, path, ImportOptions(triggered_by="tester"))
+
+    assert result.status is ImportStatus.SUCCESS, result.error_message
+    assert (result.rows_read, result.rows_created, result.rows_failed) == (3, 3, 0)
+    assert_accounting(result)
+    loaded = rows(db, "signups")
+    assert [r["signup_id"] for r in loaded] == ["007", "008", "009"]  # zeros kept
+    assert loaded[0]["note"] == "NA"  # "NA" is text, not missing
+    assert loaded[2]["note"] == "null"
+    assert loaded[1]["note"] == "multi\nline, with comma"
+    assert loaded[1]["signed_up"] == dt.date(2024, 1, 31)
+    assert loaded[0]["amount"] == Decimal("10.50")
+    assert loaded[2]["signed_up"] is None
+    assert {r["_import_id"] for r in loaded} == {result.import_id}
+    assert [r["_source_row"] for r in loaded] == [2, 3, 4]  # records, not lines
+
+    h = history(db, result.import_id)
+    assert h["status"] == "success" and h["phase"] == "COMPLETE"
+    assert h["rows_in_file"] == 3 and h["rows_created"] == 3
+    assert h["file_sha256"] == result.sha256 and h["file_type"] == "csv"
+    assert h["file_metadata"]["encoding"] and h["file_metadata"]["delimiter"] == ","
+    assert h["column_mapping"]["ID"] == "signup_id"
+    assert h["strategy"] == "append" and h["triggered_by"] == "tester"
+    assert set(h["phase_seconds"]) >= {"parse", "validate", "load"}
+    assert h["total_seconds"] > 0 and h["finished_at"] is not None
+    assert audit_actions(db, result.import_id) == [
+        "started", "parsed", "validated", "confirmed", "loaded", "completed",
+    ]
+    with db.engine.connect() as conn:
+        pf = conn.execute(sa.select(db.tables.processed_files)).mappings().one()
+        ps = conn.execute(sa.select(db.tables.processing_status)).mappings().one()
+    assert pf["status"] == "imported" and pf["last_import_id"] == result.import_id
+    assert ps["process_name"] == "dataset:signups" and ps["last_import_id"] == result.import_id
+    assert ps["consecutive_errors"] == 0 and ps["last_success_at"] is not None
+
+
+def test_bad_rows_are_recorded_and_the_rest_loads(db: Database, tmp_path: Path) -> None:
+    text = (
+        "ID,email,signed_up,amount,note\n"
+        "1,a@example.com,2024-02-30,1,x\n"  # no Feb 30
+        "2,not-an-email,2024-01-01,1,x\n"
+        "3,c@example.com,2024-01-01,-4,x\n"  # below min
+        "4,d@example.com,2024-01-01,2\n"  # ragged: 4 fields
+        "5,e@example.com,2024-01-01,2,ok\n"
+        "5,e@example.com,2024-01-01,2,dup\n"  # duplicate key in file
+    )
+    result = run_import(db, make_spec(max_error_ratio=0.9), write(tmp_path / "s.csv", text))
+    assert result.status is ImportStatus.PARTIAL
+    assert (result.rows_created, result.rows_failed, result.rows_duplicate) == (1, 4, 1)
+    assert_accounting(result)
+    with db.engine.connect() as conn:
+        failed = conn.execute(
+            sa.select(db.tables.import_failed_rows).order_by(
+                db.tables.import_failed_rows.c.source_row
+            )
+        ).mappings().all()
+    got = [(f["source_row"], f["column_name"], f["category"]) for f in failed]
+    assert got[0][:2] == (2, "signed_up")
+    assert got[1] == (3, "email", "format")
+    assert got[2] == (4, "amount", "range")
+    assert got[3][0] == 5 and got[3][2] == "parse"
+    assert got[4] == (7, "signup_id", "duplicate")
+    assert failed[0]["raw_values"]["signed_up"] == "2024-02-30"
+    assert "2024-02-30" in failed[0]["message"]
+    summary = history(db, result.import_id)["error_summary"]
+    assert summary["by_category"]["format"] >= 1 and len(summary["top_errors"]) <= 5
+
+
+def test_error_gate_rejects_and_loads_nothing(db: Database, tmp_path: Path) -> None:
+    text = "ID,email\n1,bad\n2,bad\n3,c@example.com\n"
+    result = run_import(db, make_spec(max_error_ratio=0.5), write(tmp_path / "s.csv", text))
+    assert result.status is ImportStatus.REJECTED
+    assert "2 of 3 rows failed" in (result.error_message or "")
+    assert not sa.inspect(db.engine).has_table("signups") or rows(db, "signups") == []
+    assert history(db, result.import_id)["phase"] == "CONFIRM"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("email,amount\nx@y.org,1\n", "signup_id"),  # missing required column
+        ("ID,ID,email\n1,2,a@b.org\n", "duplicate"),
+        ("ID,,email\n1,2,a@b.org\n", "empty"),
+    ],
+)
+def test_header_problems_fail_the_file(
+    db: Database, tmp_path: Path, text: str, needle: str
+) -> None:
+    result = run_import(db, make_spec(), write(tmp_path / "s.csv", text))
+    assert result.status is ImportStatus.FAILED
+    assert needle in (result.error_message or "")
+    assert "s.csv" in (result.error_message or "")
+    assert not sa.inspect(db.engine).has_table("signups")
+    assert history(db, result.import_id)["status"] == "failed"
+
+
+def test_same_content_under_another_name_is_a_duplicate(db: Database, tmp_path: Path) -> None:
+    spec = make_spec()
+    first = run_import(db, spec, write(tmp_path / "a.csv", GOOD))
+    second = run_import(db, spec, write(tmp_path / "renamed.csv", GOOD))
+    assert second.status is ImportStatus.DUPLICATE
+    assert second.duplicate_of == first.import_id
+    assert len(rows(db, "signups")) == 3
+    forced = run_import(db, spec, tmp_path / "renamed.csv", ImportOptions(force=True))
+    assert forced.status is ImportStatus.SUCCESS
+    assert (forced.rows_created, forced.rows_unchanged) == (0, 3)
+    with db.engine.connect() as conn:
+        pf = conn.execute(sa.select(db.tables.processed_files)).mappings().one()
+    assert pf["times_seen"] == 3 and pf["last_import_id"] == forced.import_id
+
+
+def test_upsert_counts_and_leaves_unchanged_rows_alone(db: Database, tmp_path: Path) -> None:
+    spec = make_spec()
+    first = run_import(db, spec, write(tmp_path / "a.csv", GOOD))
+    changed = GOOD.replace("10.50", "11.00") + "010,d@example.com,2024-03-01,1,new\n"
+    second = run_import(db, spec, write(tmp_path / "b.csv", changed))
+    assert (second.rows_created, second.rows_updated, second.rows_unchanged) == (1, 1, 2)
+    assert_accounting(second)
+    by_id = {r["signup_id"]: r for r in rows(db, "signups")}
+    assert by_id["007"]["amount"] == Decimal("11.00")
+    assert by_id["007"]["_import_id"] == second.import_id
+    assert by_id["008"]["_import_id"] == first.import_id  # not rewritten
+    assert by_id["010"]["_import_id"] == second.import_id
+
+
+def test_rollback_after_upsert_restores_the_table_exactly(db: Database, tmp_path: Path) -> None:
+    spec = make_spec()
+    run_import(db, spec, write(tmp_path / "a.csv", GOOD))
+    before = table_checksum(db, "signups")
+    changed = GOOD.replace("10.50", "99.99").replace("NA", "changed") + "011,e@x.org,,1,n\n"
+    second = run_import(db, spec, write(tmp_path / "b.csv", changed))
+    assert second.rows_updated == 1 and second.rows_created == 1
+    assert table_checksum(db, "signups") != before
+
+    result = rollback_import(db, second.import_id, actor="tester")
+    assert result.undone[0].rows_deleted == 2 and result.undone[0].rows_restored == 1
+    assert table_checksum(db, "signups") == before
+    assert history(db, second.import_id)["status"] == "rolled_back"
+    assert audit_actions(db, second.import_id)[-1] == "rolled_back"
+
+    again = rollback_import(db, second.import_id)
+    assert again.already and table_checksum(db, "signups") == before
+
+    # Rolled-back content can be imported again without --force.
+    third = run_import(db, spec, tmp_path / "b.csv")
+    assert third.status is ImportStatus.SUCCESS and third.rows_updated == 1
+
+
+def test_rollback_refuses_when_a_later_import_changed_rows(db: Database, tmp_path: Path) -> None:
+    spec = make_spec()
+    empty = table_checksum(db, "signups") if sa.inspect(db.engine).has_table("signups") else None
+    first = run_import(db, spec, write(tmp_path / "a.csv", GOOD))
+    second = run_import(db, spec, write(tmp_path / "b.csv", GOOD.replace("10.50", "1.00")))
+    third = run_import(db, spec, write(tmp_path / "c.csv", GOOD.replace("10.50", "2.00")))
+    with pytest.raises(RollbackConflictError) as info:
+        rollback_import(db, first.import_id)
+    assert info.value.later_imports == [second.import_id, third.import_id]
+    assert str(second.import_id) in str(info.value) and "--cascade" in str(info.value)
+
+    result = rollback_import(db, first.import_id, cascade=True)
+    assert [u.import_id for u in result.undone] == [
+        third.import_id, second.import_id, first.import_id,
+    ]
+    assert rows(db, "signups") == []
+    assert empty is None
+
+
+def test_replace_date_swaps_one_business_day(db: Database, tmp_path: Path) -> None:
+    spec = make_spec(
+        name="daily_signups", target_table="daily_signups", partitioning="daily",
+        strategy="replace_date", key=[], files="daily_*.csv",
+    )
+    day1 = run_import(db, spec, write(tmp_path / "daily_2024-01-01.csv", GOOD))
+    day2 = run_import(
+        db, spec, write(tmp_path / "daily_2024-01-02.csv", GOOD.replace("NA", "day 2"))
+    )
+    fixed = GOOD.splitlines()[0] + "\n007,a@example.com,2024-01-31,1,fixed\n"
+    redo = run_import(db, spec, write(tmp_path / "daily_2024-01-01_v2.csv", fixed))
+    assert redo.status is ImportStatus.SUCCESS
+    assert (redo.rows_created, redo.rows_deleted) == (1, 3)
+    loaded = rows(db, "daily_signups")
+    by_day: dict[dt.date, int] = {}
+    for r in loaded:
+        by_day[r["_business_date"]] = by_day.get(r["_business_date"], 0) + 1
+    assert by_day == {dt.date(2024, 1, 1): 1, dt.date(2024, 1, 2): 3}
+    assert day1.import_id < day2.import_id
+    rollback_import(db, redo.import_id)
+    assert len(rows(db, "daily_signups")) == 6
+
+
+def test_new_optional_column_is_added_and_a_type_change_refused(
+    db: Database, tmp_path: Path
+) -> None:
+    run_import(db, make_spec(), write(tmp_path / "a.csv", GOOD))
+    columns = {**make_spec().model_dump()["columns"], "channel": {"type": "string"}}
+    grown = make_spec(columns=columns)
+    result = run_import(
+        db, grown, write(tmp_path / "b.csv", "ID,email,channel\n100,z@x.org,web\n")
+    )
+    assert result.status is ImportStatus.SUCCESS, result.error_message
+    assert rows(db, "signups", order="signup_id")[-1]["channel"] == "web"
+
+    retyped = {**columns, "amount": {"type": "date"}}
+    bad = run_import(
+        db, make_spec(columns=retyped), write(tmp_path / "c.csv", "ID,email\n101,y@x.org\n")
+    )
+    assert bad.status is ImportStatus.FAILED
+    assert "amount" in (bad.error_message or "") and "numeric" in (bad.error_message or "")
+
+
+def test_dry_run_reports_and_keeps_nothing(db: Database, tmp_path: Path) -> None:
+    result = run_import(
+        db, make_spec(), write(tmp_path / "a.csv", GOOD), ImportOptions(dry_run=True)
+    )
+    assert result.dry_run and result.status is ImportStatus.SUCCESS
+    assert result.rows_created == 3
+    assert not sa.inspect(db.engine).has_table("signups")
+    with db.engine.connect() as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(db.tables.import_history))
+        assert n.scalar_one() == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "encoding"),
+    [
+        ("bom.csv", "\ufeffID;email;note\n1;a@b.org;café\n", "utf-8"),
+        ("utf16.csv", "ID\temail\tnote\n1\ta@b.org\tcafé\n", "utf-16"),
+        ("legacy.csv", "ID,email,note\n1,a@b.org,café\n", "cp1252"),
+        ("rows.json", '[{"ID": "1", "email": "a@b.org", "note": "café"}]', "utf-8"),
+        ("rows.ndjson", '{"ID": "1", "email": "a@b.org", "note": "café"}\n', "utf-8"),
+    ],
+)
+def test_encodings_and_formats_end_to_end(
+    db: Database, tmp_path: Path, name: str, payload: str, encoding: str
+) -> None:
+    path = write(tmp_path / name, payload, encoding)
+    result = run_import(db, make_spec(), path)
+    assert result.status is ImportStatus.SUCCESS, result.error_message
+    assert rows(db, "signups")[0]["note"] == "café"
+
+
+def test_xlsx_with_formula_loads_cached_values(db: Database, tmp_path: Path) -> None:
+    openpyxl = pytest.importorskip("openpyxl")
+    path = tmp_path / "book.xlsx"
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["ID", "email", "amount"])
+    ws.append(["007", "a@b.org", 2])
+    ws.append(["008", "c@d.org", 3])
+    ws["C3"] = "=C2*2"
+    wb.save(path)
+    # openpyxl does not compute formulas: write the cached value Excel would have stored.
+    patched = tmp_path / "cached.xlsx"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(patched, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"<f>C2*2</f><v></v>", b"<f>C2*2</f><v>4</v>")
+                data = data.replace(b"<f>C2*2</f><v />", b"<f>C2*2</f><v>4</v>")
+            dst.writestr(item, data)
+    result = run_import(db, make_spec(), patched)
+    assert result.status is ImportStatus.SUCCESS, result.error_message
+    loaded = rows(db, "signups")
+    assert [r["signup_id"] for r in loaded] == ["007", "008"]
+    assert loaded[1]["amount"] == Decimal("4")
+
+
+def test_a_stale_running_import_is_failed_before_a_new_attempt(
+    db: Database, tmp_path: Path
+) -> None:
+    spec = make_spec()
+    path = write(tmp_path / "a.csv", GOOD)
+    sha, size = __import__(
+        "histimport_pipeline.engine.importer", fromlist=["file_sha256"]
+    ).file_sha256(path)
+    with db.engine.begin() as conn:
+        dead = tracking.create_import(
+            conn, db, dataset="signups", target_table="signups", import_type="MANUAL",
+            source="cli", status="running", file_sha256=sha, worker="nowhere:1",
+            heartbeat_at=tracking.utcnow() - dt.timedelta(hours=1),
+        )
+        tracking.claim_file(conn, db, dataset="signups", sha256=sha, file_name="a.csv",
+                            file_size=size, import_id=dead, force=False)
+    result = run_import(db, spec, path)
+    assert result.status is ImportStatus.SUCCESS
+    assert history(db, dead)["status"] == "failed"
+    assert "died" in history(db, dead)["error_message"]
