@@ -320,3 +320,19 @@ def test_workspace_definitions_validate(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
+
+
+def test_sqlite_readers_do_not_block_writers(tmp_path: Path) -> None:
+    db = Database.connect(f"sqlite:///{tmp_path / 'x.db'}")
+    migrations.upgrade(db)
+    with db.reader() as reader:
+        reader.execute(sa.select(db.tables.import_history)).all()  # read transaction open
+        with db.engine.begin() as writer:
+            writer.execute(
+                sa.insert(db.tables.processing_status).values(
+                    process_name="p", process_type="sensor"
+                )
+            )
+    with db.reader() as conn:
+        assert conn.execute(sa.select(db.tables.processing_status)).all()
+    db.dispose()

@@ -18,6 +18,8 @@ from histimport_pipeline.engine.errors import DatabaseUnavailableError
 from histimport_pipeline.engine.schema import TrackingTables, tracking_tables
 from histimport_pipeline.engine.settings import Settings, mask_url, normalize_database_url
 
+#: Execution option marking a connection that only reads (SQLite: no write lock).
+READ_ONLY = "histimport_read_only"
 #: Seconds a SQLite writer waits for the lock before giving up.
 SQLITE_BUSY_TIMEOUT_S = 60
 
@@ -53,7 +55,10 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: sa.Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the lock up front (no deadlock when two upgrade a read lock);
+            # readers opened with Database.reader() don't block writers at all.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN DEFERRED" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -83,6 +88,13 @@ class Database:
 
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         return cls.connect(settings.database_url, settings.db_schema, **kwargs)
+
+    @contextmanager
+    def reader(self) -> Iterator[sa.Connection]:
+        """A connection for reading only; on SQLite it never holds the write lock."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            yield conn
 
     @property
     def dialect(self) -> str:

@@ -108,6 +108,8 @@ class ImportResult:
     warnings: tuple[str, ...] = ()
     duplicate_of: int | None = None
     dry_run: bool = False
+    #: Failed rows per category and the most frequent errors (see tracking.error_summary).
+    error_summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -273,6 +275,14 @@ def start_import(
     return handle
 
 
+def _take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> None:
+    """Record this process as the import's worker: steps may run in different processes."""
+    with _tx(db, conn) as tx:
+        tracking.update_import(
+            tx, db, handle.import_id, worker=tracking.worker_id(), heartbeat_at=tracking.utcnow()
+        )
+
+
 def stage_file(
     db: Database,
     spec: DatasetSpec,
@@ -288,6 +298,7 @@ def stage_file(
     Raises:
         FileError: a file-level problem (format, encoding, headers); nothing is staged.
     """
+    _take_over(db, handle, conn)
     seconds = {"parse": 0.0, "validate": 0.0, "stage": 0.0}
     read = staged = failed = duplicates = 0
     t0 = time.perf_counter()
@@ -414,6 +425,7 @@ def load_import(
     Over the gate (failed share above ``max_error_ratio``) the import ends ``rejected`` and
     nothing is written to the target.
     """
+    _take_over(db, handle, conn)
     t0 = time.perf_counter()
     with _tx(db, conn) as tx:
         row = tracking.get_import(tx, db, handle.import_id)
@@ -423,6 +435,7 @@ def load_import(
         read = int(row["rows_in_file"] or 0)
         failed = int(row["rows_failed"] or 0)
         duplicates = int(row["rows_duplicate"] or 0)
+        review = int(row["rows_review"] or 0)
         warnings = list(row["warnings"] or [])
         gate = spec.max_error_ratio if options.max_error_ratio is None else options.max_error_ratio
         share = failed / read if read else 0.0
@@ -434,13 +447,20 @@ def load_import(
             "rows_read": read,
             "rows_failed": failed,
             "rows_duplicate": duplicates,
+            "rows_review": review,
             "dry_run": options.dry_run,
+            "error_summary": tracking.error_summary(tx, db, handle.import_id),
         }
         if share > gate:
             message = (
                 f"{failed} of {read} rows failed ({share:.1%}), above the dataset's limit of "
-                f"{gate:.1%}; nothing was loaded. See `histimport errors {handle.import_id} "
-                "-o errors.csv`, fix the rows and import the file again"
+                f"{gate:.1%}; nothing was loaded. "
+                + (
+                    "Fix the rows listed above and try again"
+                    if options.dry_run
+                    else f"See `histimport errors {handle.import_id} -o errors.csv`, fix the rows "
+                    "and import the file again"
+                )
             )
             seconds["confirm"] = round(time.perf_counter() - t0, 4)
             _finish(
@@ -484,7 +504,12 @@ def load_import(
         counts = load.write_target(tx, db, spec, handle.import_id, handle.business_date)
         failpoints.checkpoint("write")
         seconds["load"] = round(time.perf_counter() - t0, 4)
-        status = ImportStatus.PARTIAL if failed or duplicates else ImportStatus.SUCCESS
+        status = ImportStatus.PARTIAL if failed or duplicates or review else ImportStatus.SUCCESS
+        if review:
+            warnings.append(
+                f"{review} rows wait for a reconciliation decision: see `histimport review list "
+                f"--import {handle.import_id}`, then `histimport review apply {handle.import_id}`"
+            )
         if read == 0:
             warnings.append("the file has no data rows")
         _finish(
@@ -573,7 +598,7 @@ def _finish(
         error=values.get("error_message"),
         business_date=handle.business_date,
     )
-    load.staging_table(db, spec, handle.import_id).drop(tx, checkfirst=True)
+    load.finish_staging(tx, db, spec, handle.import_id)
 
 
 def _aware(stamp: Any) -> Any:

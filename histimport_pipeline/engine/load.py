@@ -65,8 +65,21 @@ def _family(type_: sa.types.TypeEngine[Any]) -> str:
 
 
 def data_columns(spec: DatasetSpec) -> list[str]:
-    """The spec's columns in declaration order."""
+    """The spec's columns in declaration order (what the file provides)."""
     return list(spec.columns)
+
+
+def reference_columns(spec: DatasetSpec) -> dict[str, sa.types.TypeEngine[Any]]:
+    """The reference output columns (matched master ids) and their SQL types."""
+    return {
+        name: sa.BigInteger() if ref.id_type == "integer" else sa.Text()
+        for name, ref in spec.references.items()
+    }
+
+
+def written_columns(spec: DatasetSpec) -> list[str]:
+    """Columns an import writes to the target: the spec's, then the references'."""
+    return [*spec.columns, *spec.references]
 
 
 def target_table(spec: DatasetSpec, metadata: sa.MetaData | None = None) -> sa.Table:
@@ -91,6 +104,7 @@ def target_table(spec: DatasetSpec, metadata: sa.MetaData | None = None) -> sa.T
                 nullable=name not in spec.key,
             )
         )
+    cols += [sa.Column(name, type_) for name, type_ in reference_columns(spec).items()]
     cols += [
         sa.Column("_import_id", sa.BigInteger, nullable=False, index=True),
         sa.Column("_source_row", sa.BigInteger),
@@ -157,11 +171,18 @@ def staging_name(import_id: int) -> str:
 
 
 def staging_table(db: Database, spec: DatasetSpec, import_id: int) -> sa.Table:
-    """The staging table of an import: the spec's columns plus ``_source_row``."""
+    """The staging table of an import.
+
+    Columns: ``_source_row``, the spec's columns, the reference output columns (filled by
+    reconciliation) and ``_hold``: NULL for a row to load, ``review`` for a row waiting for
+    a reconciliation decision, ``reject`` for a row that reconciliation failed.
+    """
     md = sa.MetaData(schema=db.schema)
     cols: list[sa.Column[Any]] = [sa.Column("_source_row", sa.BigInteger, nullable=False)]
     for name, col in spec.columns.items():
         cols.append(sa.Column(name, column_type(col.type, col.scale, col.max_length)))
+    cols += [sa.Column(name, type_) for name, type_ in reference_columns(spec).items()]
+    cols.append(sa.Column("_hold", sa.String(10)))
     # No WAL for a table that is thrown away after the load.
     prefixes = ["UNLOGGED"] if db.dialect == "postgresql" else []
     return sa.Table(staging_name(import_id), md, *cols, prefixes=prefixes)
@@ -235,17 +256,26 @@ def write_target(
     spec: DatasetSpec,
     import_id: int,
     business_date: date | None,
+    strategy: Strategy | None = None,
 ) -> WriteCounts:
-    """Write the staged rows to the target by the spec's strategy, in ``conn``'s transaction.
+    """Write the staged rows that are not on hold to the target, in ``conn``'s transaction.
+
+    Args:
+        strategy: overrides the spec's strategy (loading rows released from review after a
+            ``replace_date`` import appends them: the day was replaced already).
 
     Returns:
         Created, updated, unchanged and deleted counts.
     """
+    strategy = strategy or spec.strategy
     target = ensure_target(conn, spec)
     stage = staging_table(db, spec, import_id).alias("s")
     tgt = target.alias("t")
-    names = data_columns(spec)
-    staged = int(conn.execute(sa.select(sa.func.count()).select_from(stage)).scalar_one())
+    names = written_columns(spec)
+    ready = stage.c._hold.is_(None)
+    staged = int(
+        conn.execute(sa.select(sa.func.count()).select_from(stage).where(ready)).scalar_one()
+    )
     system: dict[str, Any] = {
         "_import_id": sa.literal(import_id, sa.BigInteger),
         "_source_row": stage.c._source_row,
@@ -256,47 +286,58 @@ def write_target(
 
     def insert_from_stage(where: sa.ColumnElement[bool] | None = None) -> int:
         cols = [*names, *system]
-        select = sa.select(*(stage.c[n] for n in names), *system.values())
+        select = sa.select(*(stage.c[n] for n in names), *system.values()).where(ready)
         if where is not None:
             select = select.where(where)
         result = conn.execute(sa.insert(target).from_select(cols, select), execution_options=COUNT)
         return int(result.rowcount)
 
-    if spec.strategy is Strategy.APPEND:
+    if strategy is Strategy.APPEND:
         if spec.key:
             on_key = sa.and_(*(tgt.c[k] == stage.c[k] for k in spec.key))
             created = insert_from_stage(~sa.exists().where(on_key))
             return WriteCounts(created=created, conflicts=staged - created)
         return WriteCounts(created=insert_from_stage())
 
-    if spec.strategy is Strategy.REPLACE_DATE:
+    if strategy is Strategy.REPLACE_DATE:
         where = target.c._business_date == business_date
         save_images(conn, db, target, import_id, ImageOperation.DELETE, where, spec.key)
         deleted = int(conn.execute(sa.delete(target).where(where)).rowcount)
         return WriteCounts(created=insert_from_stage(), deleted=deleted)
 
-    # upsert
+    # upsert: images of the rows about to change, then update them, then insert new keys
     on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
     others = [n for n in names if n not in spec.key]
-    changed = (
-        sa.or_(*(target.c[n].is_distinct_from(stage.c[n]) for n in others))
-        if others
-        else sa.false()
-    )
-    differs = sa.exists().where(on_key, changed)
-    save_images(conn, db, target, import_id, ImageOperation.UPDATE, differs, spec.key)
-    values: dict[str, Any] = {n: stage.c[n] for n in others}
-    values |= {k: v for k, v in system.items() if k != "_business_date"}
-    if "_business_date" in system:
-        values["_business_date"] = system["_business_date"]
-    updated = (
-        int(conn.execute(sa.update(target).values(values).where(on_key, changed)).rowcount)
-        if others
-        else 0
-    )
+    updated = 0
+    if others:
+        changed = sa.or_(*(target.c[n].is_distinct_from(stage.c[n]) for n in others))
+        differs = sa.exists().where(on_key, changed, ready)
+        save_images(conn, db, target, import_id, ImageOperation.UPDATE, differs, spec.key)
+        values: dict[str, Any] = {n: stage.c[n] for n in others} | system
+        result = conn.execute(sa.update(target).values(values).where(on_key, changed, ready))
+        updated = int(result.rowcount)
     on_key_t = sa.and_(*(tgt.c[k] == stage.c[k] for k in spec.key))
     created = insert_from_stage(~sa.exists().where(on_key_t))
     return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
+
+
+def held_rows(conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int) -> int:
+    """Staged rows waiting for a review decision."""
+    stage = staging_table(db, spec, import_id)
+    query = sa.select(sa.func.count()).select_from(stage).where(stage.c._hold == "review")
+    return int(conn.execute(query).scalar_one())
+
+
+def finish_staging(conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int) -> None:
+    """After a load: drop the staging table, or keep only the rows waiting for review."""
+    stage = staging_table(db, spec, import_id)
+    if not sa.inspect(conn).has_table(stage.name, schema=db.schema):
+        return
+    if held_rows(conn, db, spec, import_id):
+        conn.execute(sa.delete(stage).where(sa.or_(stage.c._hold.is_(None),
+                                                  stage.c._hold != "review")))
+    else:
+        stage.drop(conn)
 
 
 def save_images(

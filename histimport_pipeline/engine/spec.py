@@ -59,6 +59,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class OnUnmatched(StrEnum):
+    """What happens to a row whose reference value matches no master row."""
+
+    REVIEW = "review"
+    REJECT = "reject"
+    CREATE = "create"
+    NULL = "null"
+
+
 class ColumnSpec(_Strict):
     """One column of a dataset: its type, how headers find it, and its rules."""
 
@@ -114,6 +123,19 @@ class ColumnSpec(_Strict):
         return self
 
 
+class ReferenceSpec(_Strict):
+    """An entity reference: a column written to the target, resolved against a master table.
+
+    The output column (the key of ``references``) holds the matched master row's id.
+    """
+
+    entity: str = Field(pattern=_IDENT)
+    id_column: str = Field(default="id", pattern=_IDENT)
+    id_type: Literal["integer", "string"] = "integer"
+    match: tuple[dict[str, Any], ...] = Field(min_length=1)
+    on_unmatched: OnUnmatched = OnUnmatched.REVIEW
+
+
 class DateFromName(_Strict):
     """How the business date is read from a file name."""
 
@@ -151,7 +173,7 @@ class DatasetSpec(_Strict):
     encoding: str | None = None
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
     columns: dict[str, ColumnSpec]
-    references: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    references: dict[str, ReferenceSpec] = Field(default_factory=dict)
 
     @field_validator("columns")
     @classmethod
@@ -185,6 +207,13 @@ class DatasetSpec(_Strict):
             raise ValueError("strategy upsert needs a `key`")
         if self.strategy is Strategy.REPLACE_DATE and self.partitioning is not Partitioning.DAILY:
             raise ValueError("strategy replace_date needs `partitioning: daily`")
+        for output in self.references:
+            if not re.match(_IDENT, output) or output.startswith("_"):
+                raise ValueError(f"reference column {output!r} must be a plain identifier")
+            if output in self.columns:
+                raise ValueError(
+                    f"reference column {output!r} is also a column; the reference writes it"
+                )
         return self
 
     @property
@@ -280,4 +309,3 @@ def route_file(path: Path, specs: dict[str, DatasetSpec], inbox: Path | None = N
     raise DatasetNotFoundError(what, list(specs))
 
 
-PartitionKind = Literal["file", "daily"]
