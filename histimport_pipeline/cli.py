@@ -157,6 +157,8 @@ def show_settings() -> None:
         "HISTIMPORT_DATASETS": str(settings.datasets),
         "HISTIMPORT_ARCHIVE": str(settings.archive),
         "HISTIMPORT_QUARANTINE": str(settings.quarantine),
+        "HISTIMPORT_LOOKBACK_DAYS": str(settings.lookback_days),
+        "HISTIMPORT_PARTITION_RETENTION_DAYS": str(settings.partition_retention_days),
     }
     for name, (meaning, _default) in ENVIRONMENT_VARIABLES.items():
         table.add_row(name, values[name], meaning)

@@ -1,13 +1,61 @@
-"""The one place that assembles histimport's Dagster definitions."""
+"""The one place that assembles histimport's Dagster definitions.
 
-from __future__ import annotations
+Everything per dataset is built by factories from the dataset specs in HISTIMPORT_DATASETS,
+read when the code location loads (not at import time).
+"""
 
 import dagster as dg
 
+from histimport_pipeline.assets import DATASET_TAG, build_dataset_asset, external_assets
+from histimport_pipeline.checks import build_checks
+from histimport_pipeline.engine.settings import Settings
+from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, load_specs
 from histimport_pipeline.resources import DatabaseResource
+from histimport_pipeline.schedules import build_daily_schedule
+from histimport_pipeline.sensors import build_inbox_sensor, run_failure_sensor
 
-defs = dg.Definitions(
-    resources={
-        "database": DatabaseResource(url=dg.EnvVar("HISTIMPORT_DATABASE_URL")),
-    },
-)
+
+def import_job_name(spec: DatasetSpec) -> str:
+    """Name of the job that imports one partition of a dataset."""
+    return f"{spec.name}_import_job"
+
+
+def build_definitions(
+    specs: dict[str, DatasetSpec], resources: dict[str, object] | None = None
+) -> dg.Definitions:
+    """Assets, checks, jobs, sensors and schedules for ``specs``."""
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = list(external_assets(specs))
+    checks: list[dg.AssetChecksDefinition] = []
+    jobs = []
+    sensors: list[dg.SensorDefinition] = [run_failure_sensor]
+    schedules = []
+    for spec in specs.values():
+        asset = build_dataset_asset(spec)
+        assets.append(asset)
+        checks += build_checks(spec)
+        job = dg.define_asset_job(
+            import_job_name(spec),
+            selection=dg.AssetSelection.assets(asset).without_checks()
+            | dg.AssetSelection.checks_for_assets(asset),
+            tags={DATASET_TAG: spec.name},
+            description=f"Import one file (partition) of {spec.name}.",
+        )
+        jobs.append(job)
+        sensors.append(build_inbox_sensor(spec, job))
+        if spec.partitioning is Partitioning.DAILY:
+            schedules.append(build_daily_schedule(spec, job))
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=jobs,
+        sensors=sensors,
+        schedules=schedules,
+        resources=resources
+        or {"database": DatabaseResource(url=dg.EnvVar("HISTIMPORT_DATABASE_URL"))},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    """Definitions for the datasets in HISTIMPORT_DATASETS."""
+    return build_definitions(load_specs(Settings.from_env().datasets))

@@ -275,11 +275,48 @@ def start_import(
     return handle
 
 
+def inspect_file(
+    db: Database, spec: DatasetSpec, handle: ImportHandle, conn: sa.Connection | None = None
+) -> dict[str, Any]:
+    """The parse step on its own: detect format, encoding, dialect and map the headers.
+
+    Records what was detected on the import. Reading every row happens in :func:`stage_file`.
+
+    Returns:
+        The detected file metadata.
+
+    Raises:
+        FileError: the file cannot be read as the dataset (format, encoding, headers).
+    """
+    _take_over(db, handle, conn)
+    with open_file(Path(handle.file_path), spec) as parsed:
+        info = parsed.info
+    with _tx(db, conn) as tx:
+        tracking.update_import(
+            tx,
+            db,
+            handle.import_id,
+            file_type=info.format,
+            file_metadata=info.as_metadata(),
+            column_mapping=info.mapping,
+            warnings=list(info.warnings),
+            phase=ImportPhase.VALIDATE.value,
+        )
+    return {**info.as_metadata(), "mapping": info.mapping, "warnings": list(info.warnings)}
+
+
 def _take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> None:
     """Record this process as the import's worker: steps may run in different processes."""
     with _tx(db, conn) as tx:
         tracking.update_import(
-            tx, db, handle.import_id, worker=tracking.worker_id(), heartbeat_at=tracking.utcnow()
+            tx,
+            db,
+            handle.import_id,
+            status=ImportStatus.RUNNING.value,
+            error_message=None,
+            finished_at=None,
+            worker=tracking.worker_id(),
+            heartbeat_at=tracking.utcnow(),
         )
 
 
@@ -299,6 +336,11 @@ def stage_file(
         FileError: a file-level problem (format, encoding, headers); nothing is staged.
     """
     _take_over(db, handle, conn)
+    with _tx(db, conn) as tx:
+        # A re-executed step starts from a clean slate: empty staging, no failed rows yet.
+        load.create_staging(tx, db, spec, handle.import_id)
+        failed_rows = db.tables.import_failed_rows
+        tx.execute(sa.delete(failed_rows).where(failed_rows.c.import_id == handle.import_id))
     seconds = {"parse": 0.0, "validate": 0.0, "stage": 0.0}
     read = staged = failed = duplicates = 0
     t0 = time.perf_counter()

@@ -35,6 +35,14 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
     "HISTIMPORT_DATASETS": ("Folder of dataset specs (YAML).", "$HISTIMPORT_HOME/datasets"),
     "HISTIMPORT_ARCHIVE": ("Where imported files are moved.", "$HISTIMPORT_HOME/archive"),
     "HISTIMPORT_QUARANTINE": ("Where rejected files are moved.", "$HISTIMPORT_HOME/quarantine"),
+    "HISTIMPORT_LOOKBACK_DAYS": (
+        "Days the daily schedule looks back for missing or failed dates.",
+        "7",
+    ),
+    "HISTIMPORT_PARTITION_RETENTION_DAYS": (
+        "Days after which a file partition is removed from Dagster (history stays).",
+        "90",
+    ),
 }
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -63,6 +71,8 @@ class Settings:
     datasets: Path
     archive: Path
     quarantine: Path
+    lookback_days: int = 7
+    partition_retention_days: int = 90
 
     @classmethod
     def from_env(
@@ -104,7 +114,17 @@ class Settings:
                 f"HISTIMPORT_DB_SCHEMA={schema!r} is not a plain identifier "
                 "(letters, digits, underscore; at most 63 characters)"
             )
+        def days(name: str, default: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            if not raw.isdigit():
+                raise SettingsError(f"{name}={raw!r} must be a whole number of days")
+            return int(raw)
+
         return cls(
+            lookback_days=days("HISTIMPORT_LOOKBACK_DAYS", 7),
+            partition_retention_days=days("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
             home=home,
             database_url=url,
             db_schema=schema,

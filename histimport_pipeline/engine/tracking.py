@@ -366,3 +366,93 @@ def _is_zombie(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
+
+
+def imports_of_run(conn: sa.Connection, db: Database, run_id: str) -> list[dict[str, Any]]:
+    """Imports recorded by one Dagster run, oldest first."""
+    t = db.tables.import_history
+    rows = conn.execute(
+        sa.select(t).where(t.c.dagster_run_id == run_id).order_by(t.c.import_id)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def fail_unfinished_imports_of_run(db: Database, run_id: str, reason: str) -> list[int]:
+    """Mark the imports a dead run left ``running``/``pending`` as failed.
+
+    Returns:
+        The ids marked failed (none when the run recorded its own outcome).
+    """
+    t = db.tables.import_history
+    marked: list[int] = []
+    with db.engine.begin() as conn:
+        for row in imports_of_run(conn, db, run_id):
+            if row["status"] not in (ImportStatus.RUNNING.value, ImportStatus.PENDING.value):
+                continue
+            stamp = utcnow()
+            conn.execute(
+                sa.update(t)
+                .where(t.c.import_id == row["import_id"])
+                .values(status=ImportStatus.FAILED.value, error_message=reason,
+                        finished_at=stamp, updated_at=stamp)
+            )
+            if row["file_sha256"]:
+                set_file_status(conn, db, row["dataset"], row["file_sha256"], row["import_id"],
+                                FileStatus.FAILED)
+            record_outcome(conn, db, dataset=row["dataset"], import_id=row["import_id"],
+                           ok=False, error=reason, business_date=row["business_date"])
+            record_audit(conn, db, row["import_id"], "failed", "run-failure-sensor",
+                         {"reason": reason, "dagster_run_id": run_id})
+            marked.append(int(row["import_id"]))
+    return marked
+
+
+def dates_needing_import(
+    conn: sa.Connection, db: Database, dataset: str, dates: Sequence[Any]
+) -> list[Any]:
+    """Of ``dates``, those with no successful (or partial) daily or backfill import.
+
+    A date is missing when it has no import at all, or only failed/rejected ones.
+    """
+    if not dates:
+        return []
+    t = db.tables.import_history
+    done = set(
+        conn.execute(
+            sa.select(t.c.business_date)
+            .distinct()
+            .where(
+                t.c.dataset == dataset,
+                t.c.business_date.in_(list(dates)),
+                t.c.import_type.in_(["DAILY", "BACKFILL", "RETRY"]),
+                t.c.status.in_([ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value,
+                                ImportStatus.DUPLICATE.value, ImportStatus.RUNNING.value]),
+            )
+        ).scalars()
+    )
+    return [d for d in dates if d not in done]
+
+
+def expired_partition_keys(
+    conn: sa.Connection, db: Database, dataset: str, keys: Sequence[str], older_than: datetime
+) -> list[str]:
+    """Of ``keys``, file partitions whose last import ended before ``older_than``."""
+    if not keys:
+        return []
+    t = db.tables.import_history
+    last = sa.func.max(sa.func.coalesce(t.c.finished_at, t.c.created_at))
+    rows = conn.execute(
+        sa.select(t.c.partition_key, last, sa.func.sum(
+            sa.case((t.c.status.in_(["running", "pending"]), 1), else_=0)))
+        .where(t.c.dataset == dataset, t.c.partition_key.in_(list(keys)))
+        .group_by(t.c.partition_key)
+    ).all()
+    expired = []
+    for key, ended, active in rows:
+        if active:
+            continue
+        if ended is not None and ended.tzinfo is None:
+            ended = ended.replace(tzinfo=UTC)
+        if ended is not None and ended < older_than:
+            expired.append(key)
+    return expired

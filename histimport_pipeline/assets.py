@@ -1,0 +1,374 @@
+"""Dataset assets: one per dataset spec, materialized by four ops (parse, validate,
+reconcile, load) that pass a small import handle and keep the rows in staging tables."""
+
+
+import datetime as dt
+import getpass
+import inspect
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from histimport_pipeline.engine import files, history, importer
+from histimport_pipeline.engine.errors import FileError, HistimportError
+from histimport_pipeline.engine.importer import ImportHandle, ImportOptions, ImportResult
+from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.settings import Settings
+from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
+from histimport_pipeline.partitions import dataset_partitions
+from histimport_pipeline.resources import DatabaseResource
+
+#: Transient errors (database unreachable) are retried; terminal ones fail at once.
+RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL)
+DATASET_TAG = "histimport/dataset"
+TRIGGER_TAG = "histimport/trigger"
+
+
+class ImportConfig(dg.Config):
+    """Per-run options of an import."""
+
+    path: str | None = None
+    force: bool = False
+    max_error_ratio: float | None = None
+
+
+def master_key(entity: str) -> dg.AssetKey:
+    """Asset key of a master table that datasets reconcile against."""
+    return dg.AssetKey(["masters", entity])
+
+
+def inbox_key(spec: DatasetSpec) -> dg.AssetKey:
+    """Asset key of a dataset's inbox (the files dropped for it)."""
+    return dg.AssetKey(["inbox", spec.name])
+
+
+def external_assets(specs: dict[str, DatasetSpec]) -> list[dg.AssetSpec]:
+    """The inboxes and master tables: upstream of the datasets, not materialized here."""
+    out = [
+        dg.AssetSpec(
+            inbox_key(spec),
+            description=f"Files dropped for {spec.name} ({spec.files or spec.name + '/'}).",
+            group_name="inbox",
+            kinds={"file"},
+        )
+        for spec in specs.values()
+    ]
+    entities = sorted({ref.entity for s in specs.values() for ref in s.references.values()})
+    out += [
+        dg.AssetSpec(
+            master_key(entity),
+            description=f"Master table {entity} in the target database.",
+            group_name="masters",
+            kinds={"sql"},
+        )
+        for entity in entities
+    ]
+    return out
+
+
+def _spec(name: str) -> tuple[Settings, DatasetSpec]:
+    """Read the spec afresh at run time, so a fixed spec applies to a re-execution."""
+    settings = Settings.from_env()
+    specs = load_specs(settings.datasets)
+    if name not in specs:
+        raise dg.Failure(
+            f"dataset spec {name!r} is no longer in {settings.datasets}", allow_retries=False
+        )
+    return settings, specs[name]
+
+
+def _import_type(context: dg.OpExecutionContext, spec: DatasetSpec) -> ImportType:
+    tags = context.run.tags
+    if context.run.parent_run_id:
+        return ImportType.RETRY
+    if "dagster/backfill" in tags:
+        return ImportType.BACKFILL
+    if spec.partitioning is Partitioning.DAILY:
+        return ImportType.DAILY
+    if tags.get(TRIGGER_TAG) == "sensor":
+        return ImportType.DROP
+    return ImportType.MANUAL
+
+
+def _find_file(
+    settings: Settings, spec: DatasetSpec, partition_key: str, config_path: str | None
+) -> Path:
+    """The file of a partition: the configured path, else found by key in the inbox."""
+    folders = (settings.archive, settings.quarantine)
+    if config_path:
+        path = Path(config_path)
+        prefix = None if spec.partitioning is Partitioning.DAILY else files.sha_prefix_of_key(
+            partition_key
+        )
+        found = files.locate(path, spec.name, prefix, *folders)
+        if found is None:
+            raise dg.Failure(f"{path} is gone from the inbox, archive and quarantine",
+                             allow_retries=False)
+        return found
+    for entry in files.dataset_candidates(settings.inbox, spec):
+        if not isinstance(entry, files.Entry):
+            continue
+        if spec.partitioning is Partitioning.DAILY:
+            day = spec.business_date(entry.path.name)
+            if day is not None and day.isoformat() == partition_key:
+                return entry.path
+        elif files.partition_key_for(entry.path, files.sha256_of(entry.path)) == partition_key:
+            return entry.path
+    raise dg.Failure(
+        f"no file for partition {partition_key} of {spec.name} in {settings.inbox}: drop the "
+        "file into the inbox and re-run the partition",
+        allow_retries=False,
+    )
+
+
+def _fail(
+    context: dg.OpExecutionContext,
+    settings: Settings,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    database: DatabaseResource,
+    exc: BaseException,
+) -> dg.Failure:
+    """Record the failure; a terminal file problem moves the file to quarantine."""
+    terminal = not isinstance(exc, HistimportError) or exc.terminal
+    importer.fail_import(database.database, spec, handle, exc, keep_staging=not terminal)
+    if isinstance(exc, FileError) and Path(handle.file_path).exists():
+        moved = files.move_aside(
+            Path(handle.file_path), settings.quarantine, spec.name, handle.import_id,
+            {"status": "failed", "error": str(exc)},
+        )
+        context.log.warning(f"moved {handle.file_name} to quarantine: {moved}")
+    facts = exc.facts if isinstance(exc, HistimportError) else {}
+    return dg.Failure(
+        description=str(exc),
+        metadata={"import_id": handle.import_id, **{k: str(v) for k, v in facts.items()}},
+        allow_retries=not terminal,
+    )
+
+
+def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict[str, Any]:
+    written = result.rows_created + result.rows_updated + result.rows_unchanged
+    meta: dict[str, Any] = {
+        "import_id": result.import_id,
+        "status": result.status.value,
+        "file": result.file_name,
+        "sha256": result.sha256,
+        "strategy": spec.strategy.value,
+        "rows_read": result.rows_read,
+        "rows_created": result.rows_created,
+        "rows_updated": result.rows_updated,
+        "rows_unchanged": result.rows_unchanged,
+        "rows_failed": result.rows_failed,
+        "rows_duplicate": result.rows_duplicate,
+        "rows_waiting_for_review": result.rows_review,
+        "dagster/row_count": written,
+        "dagster/column_schema": column_schema(spec),
+    }
+    meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
+    top = (result.error_summary or {}).get("top_errors") or []
+    if top:
+        meta["top_errors"] = dg.MetadataValue.md(
+            "| column | category | rows | example |\n|---|---|---|---|\n"
+            + "\n".join(
+                f"| {e.get('column') or '(row)'} | {e.get('category')} | {e.get('count')} | "
+                f"{str(e.get('example')).replace('|', '/')[:120]} |"
+                for e in top
+            )
+        )
+    if csv is not None:
+        meta["failed_rows_csv"] = dg.MetadataValue.path(str(csv))
+    if result.duplicate_of is not None:
+        meta["duplicate_of_import"] = result.duplicate_of
+    return meta
+
+
+_SQL_TYPES = {
+    ColumnType.INTEGER: "bigint",
+    ColumnType.DECIMAL: "numeric",
+    ColumnType.BOOLEAN: "boolean",
+    ColumnType.DATE: "date",
+    ColumnType.TIMESTAMP: "timestamp",
+}
+
+
+def column_schema(spec: DatasetSpec) -> dg.TableSchema:
+    """The target table's columns as Dagster shows them."""
+    cols = [
+        dg.TableColumn(
+            name,
+            _SQL_TYPES.get(col.type, "text"),
+            description=col.description,
+            constraints=dg.TableColumnConstraints(nullable=not (col.required or name in spec.key),
+                                                  unique=list(spec.key) == [name]),
+        )
+        for name, col in spec.columns.items()
+    ]
+    cols += [dg.TableColumn(name, "reference", description=f"id in {ref.entity}")
+             for name, ref in spec.references.items()]
+    cols += [dg.TableColumn("_import_id", "bigint", description="import that wrote the row"),
+             dg.TableColumn("_source_row", "bigint", description="row number in the file")]
+    return dg.TableSchema(columns=cols)
+
+
+def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
+    """The asset of one dataset: its target table, loaded by parse → validate → reconcile →
+    load ops."""
+    name = spec.name
+    upstream = [inbox_key(spec), *sorted({master_key(r.entity) for r in spec.references.values()},
+                                          key=lambda k: k.to_user_string())]
+    upstream_names = [f"up_{i}" for i in range(len(upstream))]
+
+    @dg.op(
+        name=f"{name}_parse",
+        ins={n: dg.In(dg.Nothing) for n in upstream_names},
+        retry_policy=RETRY,
+        tags={"histimport/step": "parse"},
+        description="Find the file, record it, and detect format, encoding and headers.",
+    )
+    def parse(
+        context: dg.OpExecutionContext, config: ImportConfig, database: DatabaseResource
+    ) -> ImportHandle:
+        settings, current = _spec(name)
+        key = context.partition_key
+        path = _find_file(settings, current, key, config.path)
+        business_date = dt.date.fromisoformat(key) if current.partitioning is \
+            Partitioning.DAILY else None
+        options = ImportOptions(
+            force=config.force,
+            import_type=_import_type(context, current),
+            source=ImportSource.SCHEDULE if context.run.tags.get(TRIGGER_TAG) == "schedule"
+            else ImportSource.INBOX,
+            triggered_by=context.run.tags.get("user") or f"dagster:{getpass.getuser()}",
+            partition_key=key,
+            business_date=business_date,
+            dagster_run_id=context.run_id,
+            max_error_ratio=config.max_error_ratio,
+        )
+        try:
+            importer.ensure_schema(database.database)
+            handle = importer.start_import(database.database, current, path, options)
+        except HistimportError as exc:
+            raise dg.Failure(str(exc), allow_retries=not exc.terminal) from exc
+        context.log.info(f"import {handle.import_id}: {path.name} (sha256 {handle.sha256[:12]})")
+        if handle.duplicate_of is not None:
+            context.log.warning(
+                f"content already imported by import {handle.duplicate_of}; nothing to load"
+            )
+            return handle
+        try:
+            detected = importer.inspect_file(database.database, current, handle)
+        except Exception as exc:
+            raise _fail(context, settings, current, handle, database, exc) from exc
+        context.add_output_metadata(
+            {"import_id": handle.import_id, "file": handle.file_name,
+             "format": str(detected.get("format")), "encoding": str(detected.get("encoding")),
+             "delimiter": str(detected.get("delimiter")),
+             "headers": ", ".join(detected.get("headers") or [])}
+        )
+        return handle
+
+    @dg.op(name=f"{name}_validate", retry_policy=RETRY,
+           tags={"histimport/step": "validate"},
+           description="Read every row, check types and rules, stage the valid rows.")
+    def validate(
+        context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
+    ) -> ImportHandle:
+        if handle.duplicate_of is not None:
+            return handle
+        settings, current = _spec(name)
+        try:
+            staged = importer.stage_file(database.database, current, handle)
+        except Exception as exc:
+            raise _fail(context, settings, current, handle, database, exc) from exc
+        context.add_output_metadata(
+            {"rows_read": staged.rows_read, "rows_valid": staged.rows_staged,
+             "rows_failed": staged.rows_failed, "rows_duplicate": staged.rows_duplicate,
+             **{f"seconds_{k}": v for k, v in staged.seconds.items()}}
+        )
+        return handle
+
+    @dg.op(name=f"{name}_reconcile", retry_policy=RETRY,
+           tags={"histimport/step": "reconcile"},
+           description="Match reference values against the master tables.")
+    def reconcile(
+        context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
+    ) -> ImportHandle:
+        if handle.duplicate_of is not None:
+            return handle
+        settings, current = _spec(name)
+        try:
+            counts = importer.reconcile_import(database.database, current, handle)
+        except Exception as exc:
+            raise _fail(context, settings, current, handle, database, exc) from exc
+        context.add_output_metadata({k: v for k, v in counts.items()
+                                     if isinstance(v, int | float | str)})
+        return handle
+
+    @dg.op(name=f"{name}_load", retry_policy=RETRY, out=dg.Out(dg.Nothing),
+           tags={"histimport/step": "load"},
+           description="Apply the error gate and write the target with the tracking rows.")
+    def load(context: dg.OpExecutionContext, handle: ImportHandle,
+             database: DatabaseResource) -> None:
+        settings, current = _spec(name)
+        db = database.database
+        path = Path(handle.file_path)
+        if handle.duplicate_of is not None:
+            result = ImportResult(
+                import_id=handle.import_id, dataset=name, status=ImportStatus.DUPLICATE,
+                file_name=handle.file_name, sha256=handle.sha256,
+                duplicate_of=handle.duplicate_of,
+            )
+        else:
+            try:
+                result = importer.load_import(db, current, handle)
+            except Exception as exc:
+                raise _fail(context, settings, current, handle, database, exc) from exc
+        csv = None
+        if result.rows_failed or result.rows_duplicate:
+            csv = settings.home / "errors" / f"import_{result.import_id}_errors.csv"
+            csv.parent.mkdir(parents=True, exist_ok=True)
+            history.export_failed_rows(db, result.import_id, csv)
+        folder = settings.quarantine if result.status is ImportStatus.REJECTED else \
+            settings.archive
+        if path.exists() and _in_inbox(path, settings):
+            moved = files.move_aside(path, folder, name, result.import_id,
+                                     {"status": result.status.value})
+            context.log.info(f"moved {path.name} to {moved}")
+        context.add_output_metadata(_metadata(current, result, csv))
+        if result.status is ImportStatus.REJECTED:
+            raise dg.Failure(
+                description=result.error_message,
+                metadata=_metadata(current, result, csv),
+                allow_retries=False,
+            )
+
+    def compose(**upstream_inputs: Any) -> Any:
+        handle = parse(**upstream_inputs)
+        return load(reconcile(validate(handle)))
+
+    # Dagster reads the graph's inputs from the signature: one per upstream asset.
+    compose.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in upstream_names]
+    )
+    compose.__name__ = name
+    return dg.graph_asset(
+        name=name,
+        description=spec.description or f"Rows imported into table {spec.target_table}.",
+        group_name=name,
+        partitions_def=dataset_partitions(spec),
+        ins={n: dg.AssetIn(key=k, dagster_type=dg.Nothing)
+             for n, k in zip(upstream_names, upstream, strict=True)},
+        tags={DATASET_TAG: name},
+        kinds={"sql"},
+        metadata={"target_table": spec.target_table, "strategy": spec.strategy.value,
+                  "dagster/column_schema": column_schema(spec)},
+    )(compose)
+
+
+def _in_inbox(path: Path, settings: Settings) -> bool:
+    try:
+        path.resolve().relative_to(settings.inbox.resolve())
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,65 @@
+"""The daily schedule: yesterday's partition plus every missing or failed day in a window."""
+
+import datetime as dt
+from typing import Any
+
+import dagster as dg
+
+from histimport_pipeline.assets import DATASET_TAG, TRIGGER_TAG
+from histimport_pipeline.engine import tracking
+from histimport_pipeline.engine.settings import Settings
+from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.partitions import DEFAULT_START
+from histimport_pipeline.resources import DatabaseResource
+
+CRON = "0 2 * * *"
+
+
+def dates_to_request(
+    database: DatabaseResource, spec: DatasetSpec, today: dt.date, lookback_days: int
+) -> list[dt.date]:
+    """Yesterday and the days of the look-back window with no successful import."""
+    start = max(today - dt.timedelta(days=lookback_days), spec.start_date or DEFAULT_START)
+    window = [start + dt.timedelta(days=i) for i in range((today - start).days)]
+    with database.database.reader() as conn:
+        return tracking.dates_needing_import(conn, database.database, spec.name, window)
+
+
+def build_daily_schedule(
+    spec: DatasetSpec, job: Any
+) -> dg.ScheduleDefinition:
+    """Request yesterday's partition of ``spec`` and fill the gaps in the look-back window."""
+
+    @dg.schedule(
+        name=f"{spec.name}_daily_schedule",
+        cron_schedule=CRON,
+        job=job,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Imports yesterday's {spec.name} file and any missing or failed day.",
+    )
+    def daily_schedule(
+        context: dg.ScheduleEvaluationContext, database: DatabaseResource
+    ) -> list[dg.RunRequest]:
+        settings = Settings.from_env()
+        scheduled = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+        today = scheduled.date()
+        dates = dates_to_request(database, spec, today, settings.lookback_days)
+        with database.database.engine.begin() as conn:
+            tracking.touch_process(
+                conn, database.database, f"schedule:{spec.name}", process_type="schedule",
+                dataset=spec.name, state="scheduled", last_run_at=tracking.utcnow(),
+                last_run_date=today, next_scheduled_run=dt.datetime.combine(
+                    today + dt.timedelta(days=1), dt.time(2), tzinfo=dt.UTC),
+                configuration={"cron": CRON, "lookback_days": settings.lookback_days,
+                               "requested": [d.isoformat() for d in dates]},
+            )
+        return [
+            dg.RunRequest(
+                run_key=f"{spec.name}:{day.isoformat()}:{today.isoformat()}",
+                partition_key=day.isoformat(),
+                tags={DATASET_TAG: spec.name, TRIGGER_TAG: "schedule"},
+            )
+            for day in dates
+        ]
+
+    return daily_schedule

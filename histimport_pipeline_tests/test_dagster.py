@@ -1,0 +1,308 @@
+"""Dagster wiring: definitions, materializing partitions, sensors, schedule, checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from histimport_pipeline.assets import build_dataset_asset
+from histimport_pipeline.checks import build_checks
+from histimport_pipeline.definitions import build_definitions
+from histimport_pipeline.engine import files, migrations, tracking
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.settings import dagster_instance_url
+from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.resources import DatabaseResource
+from histimport_pipeline.schedules import build_daily_schedule
+from histimport_pipeline.sensors import build_inbox_sensor
+from histimport_pipeline_tests.helpers import SIGNUPS, history, rows
+
+GOOD = "ID,email,amount\n007,a@example.com,1.50\n008,b@example.com,2\n009,bad-email,3\n"
+DAILY: dict[str, Any] = {
+    **SIGNUPS,
+    "name": "sessions",
+    "target_table": "sessions",
+    "files": "sessions_*.csv",
+    "partitioning": "daily",
+    "strategy": "replace_date",
+    "key": [],
+    "start_date": "2024-01-01",
+}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Path:
+    """HISTIMPORT_* pointing into tmp_path, with the signups and sessions specs."""
+    return _make_home(tmp_path, monkeypatch, db_url)
+
+
+def _make_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Path:
+    for sub in ("inbox", "datasets", "archive", "quarantine"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "datasets" / "signups.yaml").write_text(yaml.safe_dump(SIGNUPS))
+    (tmp_path / "datasets" / "sessions.yaml").write_text(yaml.safe_dump(DAILY))
+    monkeypatch.setenv("HISTIMPORT_HOME", str(tmp_path))
+    monkeypatch.setenv("HISTIMPORT_DATABASE_URL", db_url)
+    for name in ("INBOX", "DATASETS", "ARCHIVE", "QUARANTINE"):
+        monkeypatch.setenv(f"HISTIMPORT_{name}", str(tmp_path / name.lower()))
+    db = Database.connect(db_url)
+    migrations.upgrade(db)  # `histimport db upgrade`, as the run command does
+    db.dispose()
+    return tmp_path
+
+
+def _spec(raw: dict[str, Any]) -> DatasetSpec:
+    return DatasetSpec.model_validate(raw)
+
+
+def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> None:
+    from histimport_pipeline.definitions import defs
+
+    loaded = defs()
+    graph = loaded.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"signups", "sessions", "inbox/signups", "inbox/sessions"} <= keys
+    assert loaded.resolve_job_def("signups_import_job") is not None
+    assert loaded.resolve_sensor_def("signups_inbox_sensor") is not None
+    assert loaded.resolve_schedule_def("sessions_daily_schedule") is not None
+    node_names = {n.name for n in loaded.resolve_job_def("signups_import_job").all_node_defs}
+    assert {"signups_parse", "signups_validate", "signups_reconcile", "signups_load"} <= node_names
+
+
+def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
+    spec = _spec(SIGNUPS)
+    path = home / "inbox" / "signups_1.csv"
+    path.write_text(GOOD)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("signups_files", [key])
+    asset = build_dataset_asset(spec)
+    result = dg.materialize(
+        [asset, *build_checks(spec)],
+        partition_key=key,
+        instance=instance,
+        resources={"database": DatabaseResource(url=db_url)},
+        selection=dg.AssetSelection.assets(asset) | dg.AssetSelection.checks_for_assets(asset),
+    )
+    assert result.success
+    [event] = result.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert meta["rows_created"] == 2 and meta["rows_failed"] == 1
+    assert meta["dagster/row_count"] == 2 and meta["status"] == "partial"
+    assert Path(str(meta["failed_rows_csv"])).read_text(encoding="utf-8-sig").count("bad-email")
+    db = Database.connect(db_url)
+    assert [r["signup_id"] for r in rows(db, "signups")] == ["007", "008"]
+    h = history(db, int(meta["import_id"]))
+    assert h["partition_key"] == key and h["dagster_run_id"] == result.run_id
+    assert h["import_type"] == "MANUAL" and h["source"] == "inbox"
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {
+        "failed_share_within_gate": True,
+        "no_duplicate_keys": True,
+        "references_resolved": True,
+        "rows_accounted_for": True,
+    }
+    # the imported file left the inbox for the archive, named with its import id
+    assert not path.exists()
+    archived = list((home / "archive" / "signups").glob(f"{meta['import_id']}__signups_1.csv"))
+    assert archived and archived[0].with_name(archived[0].name + ".json").exists()
+    db.dispose()
+
+
+def test_a_bad_file_fails_the_run_and_goes_to_quarantine(home: Path, db_url: str) -> None:
+    spec = _spec(SIGNUPS)
+    path = home / "inbox" / "signups_bad.csv"
+    path.write_text("email\nx@y.org\n")  # no ID column
+    key = files.partition_key_for(path, files.sha256_of(path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("signups_files", [key])
+    result = dg.materialize(
+        [build_dataset_asset(spec)], partition_key=key, instance=instance,
+        resources={"database": DatabaseResource(url=db_url)}, raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "signup_id" in str(failure.event_specific_data)
+    assert list((home / "quarantine" / "signups").glob("*__signups_bad.csv"))
+    db = Database.connect(db_url)
+    with db.engine.connect() as conn:
+        status = conn.execute(sa.select(db.tables.import_history.c.status)).scalar_one()
+    assert status == "failed"
+    db.dispose()
+
+
+def test_daily_partition_finds_its_file_by_date(home: Path, db_url: str) -> None:
+    spec = _spec(DAILY)
+    (home / "inbox" / "sessions_2024-01-05.csv").write_text(GOOD.replace("bad-email", "c@x.org"))
+    result = dg.materialize(
+        [build_dataset_asset(spec)], partition_key="2024-01-05",
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"database": DatabaseResource(url=db_url)},
+    )
+    assert result.success
+    db = Database.connect(db_url)
+    loaded = rows(db, "sessions")
+    assert len(loaded) == 3 and {r["_business_date"] for r in loaded} == {dt.date(2024, 1, 5)}
+    with db.engine.connect() as conn:
+        t = db.tables.import_history
+        assert conn.execute(sa.select(t.c.import_type)).scalar_one() == "DAILY"
+    db.dispose()
+
+
+def _tick(sensor: dg.SensorDefinition, db_url: str, cursor: str | None,
+          instance: dg.DagsterInstance) -> dg.SensorResult:
+    with dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"database": DatabaseResource(url=db_url)}
+    ) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def test_sensor_waits_for_stable_files_and_refuses_links(home: Path, db_url: str) -> None:
+    spec = _spec(SIGNUPS)
+    from histimport_pipeline.definitions import build_definitions
+
+    job = build_definitions({"signups": spec}).resolve_job_def("signups_import_job")
+    sensor = build_inbox_sensor(spec, dg.define_asset_job("signups_import_job"))
+    assert job is not None
+    instance = dg.DagsterInstance.ephemeral()
+    inbox = home / "inbox"
+    (inbox / "signups_a.csv").write_text(GOOD)
+    (inbox / "signups_b.csv.part").write_text(GOOD)  # still being written
+    (inbox / ".signups_hidden.csv").write_text(GOOD)
+    outside = home / "secret.csv"
+    outside.write_text("x")
+    (inbox / "signups_link.csv").symlink_to(outside)
+    os.mkfifo(inbox / "signups_fifo.csv")
+
+    first = _tick(sensor, db_url, None, instance)
+    assert first.run_requests == []  # seen once: maybe still being written
+    assert not (inbox / "signups_link.csv").is_symlink()  # refused and moved
+    quarantined = {p.name for p in (home / "quarantine" / "signups").iterdir()}
+    assert {"signups_link.csv", "signups_fifo.csv"} <= quarantined
+    assert outside.read_text() == "x"  # the link's target was not touched
+
+    (inbox / "signups_c.csv").write_text(GOOD + "010,d@x.org,1\n")
+    second = _tick(sensor, db_url, first.cursor, instance)
+    [request] = second.run_requests
+    sha = files.sha256_of(inbox / "signups_a.csv")
+    assert request.partition_key == f"signups_a-{sha[:12]}"
+    assert request.run_key and sha in request.run_key
+    assert request.run_config["ops"]["signups_parse"]["config"]["path"].endswith("signups_a.csv")
+    [added] = second.dynamic_partitions_requests
+    assert isinstance(added, dg.AddDynamicPartitionsRequest)
+    assert list(added.partition_keys) == [request.partition_key]
+    assert json.loads(second.cursor or "{}")["files"]  # c.csv is remembered, not yet ready
+
+    third = _tick(sensor, db_url, second.cursor, instance)
+    assert [r.partition_key.split("-")[0] for r in third.run_requests] == ["signups_c"]
+    fourth = _tick(sensor, db_url, third.cursor, instance)
+    assert fourth.run_requests == []  # nothing requested twice
+
+
+def test_sensor_handles_ten_thousand_files_within_its_budget(home: Path, db_url: str) -> None:
+    spec = _spec(SIGNUPS)
+    sensor = build_inbox_sensor(spec, dg.define_asset_job("signups_import_job"))
+    instance = dg.DagsterInstance.ephemeral()
+    for i in range(10_000):
+        (home / "inbox" / f"signups_{i:05d}.csv").write_text(f"ID,email\n{i},u{i}@x.org\n")
+    started = time.monotonic()
+    first = _tick(sensor, db_url, None, instance)
+    second = _tick(sensor, db_url, first.cursor, instance)
+    elapsed = time.monotonic() - started
+    assert len(second.run_requests) == 10_000
+    assert len({r.partition_key for r in second.run_requests}) == 10_000
+    assert elapsed < 40  # two ticks, each well inside Dagster's 60 s sensor timeout
+    cursor = json.loads(second.cursor or "{}")
+    assert len(cursor["files"]) == 10_000  # bounded by what is in the inbox
+
+
+def test_schedule_requests_yesterday_and_the_gaps(home: Path, db_url: str) -> None:
+    spec = _spec(DAILY)
+    db = Database.connect(db_url)
+    today = dt.date(2024, 3, 10)
+    with db.engine.begin() as conn:
+        for day, status in [(3, "success"), (5, "failed"), (6, "success"), (8, "partial")]:
+            tracking.create_import(
+                conn, db, dataset="sessions", target_table="sessions", import_type="DAILY",
+                source="schedule", status=status, business_date=dt.date(2024, 3, day),
+            )
+    schedule = build_daily_schedule(spec, dg.define_asset_job("sessions_import_job"))
+    with dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2024, 3, 10, 2, tzinfo=dt.UTC),
+        resources={"database": DatabaseResource(url=db_url)},
+    ) as context:
+        requests = list(schedule(context))
+    days = sorted(r.partition_key for r in requests)
+    # window: the 7 days before today; 3, 6 and 8 are done; 5 failed and is retried
+    assert days == ["2024-03-04", "2024-03-05", "2024-03-07", "2024-03-09"]
+    assert all(r.tags["histimport/trigger"] == "schedule" for r in requests)
+    with db.engine.connect() as conn:
+        ps = conn.execute(
+            sa.select(db.tables.processing_status).where(
+                db.tables.processing_status.c.process_name == "schedule:sessions"
+            )
+        ).mappings().one()
+    assert ps["last_run_date"] == today and ps["next_scheduled_run"] is not None
+    db.dispose()
+
+
+def test_run_failure_marks_unfinished_imports_failed(home: Path, db_url: str) -> None:
+    db = Database.connect(db_url)
+    with db.engine.begin() as conn:
+        import_id = tracking.create_import(
+            conn, db, dataset="signups", target_table="signups", import_type="DROP",
+            source="inbox", status="running", dagster_run_id="run-123",
+        )
+    marked = tracking.fail_unfinished_imports_of_run(db, "run-123", "run died")
+    assert marked == [import_id]
+    assert history(db, import_id)["status"] == "failed"
+    assert tracking.fail_unfinished_imports_of_run(db, "run-123", "again") == []
+    db.dispose()
+
+
+def test_an_import_through_a_postgres_backed_instance(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = _make_home(tmp_path, monkeypatch, pg_url)
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(
+        yaml.safe_dump({"storage": {"postgres": {"postgres_url": dagster_instance_url(pg_url)}},
+                        "telemetry": {"enabled": False}})
+    )
+    spec = _spec(SIGNUPS)
+    path = home / "inbox" / "signups_pg.csv"
+    path.write_text(GOOD)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        instance.add_dynamic_partitions("signups_files", [key])
+        result = dg.materialize(
+            [build_dataset_asset(spec)], partition_key=key, instance=instance,
+            resources={"database": DatabaseResource(url=pg_url)},
+        )
+        assert result.success
+        stored = instance.get_run_by_id(result.run_id)
+        assert stored is not None and stored.is_success
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        runs = conn.exec_driver_sql("SELECT count(*) FROM runs").scalar_one()
+    engine.dispose()
+    assert runs == 1  # the run lives in PostgreSQL
+
+
+def test_definitions_build_with_explicit_resources(db_url: str) -> None:
+    defs = build_definitions(
+        {"signups": _spec(SIGNUPS)}, resources={"database": DatabaseResource(url=db_url)}
+    )
+    assert defs.resolve_job_def("signups_import_job") is not None
