@@ -80,7 +80,7 @@ def _spec(name: str) -> tuple[Settings, DatasetSpec]:
 
 def _import_type(context: dg.OpExecutionContext, spec: DatasetSpec) -> ImportType:
     tags = context.run.tags
-    if context.run.parent_run_id:
+    if context.run.parent_run_id or tags.get(TRIGGER_TAG) == "retry":
         return ImportType.RETRY
     if "dagster/backfill" in tags:
         return ImportType.BACKFILL

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from histimport_pipeline.engine import history, migrations
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.demo import write_demo
 from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
 from histimport_pipeline.engine.importer import (
     ImportOptions,
@@ -33,7 +34,12 @@ from histimport_pipeline.engine.importer import (
 )
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
 from histimport_pipeline.engine.rollback import rollback_import
-from histimport_pipeline.engine.settings import ENVIRONMENT_VARIABLES, Settings, SettingsError
+from histimport_pipeline.engine.settings import (
+    ENVIRONMENT_VARIABLES,
+    Settings,
+    SettingsError,
+    dagster_instance_url,
+)
 from histimport_pipeline.engine.spec import DatasetSpec, load_specs, route_file
 
 app = typer.Typer(
@@ -689,6 +695,87 @@ def cleanup(
         "Import history is kept.",
         highlight=False,
     )
+
+
+@app.command("demo")
+def demo() -> None:
+    """Write demo dataset specs, a master table and messy sample files into HISTIMPORT_HOME."""
+    with _tracked() as (settings, db):
+        result = write_demo(settings, db)
+    out.print(
+        f"wrote {len(result.specs)} dataset specs to {settings.datasets}, "
+        f"{len(result.files)} files to {settings.inbox}, "
+        f"and {result.master_rows} rows into the master table ambassadors",
+        highlight=False,
+    )
+    out.print("start the UI with scripts/run.sh; the inbox sensors import the files within "
+              "a minute", highlight=False)
+
+
+@app.command("retry-failed")
+def retry_failed(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only imports since (ISO date or age: 12h, 7d).")
+    ] = None,
+    url: Annotated[
+        str, typer.Option(envvar="HISTIMPORT_DAGSTER_URL", help="Dagster webserver URL.")
+    ] = "http://127.0.0.1:3000",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List, launch nothing.")] = False,
+) -> None:
+    """Launch runs for partitions whose latest import failed, through the Dagster webserver."""
+    with _tracked() as (_settings, db):
+        cutoff = history.parse_since(since) if since else None
+        failed = history.failed_partitions(db, dataset, cutoff)
+    if not failed:
+        out.print("no failed partitions")
+        return
+    client = None
+    if not dry_run:
+        from urllib.parse import urlparse
+
+        from dagster_graphql import DagsterGraphQLClient
+
+        parsed = urlparse(url)
+        client = DagsterGraphQLClient(
+            parsed.hostname or "127.0.0.1", port_number=parsed.port,
+            use_https=parsed.scheme == "https",
+        )
+    launched = 0
+    for item in failed:
+        name, key = item["dataset"], item["partition_key"]
+        if client is None:
+            out.print(f"would retry {name} partition {key} (import {item['import_id']})",
+                      highlight=False)
+            continue
+        config = {"ops": {f"{name}_parse": {"config": {"path": item["file_path"]}}}} \
+            if item["file_path"] else {}
+        try:
+            run_id = client.submit_job_execution(
+                f"{name}_import_job", run_config=config,
+                tags={"dagster/partition": key, "histimport/dataset": name,
+                      "histimport/trigger": "retry", "histimport/retry_of":
+                      str(item["import_id"])},
+            )
+        except Exception as exc:  # the webserver answers with its own error types
+            err.print(f"[red]error:[/red] could not launch {name} {key}: {escape(str(exc))}")
+            raise typer.Exit(2) from None
+        launched += 1
+        out.print(f"launched run {run_id} for {name} partition {key} "
+                  f"(retrying import {item['import_id']})", highlight=False)
+    if client is not None:
+        out.print(f"{launched} run(s) launched; watch them at {url}/runs", highlight=False)
+
+
+@app.command("dagster-url")
+def dagster_url() -> None:
+    """Print HISTIMPORT_DATABASE_URL as a URL for Dagster's PostgreSQL instance storage."""
+    try:
+        settings = Settings.from_env()
+        sys.stdout.write(dagster_instance_url(settings.database_url) + "\n")
+    except SettingsError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
 
 
 def main() -> None:

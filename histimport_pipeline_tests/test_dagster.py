@@ -277,10 +277,10 @@ def test_an_import_through_a_postgres_backed_instance(
     home = _make_home(tmp_path, monkeypatch, pg_url)
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(
-        yaml.safe_dump({"storage": {"postgres": {"postgres_url": dagster_instance_url(pg_url)}},
-                        "telemetry": {"enabled": False}})
-    )
+    # the shipped production instance file, with its URL from the environment
+    shipped = Path(__file__).resolve().parent.parent / "deploy" / "dagster.yaml"
+    (dagster_home / "dagster.yaml").write_text(shipped.read_text())
+    monkeypatch.setenv("HISTIMPORT_DAGSTER_PG_URL", dagster_instance_url(pg_url))
     spec = _spec(SIGNUPS)
     path = home / "inbox" / "signups_pg.csv"
     path.write_text(GOOD)
@@ -294,6 +294,8 @@ def test_an_import_through_a_postgres_backed_instance(
         assert result.success
         stored = instance.get_run_by_id(result.run_id)
         assert stored is not None and stored.is_success
+        coordinator = instance.run_coordinator
+        assert type(coordinator).__name__ == "QueuedRunCoordinator"
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:
         runs = conn.exec_driver_sql("SELECT count(*) FROM runs").scalar_one()

@@ -13,8 +13,12 @@ mkdir -p "$HISTIMPORT_HOME"
 export HISTIMPORT_DATABASE_URL="${HISTIMPORT_DATABASE_URL:-sqlite:///$HISTIMPORT_HOME/histimport.db}"
 export DAGSTER_HOME="${DAGSTER_HOME:-$HISTIMPORT_HOME/dagster}"
 mkdir -p "$DAGSTER_HOME"
-[ -f "$DAGSTER_HOME/dagster.yaml" ] || printf 'telemetry:\n  enabled: false\n' \
-    >"$DAGSTER_HOME/dagster.yaml"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/dagster.local.yaml "$DAGSTER_HOME/dagster.yaml"
 
 histimport db upgrade
+# First start: demo specs, master table and messy files, so there is something to watch.
+datasets="${HISTIMPORT_DATASETS:-$HISTIMPORT_HOME/datasets}"
+if ! ls "$datasets"/*.yaml >/dev/null 2>&1; then
+    histimport demo
+fi
 exec dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}"

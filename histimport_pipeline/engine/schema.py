@@ -60,6 +60,7 @@ class TrackingTables:
     import_reconciliation_matches: sa.Table
     import_audit_trail: sa.Table
     import_row_images: sa.Table
+    reconciliation_aliases: sa.Table
 
 
 @cache
@@ -215,9 +216,38 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Column("decided_at", Timestamp),
         _created_at(),
         _updated_at(),
+        # Added by migration 0002: the normalized input (the alias key) and the master id column.
+        sa.Column("input_key", sa.Text),
+        sa.Column("id_column", sa.String(200)),
         sa.Index("ix_import_reconciliation_matches_import_id", "import_id"),
         sa.Index("ix_import_reconciliation_matches_decision", "decision"),
         sa.Index("ix_import_reconciliation_matches_entity", "entity"),
+        sa.Index(
+            "ix_import_reconciliation_matches_import_ref",
+            "import_id",
+            "reference_column",
+            "decision",
+        ),
+    )
+
+    fk_match = (
+        f"{schema}.import_reconciliation_matches.match_id"
+        if schema
+        else "import_reconciliation_matches.match_id"
+    )
+    reconciliation_aliases = sa.Table(
+        "reconciliation_aliases",
+        md,
+        sa.Column("alias_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("entity", sa.String(200), nullable=False),
+        sa.Column("input_key", sa.Text, nullable=False),
+        sa.Column("input_values", Json, nullable=False),
+        sa.Column("entity_id", sa.String(200), nullable=False),
+        sa.Column("match_id", BigId, sa.ForeignKey(fk_match, ondelete="SET NULL")),
+        sa.Column("created_by", sa.String(200)),
+        _created_at(),
+        _updated_at(),
+        sa.UniqueConstraint("entity", "input_key", name="uq_reconciliation_aliases_entity_key"),
     )
 
     import_audit_trail = sa.Table(
@@ -262,6 +292,7 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         import_reconciliation_matches=import_reconciliation_matches,
         import_audit_trail=import_audit_trail,
         import_row_images=import_row_images,
+        reconciliation_aliases=reconciliation_aliases,
     )
 
 
@@ -271,4 +302,5 @@ UPDATED_AT_TABLES = (
     "processed_files",
     "processing_status",
     "import_reconciliation_matches",
+    "reconciliation_aliases",
 )
