@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from histimport_pipeline.cli_review import review_app
 from histimport_pipeline.engine import history, migrations
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.demo import write_demo
@@ -50,6 +51,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Apply, roll back and inspect the tracking-schema migrations.")
 app.add_typer(db_app, name="db")
+app.add_typer(review_app, name="review")
 
 out = Console()
 err = Console(stderr=True)

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import failpoints, load, migrations, tracking
+from histimport_pipeline.engine import failpoints, load, migrations, reconcile, tracking
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.errors import FileError, HistimportError
 from histimport_pipeline.engine.models import (
@@ -394,6 +394,13 @@ def stage_file(
             failpoints.checkpoint("staging")
             if progress is not None:
                 progress(read)
+    t0 = time.perf_counter()
+    with _tx(db, conn) as tx:
+        load.index_staging(tx, db, spec, handle.import_id)
+        repeated = load.remove_duplicate_keys(tx, db, spec, handle.import_id)
+    staged -= repeated
+    duplicates += repeated
+    seconds["stage"] += time.perf_counter() - t0
     result = StageResult(
         rows_read=read,
         rows_staged=staged,
@@ -441,18 +448,45 @@ def reconcile_import(
     Returns:
         Counts of the reconciliation (empty when there is nothing to reconcile).
     """
+    if not spec.references:
+        with _tx(db, conn) as tx:
+            tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.CONFIRM.value)
+        return {}
+    _take_over(db, handle, conn)
+    t0 = time.perf_counter()
     with _tx(db, conn) as tx:
-        tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.CONFIRM.value)
-        if spec.references:
-            tracking.record_audit(
-                tx,
-                db,
-                handle.import_id,
-                "reconciled",
-                None,
-                {"note": "reference columns are loaded as given; matching is not enabled yet"},
-            )
-    return {}
+        row = tracking.get_import(tx, db, handle.import_id) or {}
+        outcome = reconcile.reconcile_staged(tx, db, spec, handle.import_id)
+        seconds = dict(row.get("phase_seconds") or {})
+        seconds["reconcile"] = round(time.perf_counter() - t0, 4)
+        tracking.update_import(
+            tx,
+            db,
+            handle.import_id,
+            rows_review=outcome.rows_review,
+            rows_failed=int(row.get("rows_failed") or 0) + outcome.rows_rejected,
+            phase_seconds=seconds,
+            phase=ImportPhase.CONFIRM.value,
+        )
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            "reconciled",
+            None,
+            {
+                "matches": outcome.matches,
+                "comparisons": outcome.comparisons,
+                "rows_review": outcome.rows_review,
+                "rows_rejected": outcome.rows_rejected,
+            },
+        )
+    return {
+        "rows_waiting_for_review": outcome.rows_review,
+        "rows_rejected_by_reconciliation": outcome.rows_rejected,
+        "comparisons": outcome.comparisons,
+        **{f"matches_{k}": v for k, v in outcome.matches.items()},
+    }
 
 
 def load_import(

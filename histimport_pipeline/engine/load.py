@@ -435,7 +435,9 @@ def record_append_conflicts(
     names = data_columns(spec)
     on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
     rows = conn.execute(
-        sa.select(stage, target.c._import_id.label("_holder")).join(target, on_key)
+        sa.select(stage, target.c._import_id.label("_holder"))
+        .join(target, on_key)
+        .where(stage.c._hold.is_(None))
     ).mappings()
     records = []
     for row in rows:
@@ -455,3 +457,81 @@ def record_append_conflicts(
     if records:
         conn.execute(sa.insert(db.tables.import_failed_rows), records)
     return len(records)
+
+
+def index_staging(conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int) -> None:
+    """Index the staged key and refresh planner statistics once staging is complete."""
+    stage = staging_table(db, spec, import_id)
+    if spec.key:
+        sa.Index(f"{stage.name}_key", *(stage.c[k] for k in spec.key)).create(conn)
+    if db.dialect == "postgresql":
+        preparer = conn.dialect.identifier_preparer
+        conn.exec_driver_sql(
+            f"ANALYZE {preparer.quote(db.schema or 'public')}.{preparer.quote(stage.name)}"
+        )
+
+
+def remove_duplicate_keys(
+    conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int, batch: int = 5_000
+) -> int:
+    """Move staged rows whose key appeared earlier in the file to the failed rows.
+
+    Done in the database so that memory does not grow with the number of distinct keys. The
+    first occurrence of a key stays; each later one becomes a failed row of category
+    ``duplicate`` naming the row where the key was first seen.
+
+    Returns:
+        How many staged rows were duplicates.
+    """
+    if not spec.key:
+        return 0
+    stage = staging_table(db, spec, import_id)
+    keys = [stage.c[k] for k in spec.key]
+    firsts = (
+        sa.select(*keys, sa.func.min(stage.c._source_row).label("first_row"))
+        .group_by(*keys)
+        .having(sa.func.count() > 1)
+        .subquery("firsts")
+    )
+    on_key = sa.and_(*(stage.c[k] == firsts.c[k] for k in spec.key))
+    query = (
+        sa.select(stage, firsts.c.first_row)
+        .join(firsts, on_key)
+        .where(stage.c._source_row > firsts.c.first_row)
+        .order_by(stage.c._source_row)
+    )
+    names = data_columns(spec)
+    failed = db.tables.import_failed_rows
+    total = 0
+    last = 0
+    while True:  # pages by source row, so memory stays bounded however many duplicates
+        page = conn.execute(
+            query.where(stage.c._source_row > last).limit(batch)
+        ).mappings().fetchall()
+        if not page:
+            break
+        records = []
+        for row in page:
+            shown = ", ".join(f"{k}={_show(row[k])}" for k in spec.key)
+            records.append(
+                {
+                    "import_id": import_id,
+                    "source_row": row["_source_row"],
+                    "column_name": spec.key[0],
+                    "category": "duplicate",
+                    "message": f"duplicate key {shown} (first seen in row {row['first_row']})",
+                    "raw_value": None if row[spec.key[0]] is None else str(row[spec.key[0]]),
+                    "raw_values": {n: None if row[n] is None else str(row[n]) for n in names},
+                }
+            )
+        conn.execute(sa.insert(failed), records)
+        rows = [int(r["_source_row"]) for r in page]
+        conn.execute(sa.delete(stage).where(stage.c._source_row.in_(rows)))
+        total += len(rows)
+        last = rows[-1]
+    return total
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return repr(text if len(text) <= 60 else text[:57] + "...")

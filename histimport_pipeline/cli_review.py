@@ -1,0 +1,184 @@
+"""``histimport review``: list, accept and reject reconciliation decisions, then apply them.
+
+A thin layer over :mod:`histimport_pipeline.engine.reconcile`; engine errors become a
+one-line message on stderr and exit code 2, as in :mod:`histimport_pipeline.cli`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from histimport_pipeline.engine import history, reconcile
+from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
+from histimport_pipeline.engine.importer import ensure_schema
+from histimport_pipeline.engine.models import MatchDecision
+from histimport_pipeline.engine.settings import Settings, SettingsError
+from histimport_pipeline.engine.spec import load_specs
+
+review_app = typer.Typer(
+    help="Review reconciliation decisions: list them, accept or reject, then apply.",
+    no_args_is_help=True,
+)
+
+out = Console()
+err = Console(stderr=True)
+
+
+@contextmanager
+def _tracked() -> Iterator[tuple[Settings, Database]]:
+    """Settings and a migrated database from the environment; engine errors exit 2."""
+    try:
+        settings = Settings.from_env()
+        db = Database.from_settings(settings)
+    except (SettingsError, HistimportError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    try:
+        with unavailable_as_transient(db.engine.url):
+            ensure_schema(db)
+            yield settings, db
+    except HistimportError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    finally:
+        db.dispose()
+
+
+def _user() -> str | None:
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return None
+
+
+def _inputs(values: Any) -> str:
+    if not isinstance(values, dict):
+        return ""
+    return ", ".join(f"{k}={v!r}" for k, v in values.items())
+
+
+def _candidates(values: Any) -> str:
+    if not values:
+        return ""
+    return ", ".join(f"{c.get('id')} ({c.get('score')})" for c in values)
+
+
+@review_app.command("list")
+def list_reviews(
+    import_id: Annotated[int | None, typer.Option("--import", help="Only this import.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every decision, not only those waiting for review.")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List reconciliation matches waiting for a decision (oldest first)."""
+    with _tracked() as (_settings, db):
+        decision = None if show_all else MatchDecision.NEEDS_REVIEW
+        rows = reconcile.list_matches(db, import_id, dataset, decision, limit)
+    if as_json:
+        sys.stdout.write(json.dumps(history.jsonable(rows), indent=2, ensure_ascii=False) + "\n")
+        return
+    if not rows:
+        out.print("nothing waits for review" if not show_all else "no reconciliation matches")
+        return
+    table = Table(
+        "match",
+        "import",
+        "dataset",
+        "column",
+        "entity",
+        "input",
+        "type",
+        "suggested",
+        "score",
+        "candidates",
+        "rows",
+        "decision",
+    )
+    for r in rows:
+        table.add_row(
+            str(r["match_id"]),
+            str(r["import_id"]),
+            escape(r["dataset"]),
+            escape(r["reference_column"]),
+            escape(r["entity"]),
+            escape(_inputs(r["input_values"])),
+            escape(r["match_type"]),
+            escape(r["matched_id"] or ""),
+            "" if r["score"] is None else f"{r['score']:.1f}",
+            escape(_candidates(r["candidates"])),
+            str(r["rows_affected"] or 0),
+            escape(r["decision"]),
+        )
+    out.print(table)
+    if not show_all:
+        out.print(
+            "[dim]histimport review accept MATCH [--entity ID] | histimport review reject "
+            "MATCH, then histimport review apply IMPORT[/dim]"
+        )
+
+
+@review_app.command("accept")
+def accept(
+    match_id: Annotated[int, typer.Argument(help="The match id (see `histimport review list`).")],
+    entity: Annotated[
+        str | None,
+        typer.Option("--entity", help="The master id to match (default: the suggested one)."),
+    ] = None,
+) -> None:
+    """Accept a match; the input is remembered as an alias of that master row."""
+    with _tracked() as (_settings, db):
+        row = reconcile.decide_match(db, match_id, accept=True, entity_id=entity, actor=_user())
+    out.print(
+        f"match {match_id}: accepted {escape(_inputs(row['input_values']))} -> "
+        f"{escape(row['entity'])} {escape(str(row['matched_id']))} (alias recorded); load the "
+        f"rows with: histimport review apply {row['import_id']}",
+        highlight=False,
+    )
+
+
+@review_app.command("reject")
+def reject(
+    match_id: Annotated[int, typer.Argument(help="The match id (see `histimport review list`).")],
+) -> None:
+    """Reject a match; apply then handles its rows by the reference's on_unmatched policy."""
+    with _tracked() as (_settings, db):
+        row = reconcile.decide_match(db, match_id, accept=False, actor=_user())
+    out.print(
+        f"match {match_id}: rejected {escape(_inputs(row['input_values']))}; apply with: "
+        f"histimport review apply {row['import_id']}",
+        highlight=False,
+    )
+
+
+@review_app.command("apply")
+def apply(
+    import_id: Annotated[int, typer.Argument(help="The import whose held rows to load.")],
+) -> None:
+    """Load the held rows of IMPORT_ID whose matches are decided; undecided ones stay held."""
+    with _tracked() as (settings, db):
+        detail = history.get_import_detail(db, import_id)
+        specs = load_specs(settings.datasets)
+        spec = specs.get(detail["dataset"])
+        if spec is None:
+            raise DatasetNotFoundError(f"dataset {detail['dataset']!r}", list(specs))
+        result = reconcile.apply_review(db, spec, import_id, actor=_user())
+    out.print(
+        f"import {import_id}: {result['status']} - loaded {result['rows_loaded']:,} "
+        f"(created {result['rows_created']:,}, updated {result['rows_updated']:,}), "
+        f"rejected {result['rows_rejected']:,}, still held {result['rows_still_held']:,}",
+        highlight=False,
+    )
