@@ -308,3 +308,31 @@ def test_definitions_build_with_explicit_resources(db_url: str) -> None:
         {"signups": _spec(SIGNUPS)}, resources={"database": DatabaseResource(url=db_url)}
     )
     assert defs.resolve_job_def("signups_import_job") is not None
+
+
+def test_sensor_removes_file_partitions_past_retention(
+    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTIMPORT_PARTITION_RETENTION_DAYS", "30")
+    spec = _spec(SIGNUPS)
+    sensor = build_inbox_sensor(spec, dg.define_asset_job("signups_import_job"))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("signups_files", ["old-aaaaaaaaaaaa", "new-bbbbbbbbbbbb"])
+    db = Database.connect(db_url)
+    long_ago = tracking.utcnow() - dt.timedelta(days=45)
+    with db.engine.begin() as conn:
+        for key, finished in (("old-aaaaaaaaaaaa", long_ago), ("new-bbbbbbbbbbbb", None)):
+            tracking.create_import(
+                conn, db, dataset="signups", target_table="signups", import_type="DROP",
+                source="inbox", status="success", partition_key=key,
+                created_at=finished or tracking.utcnow(), finished_at=finished,
+            )
+    result = _tick(sensor, db_url, None, instance)
+    deletes = [r for r in result.dynamic_partitions_requests or []
+               if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
+    assert [list(d.partition_keys) for d in deletes] == [["old-aaaaaaaaaaaa"]]
+    with db.engine.connect() as conn:  # history stays
+        assert conn.execute(
+            sa.select(sa.func.count()).select_from(db.tables.import_history)
+        ).scalar_one() == 2
+    db.dispose()
