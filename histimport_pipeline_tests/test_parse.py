@@ -210,6 +210,51 @@ def test_ragged_rows_are_row_errors_not_exceptions(tmp_path: Path) -> None:
     assert rows[2].error is None
 
 
+@pytest.mark.parametrize(
+    ("header", "record", "expected"),
+    [
+        ("extra,id,name", "x,1,a", {"id": "1", "name": "a"}),
+        ("name,extra,id", "a,x,1", {"name": "a", "id": "1"}),
+        ("extra,id,more", "x,1,y", {"id": "1"}),
+        ("extra,more", "x,y", {}),
+    ],
+)
+def test_values_are_picked_from_their_header_positions(
+    tmp_path: Path, header: str, record: str, expected: dict[str, str]
+) -> None:
+    path = write(tmp_path, "f.csv", f"{header}\n{record}\n{record},z\n")
+    _, rows = read_all(path, make_spec({"id": {}, "name": {}}))
+    assert rows[0].values == expected
+    assert rows[0].raw == tuple(record.split(","))
+    assert rows[0].error is None
+    assert rows[1].error is not None
+
+
+@pytest.mark.parametrize("char", ["\x0b", "\x0c", "\x1c", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_only_cr_and_lf_end_lines(tmp_path: Path, char: str) -> None:
+    # str.splitlines would also break at these characters.
+    path = write(tmp_path, "f.csv", f"id,name\r\n1,a{char}b\r\n2,c\rz,\n")
+    _, rows = read_all(path)
+    assert [(r.source_row, r.values) for r in rows] == [
+        (2, {"id": "1", "name": f"a{char}b"}),
+        (3, {"id": "2", "name": "c"}),
+        (4, {"id": "z", "name": ""}),
+    ]
+
+
+def test_line_breaks_across_decode_chunks(tmp_path: Path) -> None:
+    # The first chunk ends in the "\r" of a "\r\n" and the next one in the middle of a record.
+    head = "id,name\r\n1,"
+    filler = "x" * (parse.CHUNK_BYTES - len(head) - 1)
+    tail = '\r\n2,"two\r\nlines"\r\n' + "".join(f"{n},n\n" for n in range(3, 20000))
+    path = write(tmp_path, "f.csv", head + filler + tail)
+    _, rows = read_all(path)
+    assert rows[0].values == {"id": "1", "name": filler}
+    assert rows[1].values == {"id": "2", "name": "two\r\nlines"}
+    assert [r.source_row for r in rows] == list(range(2, 20001))
+    assert rows[-1].values == {"id": "19999", "name": "n"}
+
+
 def test_malformed_quote_is_a_row_error_and_parsing_goes_on(tmp_path: Path) -> None:
     path = write(tmp_path, "f.csv", 'id,name\n1,"a"b\n2,c\n')
     _, rows = read_all(path)

@@ -523,3 +523,107 @@ def test_every_row_lands_in_exactly_one_list() -> None:
 def test_empty_batch() -> None:
     batch = Validator(dataset(SIGNUPS)).validate_batch([])
     assert (batch.valid, batch.failed, batch.duplicates) == ([], [], [])
+
+
+def test_duplicate_detection_can_be_left_to_the_caller() -> None:
+    validator = Validator(dataset(SIGNUPS, key=["signup_id"]), detect_duplicates=False)
+    rows = [raw(n, signup_id="1", email="a@example.com") for n in range(2, 5)]
+    first, second = validator.validate_batch(rows), validator.validate_batch(rows)
+    assert [r.source_row for r in first.valid + second.valid] == [2, 3, 4, 2, 3, 4]
+    assert not first.duplicates and not second.duplicates
+
+
+# --- a batch gives each value what coerce_value gives it ---------------------------------------
+
+# Clean values (converted in bulk) mixed with ones only the value-by-value rules settle.
+BATCH_COLUMNS: list[tuple[dict[str, Any], list[str | None]]] = [
+    (
+        {"type": "integer", "null_values": ["", "NA"]},
+        [
+            "12",
+            "+12",
+            "-3",
+            "007",
+            "NA",
+            "",
+            None,
+            "12.0",
+            " 42 ",
+            "1,000",
+            "١٢",
+            "1_000",
+            "999999999999999999",
+            "9223372036854775807",
+            "9223372036854775808",
+            "1\n2",
+        ],
+    ),
+    ({"type": "integer", "min": 0, "max": 100}, ["0", "100", "50", "-1", "101"]),
+    (
+        {"type": "decimal", "scale": 2},
+        ["1.50", "-0.5", ".5", "+.5", "1.", ".", "1.500", "1.505", "1e3", "NaN", " 2.25 "],
+    ),
+    ({"type": "decimal", "scale": 0}, ["1", "1.", "1.0", "1.5", "-7"]),
+    (
+        {"type": "date"},
+        ["2024-01-31", "2024-02-30", "2024-01-31 00:00:00", "20240131", " 2024-01-31"],
+    ),
+    (
+        {"type": "timestamp", "null_values": ["", "NA"]},
+        ["2013-01-01T10:00:00Z", "2013-01-01 05:00:00", "2013-01-01T12:00:00+02:00", "NA", "x"],
+    ),
+    ({"type": "string", "max_length": 3}, ["abc", " ab ", "abcd", "", "NA"]),
+    (
+        {"type": "string", "regex": "[a-z]+", "null_values": ["", "  NA  "]},
+        ["ab", "AB", " NA ", "NA"],
+    ),
+    ({"type": "string", "strip": False}, [" a ", "a", " ", ""]),
+    ({"type": "string", "allowed": ["red", "blue"]}, ["red", " blue ", "green"]),
+]
+
+
+@pytest.mark.parametrize(("fields", "texts"), BATCH_COLUMNS)
+@pytest.mark.parametrize("mixed", [True, False])
+def test_batch_values_and_errors_are_those_of_coerce_value(
+    fields: dict[str, Any], texts: list[str | None], mixed: bool
+) -> None:
+    spec = column(**fields)
+    expected: list[Value | CoercionError] = []
+    for text in texts:
+        try:
+            expected.append(coerce_value("col", spec, text))
+        except CoercionError as exc:
+            expected.append(exc)
+    if not mixed:  # only the values that pass, so the whole column is clean
+        texts = [t for t, e in zip(texts, expected, strict=True) if not isinstance(e, Exception)]
+        expected = [e for e in expected if not isinstance(e, Exception)]
+    rows = [raw(n, col=text) for n, text in enumerate(texts * 3, start=2)]
+    batch = Validator(dataset({"col": fields})).validate_batch(rows)
+    valid = {r.source_row: r.values["col"] for r in batch.valid}
+    failed = {r.source_row: e for r, e in batch.failed}
+    assert len(valid) + len(failed) == len(rows)
+    for row, want in zip(rows, expected * 3, strict=True):
+        if isinstance(want, CoercionError):
+            error = failed[row.source_row]
+            assert (error.category, error.message) == (want.category, want.message)
+        else:
+            got = valid[row.source_row]
+            assert (type(got), repr(got)) == (type(want), repr(want))
+
+
+def test_bulk_batch_keeps_first_failing_column_and_later_problems() -> None:
+    columns = {
+        "a": {"type": "integer"},
+        "b": {"type": "integer"},
+        "c": {"type": "integer", "max": 9},
+    }
+    rows = [raw(n, a=str(n), b=str(n), c="1") for n in range(2, 40)]
+    rows[5] = raw(7, a="1", b="x", c="10")
+    rows[9] = raw(11, "ragged", a="1", b="1", c="1")
+    batch = Validator(dataset(columns)).validate_batch(rows)
+    assert [(r.source_row, e.column, e.message) for r, e in batch.failed] == [
+        (7, "b", "b: 'x' is not a whole number (and 1 more problem: c)"),
+        (11, None, "ragged"),
+    ]
+    assert len(batch.valid) == len(rows) - 2
+    assert batch.valid[0].values == {"a": 2, "b": 2, "c": 1}
