@@ -9,7 +9,7 @@ scripts/bootstrap.sh dev
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
-ruff check histimport_pipeline histimport_pipeline_tests sql scripts
+ruff check histimport_pipeline histimport_pipeline_tests sql benchmarks
 echo "== mypy"
 mypy
 
