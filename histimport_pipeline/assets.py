@@ -10,7 +10,7 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.engine import files, history, importer
+from histimport_pipeline.engine import files, history, importer, tracking
 from histimport_pipeline.engine.errors import FileError, HistimportError
 from histimport_pipeline.engine.importer import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
@@ -91,10 +91,26 @@ def _import_type(context: dg.OpExecutionContext, spec: DatasetSpec) -> ImportTyp
     return ImportType.MANUAL
 
 
+def parse_run_config(spec: DatasetSpec, path: Path | str) -> dict[str, Any]:
+    """Run config that points an import run at one file (the parse op sits in the graph)."""
+    return {"ops": {spec.name: {"ops": {f"{spec.name}_parse": {"config": {"path": str(path)}}}}}}
+
+
+def _matches_partition(spec: DatasetSpec, name: str, path: Path, partition_key: str) -> bool:
+    if spec.partitioning is Partitioning.DAILY:
+        day = spec.business_date(name)
+        return day is not None and day.isoformat() == partition_key
+    stem = files.partition_key_for(Path(name), "0" * 12)[:-13]
+    if partition_key.rsplit("-", 1)[0] != stem:
+        return False  # cheap name test before hashing
+    return files.partition_key_for(Path(name), files.sha256_of(path)) == partition_key
+
+
 def _find_file(
     settings: Settings, spec: DatasetSpec, partition_key: str, config_path: str | None
 ) -> Path:
-    """The file of a partition: the configured path, else found by key in the inbox."""
+    """The file of a partition: the configured path (or its moved copy), else the file in the
+    inbox, archive or quarantine whose name and content give ``partition_key``."""
     folders = (settings.archive, settings.quarantine)
     if config_path:
         path = Path(config_path)
@@ -107,19 +123,33 @@ def _find_file(
                              allow_retries=False)
         return found
     for entry in files.dataset_candidates(settings.inbox, spec):
-        if not isinstance(entry, files.Entry):
-            continue
-        if spec.partitioning is Partitioning.DAILY:
-            day = spec.business_date(entry.path.name)
-            if day is not None and day.isoformat() == partition_key:
-                return entry.path
-        elif files.partition_key_for(entry.path, files.sha256_of(entry.path)) == partition_key:
+        if isinstance(entry, files.Entry) and _matches_partition(
+            spec, entry.path.name, entry.path, partition_key
+        ):
             return entry.path
+    moved = sorted(files.moved_copies(spec.name, *folders),
+                   key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for path in moved:
+        if _matches_partition(spec, files.original_name(path), path, partition_key):
+            return path
     raise dg.Failure(
-        f"no file for partition {partition_key} of {spec.name} in {settings.inbox}: drop the "
-        "file into the inbox and re-run the partition",
+        f"no file for partition {partition_key} of {spec.name} in {settings.inbox} (nor in "
+        "the archive or quarantine): drop the file into the inbox and re-run the partition",
         allow_retries=False,
     )
+
+
+def _retry_of(context: dg.OpExecutionContext, database: DatabaseResource) -> int | None:
+    """The import of the run this one re-executes (or that `retry-failed` named)."""
+    tagged = context.run.tags.get("histimport/retry_of")
+    if tagged and tagged.isdigit():
+        return int(tagged)
+    parent = context.run.parent_run_id
+    if not parent:
+        return None
+    with database.database.reader() as conn:
+        earlier = tracking.imports_of_run(conn, database.database, parent)
+    return int(earlier[-1]["import_id"]) if earlier else None
 
 
 def _fail(
@@ -150,7 +180,7 @@ def _fail(
 def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict[str, Any]:
     written = result.rows_created + result.rows_updated + result.rows_unchanged
     meta: dict[str, Any] = {
-        "import_id": result.import_id,
+        "import_id": dg.MetadataValue.text(str(result.import_id)),
         "status": result.status.value,
         "file": result.file_name,
         "sha256": result.sha256,
@@ -162,9 +192,10 @@ def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict
         "rows_failed": result.rows_failed,
         "rows_duplicate": result.rows_duplicate,
         "rows_waiting_for_review": result.rows_review,
-        "dagster/row_count": written,
         "dagster/column_schema": column_schema(spec),
     }
+    if result.status is not ImportStatus.DUPLICATE:
+        meta["dagster/row_count"] = written
     meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
     top = (result.error_summary or {}).get("top_errors") or []
     if top:
@@ -244,6 +275,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             business_date=business_date,
             dagster_run_id=context.run_id,
             max_error_ratio=config.max_error_ratio,
+            retry_of=_retry_of(context, database),
+            file_name=files.original_name(path) if not _in_inbox(path, settings) else None,
         )
         try:
             importer.ensure_schema(database.database)
@@ -331,10 +364,15 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             history.export_failed_rows(db, result.import_id, csv)
         folder = settings.quarantine if result.status is ImportStatus.REJECTED else \
             settings.archive
-        if path.exists() and _in_inbox(path, settings):
+        # A file retried from quarantine moves on to the archive once it loads.
+        retried = files.is_under(path, settings.quarantine) and folder == settings.archive
+        if path.exists() and (_in_inbox(path, settings) or retried):
+            if retried:
+                path.with_name(path.name + ".json").unlink(missing_ok=True)
             moved = files.move_aside(path, folder, name, result.import_id,
-                                     {"status": result.status.value})
-            context.log.info(f"moved {path.name} to {moved}")
+                                     {"status": result.status.value},
+                                     name=handle.file_name)
+            context.log.info(f"moved {handle.file_name} to {moved}")
         context.add_output_metadata(_metadata(current, result, csv))
         if result.status is ImportStatus.REJECTED:
             raise dg.Failure(

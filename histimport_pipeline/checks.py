@@ -36,7 +36,8 @@ def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
         share = failed / read if read else 0.0
         return dg.AssetCheckResult(
             passed=share <= spec.max_error_ratio and row["status"] != "rejected",
-            metadata={"import_id": row["import_id"], "failed_share": share,
+            metadata={"import_id": dg.MetadataValue.text(str(row["import_id"])),
+                      "failed_share": share,
                       "max_error_ratio": spec.max_error_ratio, "rows_failed": failed},
         )
 

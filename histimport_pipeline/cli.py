@@ -710,8 +710,8 @@ def demo() -> None:
         f"and {result.master_rows} rows into the master table ambassadors",
         highlight=False,
     )
-    out.print("start the UI with scripts/run.sh; the inbox sensors import the files within "
-              "a minute", highlight=False)
+    out.print("with the Dagster UI running (scripts/run.sh), the inbox sensors import them; "
+              "or import one now: histimport import FILE", highlight=False)
 
 
 @app.command("retry-failed")
@@ -726,17 +726,20 @@ def retry_failed(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, launch nothing.")] = False,
 ) -> None:
     """Launch runs for partitions whose latest import failed, through the Dagster webserver."""
-    with _tracked() as (_settings, db):
+    with _tracked() as (settings, db):
         cutoff = history.parse_since(since) if since else None
         failed = history.failed_partitions(db, dataset, cutoff)
     if not failed:
         out.print("no failed partitions")
         return
     client = None
+    specs = load_specs(settings.datasets)
     if not dry_run:
         from urllib.parse import urlparse
 
         from dagster_graphql import DagsterGraphQLClient
+
+        from histimport_pipeline.assets import parse_run_config
 
         parsed = urlparse(url)
         client = DagsterGraphQLClient(
@@ -750,8 +753,11 @@ def retry_failed(
             out.print(f"would retry {name} partition {key} (import {item['import_id']})",
                       highlight=False)
             continue
-        config = {"ops": {f"{name}_parse": {"config": {"path": item["file_path"]}}}} \
-            if item["file_path"] else {}
+        config = (
+            parse_run_config(specs[name], item["file_path"])
+            if item["file_path"] and name in specs
+            else {}
+        )
         try:
             run_id = client.submit_job_execution(
                 f"{name}_import_job", run_config=config,

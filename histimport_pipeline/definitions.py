@@ -39,6 +39,9 @@ def build_definitions(
             | dg.AssetSelection.checks_for_assets(asset),
             tags={DATASET_TAG: spec.name},
             description=f"Import one file (partition) of {spec.name}.",
+            # One process per run, not per step: the steps pass a tiny handle and the rows
+            # wait in the database, so separate processes only cost start-up time.
+            executor_def=dg.in_process_executor,
         )
         jobs.append(job)
         sensors.append(build_inbox_sensor(spec, job))

@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.assets import DATASET_TAG, TRIGGER_TAG
+from histimport_pipeline.assets import DATASET_TAG, TRIGGER_TAG, parse_run_config
 from histimport_pipeline.engine import files, tracking
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
@@ -59,8 +59,7 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any
                 dg.RunRequest(
                     run_key=f"{spec.name}:{ready.sha256}:{ready.mtime_ns}",
                     partition_key=key,
-                    run_config={"ops": {f"{spec.name}_parse": {"config": {
-                        "path": str(ready.path)}}}},
+                    run_config=parse_run_config(spec, ready.path),
                     tags={DATASET_TAG: spec.name, TRIGGER_TAG: "sensor",
                           "histimport/file": ready.path.name[:200]},
                 )

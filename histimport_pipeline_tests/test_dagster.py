@@ -174,7 +174,6 @@ def test_sensor_waits_for_stable_files_and_refuses_links(home: Path, db_url: str
 
     job = build_definitions({"signups": spec}).resolve_job_def("signups_import_job")
     sensor = build_inbox_sensor(spec, dg.define_asset_job("signups_import_job"))
-    assert job is not None
     instance = dg.DagsterInstance.ephemeral()
     inbox = home / "inbox"
     (inbox / "signups_a.csv").write_text(GOOD)
@@ -198,7 +197,9 @@ def test_sensor_waits_for_stable_files_and_refuses_links(home: Path, db_url: str
     sha = files.sha256_of(inbox / "signups_a.csv")
     assert request.partition_key == f"signups_a-{sha[:12]}"
     assert request.run_key and sha in request.run_key
-    assert request.run_config["ops"]["signups_parse"]["config"]["path"].endswith("signups_a.csv")
+    parse_config = request.run_config["ops"]["signups"]["ops"]["signups_parse"]["config"]
+    assert parse_config["path"].endswith("signups_a.csv")
+    dg.validate_run_config(job, request.run_config)  # the real job accepts it
     [added] = second.dynamic_partitions_requests
     assert isinstance(added, dg.AddDynamicPartitionsRequest)
     assert list(added.partition_keys) == [request.partition_key]
@@ -335,4 +336,29 @@ def test_sensor_removes_file_partitions_past_retention(
         assert conn.execute(
             sa.select(sa.func.count()).select_from(db.tables.import_history)
         ).scalar_one() == 2
+    db.dispose()
+
+
+def test_rerunning_a_partition_finds_its_archived_file(home: Path, db_url: str) -> None:
+    """Materializing a file partition again from the UI (no run config) finds the file in the
+    archive, and the engine records the re-import as a duplicate of the first."""
+    spec = _spec(SIGNUPS)
+    path = home / "inbox" / "signups_again.csv"
+    path.write_text(GOOD)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("signups_files", [key])
+    resources = {"database": DatabaseResource(url=db_url)}
+    asset = build_dataset_asset(spec)
+    first = dg.materialize([asset], partition_key=key, instance=instance, resources=resources)
+    assert first.success and not path.exists()
+    again = dg.materialize([asset], partition_key=key, instance=instance, resources=resources)
+    assert again.success
+    [event] = again.get_asset_materialization_events()
+    meta = {k: v.value for k, v in event.materialization.metadata.items()}
+    assert meta["status"] == "duplicate" and "dagster/row_count" not in meta
+    db = Database.connect(db_url)
+    with db.engine.connect() as conn:
+        names = conn.execute(sa.select(db.tables.import_history.c.file_name)).scalars().all()
+    assert names == ["signups_again.csv", "signups_again.csv"]  # the dropped name, twice
     db.dispose()

@@ -191,7 +191,9 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
         lines = ["site,sessions,bounce_rate"]
         lines += [f"site-{s},{(back * 37 + s * 11) % 500},0.{(back + s) % 9}5" for s in range(6)]
         if back == 2:
-            lines.append("site-x,NA,0.5")  # "NA" is not a number: one failed row
+            # "NA" is not a number: 1 failed row of 7 (14%) is over the 10% gate, so this
+            # day is rejected and nothing of it loads (the CONFIRM gate, visible in the UI)
+            lines.append("site-x,NA,0.5")
         path = inbox / f"sessions_{day.isoformat()}.csv"
         path.write_text("\n".join(lines) + "\n")
         result.files.append(path)

@@ -168,6 +168,9 @@ def scan(
             state[name] = [item.size, item.mtime_ns, None]
     if time.monotonic() > deadline:
         complete = False
+    # Import in the order the files were dropped: a corrected export dropped after the
+    # original must also be loaded after it.
+    ready.sort(key=lambda r: (r.mtime_ns, r.path.name))
     if len(state) > MAX_STATE_ENTRIES:
         state = dict(list(state.items())[-MAX_STATE_ENTRIES:])
     return ScanResult(ready, refused, state, complete, waiting)
@@ -228,8 +231,10 @@ def sha_prefix_of_key(key: str) -> str | None:
 
 
 def move_aside(path: Path, folder: Path, dataset: str, import_id: int | None,
-               note: dict[str, object] | None = None) -> Path:
+               note: dict[str, object] | None = None, name: str | None = None) -> Path:
     """Move a file (or link) to ``folder/<dataset>/`` named ``<import id>__<name>``.
+
+    ``name`` defaults to the file's own name (a retried copy passes the dropped name).
 
     A JSON sidecar ``<new name>.json`` records why and when. Names never collide: a counter
     is added when needed.
@@ -240,10 +245,11 @@ def move_aside(path: Path, folder: Path, dataset: str, import_id: int | None,
     target_dir = folder / dataset
     target_dir.mkdir(parents=True, exist_ok=True)
     prefix = f"{import_id}__" if import_id is not None else ""
-    target = target_dir / f"{prefix}{path.name}"
+    base = name or path.name
+    target = target_dir / f"{prefix}{base}"
     counter = 1
     while target.exists() or target.is_symlink():
-        target = target_dir / f"{prefix}{counter}__{path.name}"
+        target = target_dir / f"{prefix}{counter}__{base}"
         counter += 1
     shutil.move(str(path), str(target))
     sidecar = {
@@ -254,6 +260,41 @@ def move_aside(path: Path, folder: Path, dataset: str, import_id: int | None,
     }
     target.with_name(target.name + ".json").write_text(json.dumps(sidecar, indent=2, default=str))
     return target
+
+
+_MOVED_PREFIX = re.compile(r"^(?:\d+__)?(?:\d+__)?")
+
+
+def original_name(path: Path) -> str:
+    """The name a file was dropped under: from a moved copy's sidecar, else its own name
+    without the ``<import id>__`` prefix."""
+    sidecar = path.with_name(path.name + ".json")
+    if sidecar.is_file():
+        try:
+            recorded = json.loads(sidecar.read_text()).get("original_path")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded:
+            return Path(recorded).name
+    return _MOVED_PREFIX.sub("", path.name, count=1) or path.name
+
+
+def moved_copies(dataset: str, *folders: Path) -> Iterator[Path]:
+    """Files of ``dataset`` in the archive/quarantine folders (sidecars left out)."""
+    for folder in folders:
+        base = folder / dataset
+        if not base.is_dir():
+            continue
+        for candidate in base.iterdir():
+            if candidate.suffix == ".json" and candidate.with_suffix("").exists():
+                continue
+            if candidate.is_file() and not candidate.is_symlink():
+                yield candidate
+
+
+def is_under(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies inside ``folder``."""
+    return _inside(path, folder.resolve())
 
 
 def locate(path: Path, dataset: str, sha_prefix: str | None, *folders: Path) -> Path | None:

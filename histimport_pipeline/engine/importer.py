@@ -57,6 +57,8 @@ class ImportOptions:
     max_error_ratio: float | None = None
     batch_size: int = 10_000
     retry_of: int | None = None
+    #: The name the file was dropped under, when it is read from the archive or quarantine.
+    file_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,9 +182,10 @@ def start_import(
     if not path.is_file():
         raise FileError(path, "no such file", hint="Check the path")
     sha, size = file_sha256(path)
+    name = options.file_name or path.name
     business_date = options.business_date
     if spec.partitioning is Partitioning.DAILY and business_date is None:
-        business_date = spec.business_date(path.name)
+        business_date = spec.business_date(name)
         if business_date is None:
             raise FileError(
                 path,
@@ -203,7 +206,7 @@ def start_import(
             partition_key=options.partition_key,
             business_date=business_date,
             dagster_run_id=options.dagster_run_id,
-            file_name=path.name,
+            file_name=name,
             file_path=str(path.resolve()),
             file_size=size,
             file_sha256=sha,
@@ -223,14 +226,14 @@ def start_import(
             import_id,
             "started",
             options.triggered_by,
-            {"file": path.name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
+            {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
         )
         claim = tracking.claim_file(
             tx,
             db,
             dataset=spec.name,
             sha256=sha,
-            file_name=path.name,
+            file_name=name,
             file_size=size,
             import_id=import_id,
             force=options.force,
@@ -239,7 +242,7 @@ def start_import(
             import_id=import_id,
             dataset=spec.name,
             file_path=str(path),
-            file_name=path.name,
+            file_name=name,
             sha256=sha,
             file_size=size,
             business_date=business_date,

@@ -1,0 +1,441 @@
+"""End to end: `dagster dev` (webserver and daemon) imports dropped files into PostgreSQL.
+
+The test starts the real thing in a temporary home, drops files into the inbox and watches
+the runs through the webserver's GraphQL API, as an operator's tooling would. A file with a
+header the spec does not know makes one run fail; the spec is fixed and the run re-executed
+from failure through GraphQL. Every process the test starts is stopped, and checked gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from histimport_pipeline.engine import files
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline_tests.helpers import SIGNUPS, rows
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+REPO = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).parent / "dagster"
+#: Sensors tick every 10 s and a file must look the same on two ticks; runs queue one at a
+#: time per dataset. Generous, but bounded.
+SERVER_TIMEOUT_S = 90.0
+RUNS_TIMEOUT_S = 150.0
+STOP_TIMEOUT_S = 30.0
+SENSOR = "signups_inbox_sensor"
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+GOOD_FILES = {
+    "signups_a.csv": "ID,email,amount\n001,a@example.com,1.50\n002,b@example.com,2\n",
+    "signups_b.csv": "Signup ID,email,signed_up\n003,c@example.com,2024-01-02\n"
+                     "004,d@example.com,03/01/2024\n005,e@example.com,2024-01-04\n",
+}
+#: `Customer Ref` is not a header the spec knows, so the required signup_id is missing.
+BAD_NAME = "signups_c.csv"
+BAD_TEXT = "Customer Ref,email\n006,f@example.com\n007,g@example.com\n"
+
+RUNS_QUERY = """
+query Runs {
+  runsOrError {
+    __typename
+    ... on Runs { results { runId status jobName parentRunId tags { key value } } }
+    ... on Error { message }
+  }
+}"""
+STEPS_QUERY = """
+query Steps($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { status stepStats { stepKey status } }
+    ... on Error { message }
+  }
+}"""
+LOGS_QUERY = """
+query Logs($runId: ID!) {
+  logsForRun(runId: $runId) {
+    __typename
+    ... on EventConnection { events {
+      __typename
+      ... on MessageEvent { message stepKey }
+      ... on ErrorEvent { error { message } }
+    } }
+    ... on Error { message }
+  }
+}"""
+TICKS_QUERY = """
+query Ticks($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    __typename
+    ... on Sensor { sensorState { ticks(limit: 5) { status error { message } } } }
+    ... on Error { message }
+  }
+}"""
+REEXECUTE = """
+mutation Reexecute($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+  }
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _group_members(pgid: int, zombies: bool = False) -> list[int]:
+    """Processes whose process group or session is ``pgid`` (zombies only if asked)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name may hold spaces; the fields after it are space separated
+        fields = stat[stat.rindex(")") + 2:].split()
+        state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
+        if (zombies or state != "Z") and pgid in (pgrp, session):
+            found.append(int(entry.name))
+    return found
+
+
+class DagsterDev:
+    """`dagster dev` in its own session, with its output in files and a GraphQL client."""
+
+    def __init__(self, home: Path, env: dict[str, str]) -> None:
+        self.home = home
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.stdout = home / "dagster_dev.out"
+        self.stderr = home / "dagster_dev.err"
+        with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [str(DAGSTER), "dev", "-w", str(REPO / "workspace.yaml"),
+                 "-h", "127.0.0.1", "-p", str(self.port)],
+                cwd=home, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+
+    def stop(self) -> None:
+        """SIGTERM the whole session, wait, SIGKILL what is left; assert nothing survives."""
+        pgid = self.proc.pid
+        for sig, grace in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, 10.0)):
+            members = _group_members(pgid)
+            if not members and self.proc.poll() is not None:
+                break
+            with suppress(ProcessLookupError):
+                os.killpg(pgid, sig)
+            for pid in members:  # children that left the group but not the session
+                with suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.proc.poll()
+                if self.proc.returncode is not None and not _group_members(pgid):
+                    break
+                time.sleep(0.2)
+        self.proc.wait(timeout=5)
+        assert _group_members(pgid) == [], "dagster dev left processes behind"
+        # Orphans that already exited may wait a moment for init to reap them.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"process group {pgid} still exists: {_group_members(pgid, zombies=True)}")
+
+    def tail(self, chars: int = 6000) -> str:
+        return "\n".join(
+            f"--- {p.name} (last {chars} chars)\n{p.read_text(errors='replace')[-chars:]}"
+            for p in (self.stdout, self.stderr) if p.exists()
+        )
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            payload: dict[str, Any] = json.load(response)
+        assert "errors" not in payload, payload["errors"]
+        data: dict[str, Any] = payload["data"]
+        return data
+
+    def wait_until_up(self) -> None:
+        deadline = time.monotonic() + SERVER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"dagster dev exited with {self.proc.returncode}\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the webserver did not answer within {SERVER_TIMEOUT_S} s\n{self.tail()}")
+        # the code location must have loaded, or no sensor will ever tick
+        status = self.graphql(
+            "{ workspaceOrError { ... on Workspace { locationEntries { name "
+            "locationOrLoadError { __typename ... on PythonError { message } } } } } }"
+        )
+        [entry] = status["workspaceOrError"]["locationEntries"]
+        assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation", entry
+
+    def runs(self) -> list[dict[str, Any]]:
+        result = self.graphql(RUNS_QUERY)["runsOrError"]
+        assert result["__typename"] == "Runs", result
+        out: list[dict[str, Any]] = result["results"]
+        for run in out:
+            run["tags"] = {t["key"]: t["value"] for t in run["tags"]}
+        return out
+
+    def steps(self, run_id: str) -> dict[str, str]:
+        run = self.graphql(STEPS_QUERY, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        return {s["stepKey"]: s["status"] for s in run["stepStats"]}
+
+    def messages(self, run_id: str) -> str:
+        logs = self.graphql(LOGS_QUERY, {"runId": run_id})["logsForRun"]
+        events = logs.get("events") or []
+        return "\n".join(
+            f"  [{e.get('stepKey') or '-'}] {e['__typename']}: {(e.get('message') or '')[:400]}"
+            + (f"\n    error: {e['error']['message'][:1000]}" if e.get("error") else "")
+            for e in events
+        ) or json.dumps(logs)
+
+    def sensor_errors(self, sensor: str) -> list[str]:
+        """Errors of the sensor's latest ticks: a sensor that fails never requests a run."""
+        selector = {"repositoryLocationName": "histimport", "repositoryName": "__repository__",
+                    "sensorName": sensor}
+        found = self.graphql(TICKS_QUERY, {"selector": selector})["sensorOrError"]
+        assert found["__typename"] == "Sensor", found
+        return [t["error"]["message"] for t in found["sensorState"]["ticks"]
+                if t["status"] == "FAILURE" and t["error"]]
+
+    def report(self) -> str:
+        """What a failed wait prints: every run, the logs of unsuccessful ones, the output."""
+        lines = []
+        try:
+            for run in self.runs():
+                lines.append(f"{run['runId']} {run['status']} {run['tags']}")
+                if run["status"] not in ("SUCCESS", "QUEUED", "STARTING", "STARTED"):
+                    lines.append(self.messages(run["runId"]))
+        except Exception as exc:  # the report must not hide the original failure
+            lines.append(f"(could not list runs: {exc!r})")
+        return "\n".join(lines) + "\n" + self.tail()
+
+    def wait_for(
+        self, what: str, done: Callable[[list[dict[str, Any]]], list[dict[str, Any]] | None]
+    ) -> list[dict[str, Any]]:
+        """Poll the run list until ``done`` returns the runs it waited for."""
+        deadline = time.monotonic() + RUNS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"dagster dev exited while waiting for {what}\n{self.report()}")
+            found = done(self.runs())
+            if found is not None:
+                return found
+            errors = self.sensor_errors(SENSOR)
+            if errors:
+                pytest.fail(f"{SENSOR} failed while waiting for {what}:\n{errors[0]}")
+            time.sleep(2)
+        pytest.fail(f"timed out after {RUNS_TIMEOUT_S} s waiting for {what}\n{self.report()}")
+
+
+def _finished_runs_of(
+    names: set[str], parent: str | None = None
+) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]] | None]:
+    """A ``wait_for`` condition: one finished run for each file in ``names``."""
+
+    def done(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        mine = [r for r in runs if r["tags"].get("histimport/file") in names
+                and r["parentRunId"] == parent]
+        if len(mine) == len(names) and all(r["status"] in TERMINAL for r in mine):
+            return mine
+        return None
+
+    return done
+
+
+@contextmanager
+def _dagster_dev(home: Path, env: dict[str, str]) -> Iterator[DagsterDev]:
+    server = DagsterDev(home, env)
+    try:
+        server.wait_until_up()
+        yield server
+    finally:
+        server.stop()
+
+
+def _history(db: Database) -> list[dict[str, Any]]:
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(t).order_by(t.c.import_id)).mappings()]
+
+
+def _table(db: Database, name: str) -> list[dict[str, Any]]:
+    t = getattr(db.tables, name)
+    with db.engine.connect() as conn:
+        return [dict(r) for r in conn.execute(sa.select(t)).mappings()]
+
+
+@pytest.fixture
+def e2e_home(tmp_path: Path, pg_url: str) -> tuple[Path, dict[str, str]]:
+    """A histimport home with the signups spec, a migrated PostgreSQL target and the env
+    that `scripts/run.sh` would set."""
+    for sub in ("inbox", "datasets", "archive", "quarantine", "dagster"):
+        (tmp_path / sub).mkdir()
+    (tmp_path / "datasets" / "signups.yaml").write_text(yaml.safe_dump(SIGNUPS))
+    shutil.copy(REPO / "deploy" / "dagster.local.yaml", tmp_path / "dagster" / "dagster.yaml")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HISTIMPORT_", "DAGSTER_"))},
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "HISTIMPORT_HOME": str(tmp_path),
+        "HISTIMPORT_DATABASE_URL": pg_url,
+        **{f"HISTIMPORT_{n.upper()}": str(tmp_path / n)
+           for n in ("inbox", "datasets", "archive", "quarantine")},
+    }
+    subprocess.run(
+        [sys.executable, "-m", "histimport_pipeline.cli", "db", "upgrade"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120,
+    )
+    return tmp_path, env
+
+
+def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
+    e2e_home: tuple[Path, dict[str, str]], pg_url: str
+) -> None:
+    home, env = e2e_home
+    inbox = home / "inbox"
+    db = Database.connect(pg_url)
+    try:
+        with _dagster_dev(home, env) as dagster:
+            # -- two good files: one run each, imported, tracked and archived
+            shas = {}
+            for name, text in GOOD_FILES.items():
+                (inbox / name).write_text(text)
+                shas[name] = files.sha256_of(inbox / name)
+            runs = dagster.wait_for("the two good files",
+                                    _finished_runs_of(set(GOOD_FILES)))
+            bad_runs = [r for r in runs if r["status"] != "SUCCESS"]
+            assert not bad_runs, dagster.report()
+            run_of = {r["tags"]["histimport/file"]: r for r in runs}
+            assert {r["jobName"] for r in runs} == {"signups_import_job"}
+
+            history = _history(db)
+            assert len(history) == 2
+            for h in history:
+                assert h["status"] == "success" and h["phase"] == "COMPLETE", h
+                assert h["import_type"] == "DROP" and h["source"] == "inbox", h
+                assert h["dagster_run_id"] == run_of[h["file_name"]]["runId"], h
+                assert h["file_sha256"] == shas[h["file_name"]], h
+                assert h["partition_key"] == run_of[h["file_name"]]["tags"]["dagster/partition"]
+                assert h["rows_created"] == GOOD_FILES[h["file_name"]].count("\n") - 1, h
+            assert sorted(r["signup_id"] for r in rows(db, "signups")) == [
+                "001", "002", "003", "004", "005"]
+            import_ids = {h["import_id"] for h in history}
+            assert {r["_import_id"] for r in rows(db, "signups")} == import_ids
+
+            processed = _table(db, "processed_files")
+            assert len(processed) == 2
+            assert {p["sha256"] for p in processed} == set(shas.values())
+            assert {p["status"] for p in processed} == {"imported"}
+
+            status = {s["process_name"]: s for s in _table(db, "processing_status")}
+            assert status["dataset:signups"]["last_success_at"] is not None
+            assert status["dataset:signups"]["consecutive_errors"] == 0
+            assert status["dataset:signups"]["last_import_id"] in import_ids
+            assert status["sensor:signups"]["state"] == "watching"
+
+            assert not any(inbox.iterdir())
+            archived = {p.name for p in (home / "archive" / "signups").glob("*.csv")}
+            assert archived == {f"{h['import_id']}__{h['file_name']}" for h in history}
+
+            # -- a file with a header the spec does not know: the run fails at parse
+            (inbox / BAD_NAME).write_text(BAD_TEXT)
+            bad_sha = files.sha256_of(inbox / BAD_NAME)
+            [failed] = dagster.wait_for("the bad file", _finished_runs_of({BAD_NAME}))
+            assert failed["status"] == "FAILURE", dagster.report()
+            steps = dagster.steps(failed["runId"])
+            [parse_step] = [k for k in steps if k.endswith("signups_parse")]
+            assert steps[parse_step] == "FAILURE", steps
+            assert all(s != "SUCCESS" for s in steps.values()), steps
+            assert "Customer Ref" in dagster.messages(failed["runId"])
+            [failed_import] = [h for h in _history(db) if h["file_sha256"] == bad_sha]
+            assert failed_import["status"] == "failed"
+            assert failed_import["dagster_run_id"] == failed["runId"]
+            assert list((home / "quarantine" / "signups").glob(f"*__{BAD_NAME}"))
+            status = {s["process_name"]: s for s in _table(db, "processing_status")}
+            assert status["dataset:signups"]["consecutive_errors"] == 1
+
+            # -- fix the cause (teach the spec the header) and re-execute from failure
+            spec = {**SIGNUPS, "columns": {**SIGNUPS["columns"]}}
+            signup_id = dict(spec["columns"]["signup_id"])
+            signup_id["aliases"] = [*signup_id["aliases"], "Customer Ref"]
+            spec["columns"]["signup_id"] = signup_id
+            (home / "datasets" / "signups.yaml").write_text(yaml.safe_dump(spec))
+            launched = dagster.graphql(REEXECUTE, {"params": {
+                "parentRunId": failed["runId"], "strategy": "FROM_FAILURE"}})
+            launched = launched["launchRunReexecution"]
+            assert launched["__typename"] == "LaunchRunSuccess", launched
+            retry_id = launched["run"]["runId"]
+            [retry] = dagster.wait_for(
+                "the re-execution", _finished_runs_of({BAD_NAME}, parent=failed["runId"]))
+            assert retry["runId"] == retry_id
+            assert retry["status"] == "SUCCESS", dagster.report()
+            steps = dagster.steps(retry_id)
+            assert any(k.endswith("signups_parse") for k in steps), steps
+            assert set(steps.values()) == {"SUCCESS"}, steps
+
+            imports = [h for h in _history(db) if h["file_sha256"] == bad_sha]
+            assert [(h["status"], h["import_type"]) for h in imports] == [
+                ("failed", "DROP"), ("success", "RETRY")]
+            retried = imports[1]
+            assert retried["dagster_run_id"] == retry_id
+            assert retried["partition_key"] == failed["tags"]["dagster/partition"]
+            assert retried["rows_created"] == 2
+            # recorded under the name it was dropped with, linked to the failed attempt,
+            # and moved on from quarantine to the archive
+            assert retried["file_name"] == BAD_NAME
+            assert retried["retry_of"] == imports[0]["import_id"]
+            assert (home / "archive" / "signups" / f"{retried['import_id']}__{BAD_NAME}").exists()
+            assert not list((home / "quarantine" / "signups").glob(f"*__{BAD_NAME}"))
+            loaded = {r["signup_id"]: r["_import_id"] for r in rows(db, "signups")}
+            assert loaded["006"] == loaded["007"] == retried["import_id"]
+            [claim] = [p for p in _table(db, "processed_files") if p["sha256"] == bad_sha]
+            assert claim["status"] == "imported"
+            assert claim["last_import_id"] == retried["import_id"]
+            status = {s["process_name"]: s for s in _table(db, "processing_status")}
+            assert status["dataset:signups"]["consecutive_errors"] == 0
+            assert status["dataset:signups"]["last_import_id"] == retried["import_id"]
+    finally:
+        db.dispose()
