@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,17 @@ from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitionin
 
 #: INSERT ... SELECT reports its row count only when asked to (SQLAlchemy 2.x).
 COUNT = {"preserve_rowcount": True}
+#: PostgreSQL type names for binary COPY, by spec column type (see column_type()).
+_PG_BINARY_TYPES = {
+    ColumnType.STRING: "text",
+    ColumnType.EMAIL: "text",
+    ColumnType.ENUM: "text",
+    ColumnType.INTEGER: "int8",
+    ColumnType.DECIMAL: "numeric",
+    ColumnType.BOOLEAN: "bool",
+    ColumnType.DATE: "date",
+    ColumnType.TIMESTAMP: "timestamp",
+}
 #: Rows per INSERT batch on SQLite.
 SQLITE_BATCH = 5_000
 
@@ -217,11 +229,16 @@ def stage_rows(
             f"{preparer.quote(db.schema or 'public')}.{preparer.quote(staging_name(import_id))}"
         )
         column_list = ", ".join(preparer.quote(n) for n in ["_source_row", *names])
+        types = ["int8", *(_PG_BINARY_TYPES[spec.columns[n].type] for n in names)]
+        getter = itemgetter(*names) if len(names) > 1 else (lambda v: (v[names[0]],))
         raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur, cur.copy(f"COPY {target} ({column_list}) FROM STDIN") as copy:
+        # Binary COPY: no text formatting of numbers and dates (2-3x faster than text COPY).
+        sql = f"COPY {target} ({column_list}) FROM STDIN (FORMAT BINARY)"
+        with raw.cursor() as cur, cur.copy(sql) as copy:
+            copy.set_types(types)
+            write = copy.write_row
             for row in rows:
-                values = row.values
-                copy.write_row([row.source_row, *(values[n] for n in names)])
+                write((row.source_row, *getter(row.values)))
         return
     table = staging_table(db, spec, import_id)
     records = [{"_source_row": r.source_row, **r.values} for r in rows]
