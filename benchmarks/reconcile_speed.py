@@ -140,9 +140,7 @@ def make_data(n: int, seed: int = 11) -> tuple[list[str], list[tuple[str, int | 
     return master, list(incoming.items())
 
 
-def blocking_recall(
-    master: list[str], sample: Sequence[tuple[str, int | None]]
-) -> tuple[int, int]:
+def blocking_recall(master: list[str], sample: Sequence[tuple[str, int | None]]) -> tuple[int, int]:
     """(values whose exhaustive best is >= 90, of those: found by the blocked search)."""
     spec = load_spec_text()
     ref = spec.references["ambassador_id"]

@@ -1,7 +1,6 @@
 """Dataset assets: one per dataset spec, materialized by four ops (parse, validate,
 reconcile, load) that pass a small import handle and keep the rows in staging tables."""
 
-
 import datetime as dt
 import getpass
 import inspect
@@ -114,21 +113,25 @@ def _find_file(
     folders = (settings.archive, settings.quarantine)
     if config_path:
         path = Path(config_path)
-        prefix = None if spec.partitioning is Partitioning.DAILY else files.sha_prefix_of_key(
-            partition_key
+        prefix = (
+            None
+            if spec.partitioning is Partitioning.DAILY
+            else files.sha_prefix_of_key(partition_key)
         )
         found = files.locate(path, spec.name, prefix, *folders)
         if found is None:
-            raise dg.Failure(f"{path} is gone from the inbox, archive and quarantine",
-                             allow_retries=False)
+            raise dg.Failure(
+                f"{path} is gone from the inbox, archive and quarantine", allow_retries=False
+            )
         return found
     for entry in files.dataset_candidates(settings.inbox, spec):
         if isinstance(entry, files.Entry) and _matches_partition(
             spec, entry.path.name, entry.path, partition_key
         ):
             return entry.path
-    moved = sorted(files.moved_copies(spec.name, *folders),
-                   key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    moved = sorted(
+        files.moved_copies(spec.name, *folders), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
     for path in moved:
         if _matches_partition(spec, files.original_name(path), path, partition_key):
             return path
@@ -165,7 +168,10 @@ def _fail(
     importer.fail_import(database.database, spec, handle, exc, keep_staging=not terminal)
     if isinstance(exc, FileError) and Path(handle.file_path).exists():
         moved = files.move_aside(
-            Path(handle.file_path), settings.quarantine, spec.name, handle.import_id,
+            Path(handle.file_path),
+            settings.quarantine,
+            spec.name,
+            handle.import_id,
             {"status": "failed", "error": str(exc)},
         )
         context.log.warning(f"moved {handle.file_name} to quarantine: {moved}")
@@ -230,15 +236,20 @@ def column_schema(spec: DatasetSpec) -> dg.TableSchema:
             name,
             _SQL_TYPES.get(col.type, "text"),
             description=col.description,
-            constraints=dg.TableColumnConstraints(nullable=not (col.required or name in spec.key),
-                                                  unique=list(spec.key) == [name]),
+            constraints=dg.TableColumnConstraints(
+                nullable=not (col.required or name in spec.key), unique=list(spec.key) == [name]
+            ),
         )
         for name, col in spec.columns.items()
     ]
-    cols += [dg.TableColumn(name, "reference", description=f"id in {ref.entity}")
-             for name, ref in spec.references.items()]
-    cols += [dg.TableColumn("_import_id", "bigint", description="import that wrote the row"),
-             dg.TableColumn("_source_row", "bigint", description="row number in the file")]
+    cols += [
+        dg.TableColumn(name, "reference", description=f"id in {ref.entity}")
+        for name, ref in spec.references.items()
+    ]
+    cols += [
+        dg.TableColumn("_import_id", "bigint", description="import that wrote the row"),
+        dg.TableColumn("_source_row", "bigint", description="row number in the file"),
+    ]
     return dg.TableSchema(columns=cols)
 
 
@@ -246,8 +257,13 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     """The asset of one dataset: its target table, loaded by parse → validate → reconcile →
     load ops."""
     name = spec.name
-    upstream = [inbox_key(spec), *sorted({master_key(r.entity) for r in spec.references.values()},
-                                          key=lambda k: k.to_user_string())]
+    upstream = [
+        inbox_key(spec),
+        *sorted(
+            {master_key(r.entity) for r in spec.references.values()},
+            key=lambda k: k.to_user_string(),
+        ),
+    ]
     upstream_names = [f"up_{i}" for i in range(len(upstream))]
 
     @dg.op(
@@ -263,12 +279,14 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         settings, current = _spec(name)
         key = context.partition_key
         path = _find_file(settings, current, key, config.path)
-        business_date = dt.date.fromisoformat(key) if current.partitioning is \
-            Partitioning.DAILY else None
+        business_date = (
+            dt.date.fromisoformat(key) if current.partitioning is Partitioning.DAILY else None
+        )
         options = ImportOptions(
             force=config.force,
             import_type=_import_type(context, current),
-            source=ImportSource.SCHEDULE if context.run.tags.get(TRIGGER_TAG) == "schedule"
+            source=ImportSource.SCHEDULE
+            if context.run.tags.get(TRIGGER_TAG) == "schedule"
             else ImportSource.INBOX,
             triggered_by=context.run.tags.get("user") or f"dagster:{getpass.getuser()}",
             partition_key=key,
@@ -294,16 +312,23 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
         context.add_output_metadata(
-            {"import_id": handle.import_id, "file": handle.file_name,
-             "format": str(detected.get("format")), "encoding": str(detected.get("encoding")),
-             "delimiter": str(detected.get("delimiter")),
-             "headers": ", ".join(detected.get("headers") or [])}
+            {
+                "import_id": handle.import_id,
+                "file": handle.file_name,
+                "format": str(detected.get("format")),
+                "encoding": str(detected.get("encoding")),
+                "delimiter": str(detected.get("delimiter")),
+                "headers": ", ".join(detected.get("headers") or []),
+            }
         )
         return handle
 
-    @dg.op(name=f"{name}_validate", retry_policy=RETRY,
-           tags={"histimport/step": "validate"},
-           description="Read every row, check types and rules, stage the valid rows.")
+    @dg.op(
+        name=f"{name}_validate",
+        retry_policy=RETRY,
+        tags={"histimport/step": "validate"},
+        description="Read every row, check types and rules, stage the valid rows.",
+    )
     def validate(
         context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
     ) -> ImportHandle:
@@ -315,15 +340,22 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
         context.add_output_metadata(
-            {"rows_read": staged.rows_read, "rows_valid": staged.rows_staged,
-             "rows_failed": staged.rows_failed, "rows_duplicate": staged.rows_duplicate,
-             **{f"seconds_{k}": v for k, v in staged.seconds.items()}}
+            {
+                "rows_read": staged.rows_read,
+                "rows_valid": staged.rows_staged,
+                "rows_failed": staged.rows_failed,
+                "rows_duplicate": staged.rows_duplicate,
+                **{f"seconds_{k}": v for k, v in staged.seconds.items()},
+            }
         )
         return handle
 
-    @dg.op(name=f"{name}_reconcile", retry_policy=RETRY,
-           tags={"histimport/step": "reconcile"},
-           description="Match reference values against the master tables.")
+    @dg.op(
+        name=f"{name}_reconcile",
+        retry_policy=RETRY,
+        tags={"histimport/step": "reconcile"},
+        description="Match reference values against the master tables.",
+    )
     def reconcile(
         context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
     ) -> ImportHandle:
@@ -334,22 +366,31 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             counts = importer.reconcile_import(database.database, current, handle)
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
-        context.add_output_metadata({k: v for k, v in counts.items()
-                                     if isinstance(v, int | float | str)})
+        context.add_output_metadata(
+            {k: v for k, v in counts.items() if isinstance(v, int | float | str)}
+        )
         return handle
 
-    @dg.op(name=f"{name}_load", retry_policy=RETRY, out=dg.Out(dg.Nothing),
-           tags={"histimport/step": "load"},
-           description="Apply the error gate and write the target with the tracking rows.")
-    def load(context: dg.OpExecutionContext, handle: ImportHandle,
-             database: DatabaseResource) -> None:
+    @dg.op(
+        name=f"{name}_load",
+        retry_policy=RETRY,
+        out=dg.Out(dg.Nothing),
+        tags={"histimport/step": "load"},
+        description="Apply the error gate and write the target with the tracking rows.",
+    )
+    def load(
+        context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
+    ) -> None:
         settings, current = _spec(name)
         db = database.database
         path = Path(handle.file_path)
         if handle.duplicate_of is not None:
             result = ImportResult(
-                import_id=handle.import_id, dataset=name, status=ImportStatus.DUPLICATE,
-                file_name=handle.file_name, sha256=handle.sha256,
+                import_id=handle.import_id,
+                dataset=name,
+                status=ImportStatus.DUPLICATE,
+                file_name=handle.file_name,
+                sha256=handle.sha256,
                 duplicate_of=handle.duplicate_of,
             )
         else:
@@ -362,16 +403,20 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             csv = settings.home / "errors" / f"import_{result.import_id}_errors.csv"
             csv.parent.mkdir(parents=True, exist_ok=True)
             history.export_failed_rows(db, result.import_id, csv)
-        folder = settings.quarantine if result.status is ImportStatus.REJECTED else \
-            settings.archive
+        folder = settings.quarantine if result.status is ImportStatus.REJECTED else settings.archive
         # A file retried from quarantine moves on to the archive once it loads.
         retried = files.is_under(path, settings.quarantine) and folder == settings.archive
         if path.exists() and (_in_inbox(path, settings) or retried):
             if retried:
                 path.with_name(path.name + ".json").unlink(missing_ok=True)
-            moved = files.move_aside(path, folder, name, result.import_id,
-                                     {"status": result.status.value},
-                                     name=handle.file_name)
+            moved = files.move_aside(
+                path,
+                folder,
+                name,
+                result.import_id,
+                {"status": result.status.value},
+                name=handle.file_name,
+            )
             context.log.info(f"moved {handle.file_name} to {moved}")
         context.add_output_metadata(_metadata(current, result, csv))
         if result.status is ImportStatus.REJECTED:
@@ -395,12 +440,17 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         description=spec.description or f"Rows imported into table {spec.target_table}.",
         group_name=name,
         partitions_def=dataset_partitions(spec),
-        ins={n: dg.AssetIn(key=k, dagster_type=dg.Nothing)
-             for n, k in zip(upstream_names, upstream, strict=True)},
+        ins={
+            n: dg.AssetIn(key=k, dagster_type=dg.Nothing)
+            for n, k in zip(upstream_names, upstream, strict=True)
+        },
         tags={DATASET_TAG: name},
         kinds={"sql"},
-        metadata={"target_table": spec.target_table, "strategy": spec.strategy.value,
-                  "dagster/column_schema": column_schema(spec)},
+        metadata={
+            "target_table": spec.target_table,
+            "strategy": spec.strategy.value,
+            "dagster/column_schema": column_schema(spec),
+        },
     )(compose)
 
 

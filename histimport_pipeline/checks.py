@@ -24,10 +24,15 @@ def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
     """The four checks of one dataset."""
     key = dg.AssetKey(spec.name)
 
-    @dg.asset_check(asset=key, name="failed_share_within_gate", blocking=True,
-                    description="The share of failed rows is within max_error_ratio.")
-    def gate(context: dg.AssetCheckExecutionContext,
-             database: DatabaseResource) -> dg.AssetCheckResult:
+    @dg.asset_check(
+        asset=key,
+        name="failed_share_within_gate",
+        blocking=True,
+        description="The share of failed rows is within max_error_ratio.",
+    )
+    def gate(
+        context: dg.AssetCheckExecutionContext, database: DatabaseResource
+    ) -> dg.AssetCheckResult:
         row = _run_import(database, context.run.run_id)
         if row is None:
             return _no_import(spec)
@@ -36,15 +41,22 @@ def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
         share = failed / read if read else 0.0
         return dg.AssetCheckResult(
             passed=share <= spec.max_error_ratio and row["status"] != "rejected",
-            metadata={"import_id": dg.MetadataValue.text(str(row["import_id"])),
-                      "failed_share": share,
-                      "max_error_ratio": spec.max_error_ratio, "rows_failed": failed},
+            metadata={
+                "import_id": dg.MetadataValue.text(str(row["import_id"])),
+                "failed_share": share,
+                "max_error_ratio": spec.max_error_ratio,
+                "rows_failed": failed,
+            },
         )
 
-    @dg.asset_check(asset=key, name="no_duplicate_keys",
-                    description="No natural key appears twice in the target table.")
-    def unique_keys(context: dg.AssetCheckExecutionContext,
-                    database: DatabaseResource) -> dg.AssetCheckResult:
+    @dg.asset_check(
+        asset=key,
+        name="no_duplicate_keys",
+        description="No natural key appears twice in the target table.",
+    )
+    def unique_keys(
+        context: dg.AssetCheckExecutionContext, database: DatabaseResource
+    ) -> dg.AssetCheckResult:
         db = database.database
         if not spec.key:
             return dg.AssetCheckResult(passed=True, metadata={"note": "dataset has no key"})
@@ -57,10 +69,14 @@ def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             count = conn.execute(sa.select(sa.func.count()).select_from(dupes)).scalar_one()
         return dg.AssetCheckResult(passed=count == 0, metadata={"duplicate_keys": int(count)})
 
-    @dg.asset_check(asset=key, name="references_resolved",
-                    description="Every reference column is resolved, or null by policy.")
-    def references(context: dg.AssetCheckExecutionContext,
-                   database: DatabaseResource) -> dg.AssetCheckResult:
+    @dg.asset_check(
+        asset=key,
+        name="references_resolved",
+        description="Every reference column is resolved, or null by policy.",
+    )
+    def references(
+        context: dg.AssetCheckExecutionContext, database: DatabaseResource
+    ) -> dg.AssetCheckResult:
         db = database.database
         row = _run_import(database, context.run.run_id)
         required = [n for n, r in spec.references.items() if r.on_unmatched is not OnUnmatched.NULL]
@@ -78,20 +94,40 @@ def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
             ).scalar_one()
         return dg.AssetCheckResult(
             passed=unresolved == 0,
-            metadata={"unresolved_rows": int(unresolved),
-                      "waiting_for_review": int(row["rows_review"] or 0)},
+            metadata={
+                "unresolved_rows": int(unresolved),
+                "waiting_for_review": int(row["rows_review"] or 0),
+            },
         )
 
-    @dg.asset_check(asset=key, name="rows_accounted_for",
-                    description="Rows read = loaded + failed + skipped (duplicates, review).")
-    def accounting(context: dg.AssetCheckExecutionContext,
-                   database: DatabaseResource) -> dg.AssetCheckResult:
+    @dg.asset_check(
+        asset=key,
+        name="rows_accounted_for",
+        description="Rows read = loaded + failed + skipped (duplicates, review).",
+    )
+    def accounting(
+        context: dg.AssetCheckExecutionContext, database: DatabaseResource
+    ) -> dg.AssetCheckResult:
         row = _run_import(database, context.run.run_id)
         if row is None or row["status"] in ("duplicate", "rejected", "failed"):
-            return _no_import(spec) if row is None else dg.AssetCheckResult(
-                passed=True, metadata={"note": f"import {row['status']}: nothing loaded"})
-        parts = {k: int(row[k] or 0) for k in ("rows_created", "rows_updated", "rows_unchanged",
-                                                "rows_failed", "rows_duplicate", "rows_review")}
+            return (
+                _no_import(spec)
+                if row is None
+                else dg.AssetCheckResult(
+                    passed=True, metadata={"note": f"import {row['status']}: nothing loaded"}
+                )
+            )
+        parts = {
+            k: int(row[k] or 0)
+            for k in (
+                "rows_created",
+                "rows_updated",
+                "rows_unchanged",
+                "rows_failed",
+                "rows_duplicate",
+                "rows_review",
+            )
+        }
         read = int(row["rows_in_file"] or 0)
         return dg.AssetCheckResult(
             passed=read == sum(parts.values()),
@@ -99,5 +135,3 @@ def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
         )
 
     return [gate, unique_keys, references, accounting]
-
-

@@ -395,8 +395,20 @@ def show_history(
         filtered = dataset or status or since or offset
         out.print("no imports match" if filtered else "no imports yet")
         return
-    table = Table("id", "dataset", "status", "file", "started (UTC)", "read", "created",
-                  "updated", "unchanged", "failed", "seconds", "by")
+    table = Table(
+        "id",
+        "dataset",
+        "status",
+        "file",
+        "started (UTC)",
+        "read",
+        "created",
+        "updated",
+        "unchanged",
+        "failed",
+        "seconds",
+        "by",
+    )
     for r in rows:
         table.add_row(
             str(r["import_id"]),
@@ -418,14 +430,40 @@ def show_history(
 
 
 _SHOW_FIELDS = (
-    "dataset", "target_table", "status", "phase", "import_type", "source", "partition_key",
-    "business_date", "dagster_run_id", "file_name", "file_path", "file_size", "file_type",
-    "file_sha256", "strategy", "forced", "retry_of", "triggered_by", "worker", "created_at",
-    "started_at", "finished_at", "heartbeat_at", "error_message",
+    "dataset",
+    "target_table",
+    "status",
+    "phase",
+    "import_type",
+    "source",
+    "partition_key",
+    "business_date",
+    "dagster_run_id",
+    "file_name",
+    "file_path",
+    "file_size",
+    "file_type",
+    "file_sha256",
+    "strategy",
+    "forced",
+    "retry_of",
+    "triggered_by",
+    "worker",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "heartbeat_at",
+    "error_message",
 )
 _SHOW_COUNTS = (
-    "rows_in_file", "rows_processed", "rows_created", "rows_updated", "rows_unchanged",
-    "rows_failed", "rows_duplicate", "rows_review",
+    "rows_in_file",
+    "rows_processed",
+    "rows_created",
+    "rows_updated",
+    "rows_unchanged",
+    "rows_failed",
+    "rows_duplicate",
+    "rows_review",
 )
 
 
@@ -536,8 +574,16 @@ def show_stats(
     if not rows:
         out.print(f"no imports in the last {days} days")
         return
-    table = Table("dataset", "imports", "by status", "rows loaded", "rows failed",
-                  "mean s", "total s", title=f"last {days} days")
+    table = Table(
+        "dataset",
+        "imports",
+        "by status",
+        "rows loaded",
+        "rows failed",
+        "mean s",
+        "total s",
+        title=f"last {days} days",
+    )
     for r in rows:
         by_status = ", ".join(f"{s} {n}" for s, n in r["by_status"].items())
         table.add_row(
@@ -612,8 +658,15 @@ def show_lineage(
         if not contributed:
             out.print(f"table {escape(table)} has no rows")
             return
-        grid = Table("import", "dataset", "file", "started (UTC)", "status", "rows in table",
-                     title=f"lineage of {table}")
+        grid = Table(
+            "import",
+            "dataset",
+            "file",
+            "started (UTC)",
+            "status",
+            "rows in table",
+            title=f"lineage of {table}",
+        )
         for r in contributed:
             grid.add_row(
                 str(r["import_id"]),
@@ -687,9 +740,7 @@ def cleanup(
     """Remove failed-row records and error files past the retention period (history is kept),
     and leftover staging tables of imports that are not running."""
     with _tracked() as (settings, db):
-        counts = history.cleanup(
-            db, older_than, error_dir=settings.home / "errors", actor=_user()
-        )
+        counts = history.cleanup(db, older_than, error_dir=settings.home / "errors", actor=_user())
     out.print(
         f"removed {counts['failed_rows_deleted']:,} failed-row record(s) and "
         f"{counts['error_files_deleted']:,} error file(s) older than {older_than} day(s); "
@@ -710,8 +761,11 @@ def demo() -> None:
         f"and {result.master_rows} rows into the master table ambassadors",
         highlight=False,
     )
-    out.print("with the Dagster UI running (scripts/run.sh), the inbox sensors import them; "
-              "or import one now: histimport import FILE", highlight=False)
+    out.print(
+        "with the Dagster UI running (scripts/run.sh), the inbox sensors import them; "
+        "or import one now: histimport import FILE",
+        highlight=False,
+    )
 
 
 @app.command("retry-failed")
@@ -743,15 +797,17 @@ def retry_failed(
 
         parsed = urlparse(url)
         client = DagsterGraphQLClient(
-            parsed.hostname or "127.0.0.1", port_number=parsed.port,
+            parsed.hostname or "127.0.0.1",
+            port_number=parsed.port,
             use_https=parsed.scheme == "https",
         )
     launched = 0
     for item in failed:
         name, key = item["dataset"], item["partition_key"]
         if client is None:
-            out.print(f"would retry {name} partition {key} (import {item['import_id']})",
-                      highlight=False)
+            out.print(
+                f"would retry {name} partition {key} (import {item['import_id']})", highlight=False
+            )
             continue
         config = (
             parse_run_config(specs[name], item["file_path"])
@@ -760,17 +816,24 @@ def retry_failed(
         )
         try:
             run_id = client.submit_job_execution(
-                f"{name}_import_job", run_config=config,
-                tags={"dagster/partition": key, "histimport/dataset": name,
-                      "histimport/trigger": "retry", "histimport/retry_of":
-                      str(item["import_id"])},
+                f"{name}_import_job",
+                run_config=config,
+                tags={
+                    "dagster/partition": key,
+                    "histimport/dataset": name,
+                    "histimport/trigger": "retry",
+                    "histimport/retry_of": str(item["import_id"]),
+                },
             )
         except Exception as exc:  # the webserver answers with its own error types
             err.print(f"[red]error:[/red] could not launch {name} {key}: {escape(str(exc))}")
             raise typer.Exit(2) from None
         launched += 1
-        out.print(f"launched run {run_id} for {name} partition {key} "
-                  f"(retrying import {item['import_id']})", highlight=False)
+        out.print(
+            f"launched run {run_id} for {name} partition {key} "
+            f"(retrying import {item['import_id']})",
+            highlight=False,
+        )
     if client is not None:
         out.print(f"{launched} run(s) launched; watch them at {url}/runs", highlight=False)
 

@@ -25,9 +25,7 @@ def dates_to_request(
         return tracking.dates_needing_import(conn, database.database, spec.name, window)
 
 
-def build_daily_schedule(
-    spec: DatasetSpec, job: Any
-) -> dg.ScheduleDefinition:
+def build_daily_schedule(spec: DatasetSpec, job: Any) -> dg.ScheduleDefinition:
     """Request yesterday's partition of ``spec`` and fill the gaps in the look-back window."""
 
     @dg.schedule(
@@ -46,12 +44,22 @@ def build_daily_schedule(
         dates = dates_to_request(database, spec, today, settings.lookback_days)
         with database.database.engine.begin() as conn:
             tracking.touch_process(
-                conn, database.database, f"schedule:{spec.name}", process_type="schedule",
-                dataset=spec.name, state="scheduled", last_run_at=tracking.utcnow(),
-                last_run_date=today, next_scheduled_run=dt.datetime.combine(
-                    today + dt.timedelta(days=1), dt.time(2), tzinfo=dt.UTC),
-                configuration={"cron": CRON, "lookback_days": settings.lookback_days,
-                               "requested": [d.isoformat() for d in dates]},
+                conn,
+                database.database,
+                f"schedule:{spec.name}",
+                process_type="schedule",
+                dataset=spec.name,
+                state="scheduled",
+                last_run_at=tracking.utcnow(),
+                last_run_date=today,
+                next_scheduled_run=dt.datetime.combine(
+                    today + dt.timedelta(days=1), dt.time(2), tzinfo=dt.UTC
+                ),
+                configuration={
+                    "cron": CRON,
+                    "lookback_days": settings.lookback_days,
+                    "requested": [d.isoformat() for d in dates],
+                },
             )
         return [
             dg.RunRequest(

@@ -19,8 +19,7 @@ SCAN_BUDGET_S = 20.0
 MAX_PARTITION_DELETES = 500
 
 
-def build_inbox_sensor(spec: DatasetSpec, job: Any
-                       ) -> dg.SensorDefinition:
+def build_inbox_sensor(spec: DatasetSpec, job: Any) -> dg.SensorDefinition:
     """Watch the inbox for ``spec``'s files and request one run per new, stable file."""
 
     @dg.sensor(
@@ -30,15 +29,20 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Imports files dropped into the inbox for {spec.name}.",
     )
-    def inbox_sensor(context: dg.SensorEvaluationContext,
-                     database: DatabaseResource) -> dg.SensorResult:
+    def inbox_sensor(
+        context: dg.SensorEvaluationContext, database: DatabaseResource
+    ) -> dg.SensorResult:
         settings = Settings.from_env()
         previous = json.loads(context.cursor) if context.cursor else {}
-        result = files.scan(settings.inbox, spec, previous.get("files", {}),
-                            budget_s=SCAN_BUDGET_S)
+        result = files.scan(settings.inbox, spec, previous.get("files", {}), budget_s=SCAN_BUDGET_S)
         for refused in result.refused:
-            moved = files.move_aside(refused.path, settings.quarantine, spec.name, None,
-                                     {"status": "refused", "reason": refused.reason})
+            moved = files.move_aside(
+                refused.path,
+                settings.quarantine,
+                spec.name,
+                None,
+                {"status": "refused", "reason": refused.reason},
+            )
             context.log.warning(f"refused {refused.path}: {refused.reason}; moved to {moved}")
         requests: list[dg.RunRequest] = []
         new_keys: list[str] = []
@@ -47,8 +51,12 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any
                 day = spec.business_date(ready.path.name)
                 if day is None:
                     moved = files.move_aside(
-                        ready.path, settings.quarantine, spec.name, None,
-                        {"status": "refused", "reason": "no business date in the file name"})
+                        ready.path,
+                        settings.quarantine,
+                        spec.name,
+                        None,
+                        {"status": "refused", "reason": "no business date in the file name"},
+                    )
                     context.log.warning(f"{ready.path.name} has no date; moved to {moved}")
                     continue
                 key = day.isoformat()
@@ -60,46 +68,61 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any
                     run_key=f"{spec.name}:{ready.sha256}:{ready.mtime_ns}",
                     partition_key=key,
                     run_config=parse_run_config(spec, ready.path),
-                    tags={DATASET_TAG: spec.name, TRIGGER_TAG: "sensor",
-                          "histimport/file": ready.path.name[:200]},
+                    tags={
+                        DATASET_TAG: spec.name,
+                        TRIGGER_TAG: "sensor",
+                        "histimport/file": ready.path.name[:200],
+                    },
                 )
             )
         partition_requests: list[
-            dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = []
+            dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest
+        ] = []
         if new_keys:
             partition_requests.append(
-                dg.AddDynamicPartitionsRequest(file_partitions_name(spec), new_keys))
+                dg.AddDynamicPartitionsRequest(file_partitions_name(spec), new_keys)
+            )
         if spec.partitioning is Partitioning.FILE:
             expired = _expired_partitions(context, spec, database, settings)
             if expired:
                 partition_requests.append(
-                    dg.DeleteDynamicPartitionsRequest(file_partitions_name(spec), expired))
+                    dg.DeleteDynamicPartitionsRequest(file_partitions_name(spec), expired)
+                )
         with database.database.engine.begin() as conn:
             tracking.touch_process(
-                conn, database.database, f"sensor:{spec.name}", process_type="sensor",
-                dataset=spec.name, state="watching", last_run_at=tracking.utcnow(),
+                conn,
+                database.database,
+                f"sensor:{spec.name}",
+                process_type="sensor",
+                dataset=spec.name,
+                state="watching",
+                last_run_at=tracking.utcnow(),
                 configuration={"inbox": str(settings.inbox), "files": spec.files},
             )
         return dg.SensorResult(
             run_requests=requests,
             dynamic_partitions_requests=partition_requests,
             cursor=json.dumps({"files": result.state}),
-            skip_reason=None if requests else
-            f"no new stable files ({result.waiting} still being written or seen once)",
+            skip_reason=None
+            if requests
+            else f"no new stable files ({result.waiting} still being written or seen once)",
         )
 
     return inbox_sensor
 
 
-def _expired_partitions(context: dg.SensorEvaluationContext, spec: DatasetSpec,
-                        database: DatabaseResource, settings: Settings) -> list[str]:
+def _expired_partitions(
+    context: dg.SensorEvaluationContext,
+    spec: DatasetSpec,
+    database: DatabaseResource,
+    settings: Settings,
+) -> list[str]:
     keys = context.instance.get_dynamic_partitions(file_partitions_name(spec))
     if not keys:
         return []
     cutoff = datetime.now(UTC) - timedelta(days=settings.partition_retention_days)
     with database.database.reader() as conn:
-        expired = tracking.expired_partition_keys(conn, database.database, spec.name, keys,
-                                                  cutoff)
+        expired = tracking.expired_partition_keys(conn, database.database, spec.name, keys, cutoff)
     return expired[:MAX_PARTITION_DELETES]
 
 
@@ -108,8 +131,7 @@ def _expired_partitions(context: dg.SensorEvaluationContext, spec: DatasetSpec,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks imports failed when their run died without recording it.",
 )
-def run_failure_sensor(context: dg.RunFailureSensorContext,
-                       database: DatabaseResource) -> None:
+def run_failure_sensor(context: dg.RunFailureSensorContext, database: DatabaseResource) -> None:
     """Mark imports of a failed run that are still 'running' as failed."""
     run = context.dagster_run
     reason = f"Dagster run {run.run_id} failed: {context.failure_event.message or 'no message'}"

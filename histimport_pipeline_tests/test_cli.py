@@ -134,8 +134,9 @@ def test_import_prints_a_summary_and_history_records_it(run: Run, tmp_path: Path
     assert as_json(run("history", "--dataset", "trades", "--json")) == []
     assert len(as_json(run("history", "--since", "1d", "--json"))) == 2
     assert as_json(run("history", "--since", "2999-01-01", "--json")) == []
-    assert [r["import_id"] for r in as_json(run("history", "--limit", "1", "--offset", "1",
-                                                "--json"))] == [1]
+    assert [
+        r["import_id"] for r in as_json(run("history", "--limit", "1", "--offset", "1", "--json"))
+    ] == [1]
     table = run("history").stdout
     assert "signups_1.csv" in table and "duplicate" in table
     assert "neither a date" in run("history", "--since", "soon", code=2).stderr
@@ -152,20 +153,29 @@ def test_show_has_everything_recorded(run: Run, tmp_path: Path) -> None:
     assert detail["failed_rows"] == {"total": 2, "by_category": {"format": 1, "range": 1}}
     assert set(detail["phase_seconds"]) >= {"parse", "validate", "load"}
     assert [e["action"] for e in detail["audit_trail"]] == [
-        "started", "parsed", "validated", "confirmed", "loaded", "completed",
+        "started",
+        "parsed",
+        "validated",
+        "confirmed",
+        "loaded",
+        "completed",
     ]
     assert detail["processed_file"]["status"] == "partial"
 
     text = run("show", "1").stdout
-    for expected in ("partial", "signups_1.csv", "audit trail", "completed", "top errors",
-                     "histimport errors 1"):
+    for expected in (
+        "partial",
+        "signups_1.csv",
+        "audit trail",
+        "completed",
+        "top errors",
+        "histimport errors 1",
+    ):
         assert expected in text
     assert "no import with id 99" in run("show", "99", code=2).stderr
 
 
-def test_rejected_import_exits_1_and_loads_nothing(
-    run: Run, db: Database, tmp_path: Path
-) -> None:
+def test_rejected_import_exits_1_and_loads_nothing(run: Run, db: Database, tmp_path: Path) -> None:
     result = run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)
     assert "import 1: rejected" in result.stdout
     assert "2 of 3 rows failed" in result.stdout
@@ -180,8 +190,11 @@ def test_dry_run_prints_would_be_counts_and_keeps_nothing(
     assert "dry run" in result.stdout and "nothing was written" in result.stdout
     assert "would be created 3" in result.stdout
     assert table_rows(db, "signups") == []
-    for table in (db.tables.import_history, db.tables.processed_files,
-                  db.tables.import_audit_trail):
+    for table in (
+        db.tables.import_history,
+        db.tables.processed_files,
+        db.tables.import_audit_trail,
+    ):
         assert count(db, table) == 0, table.name
     assert as_json(run("history", "--json")) == []
     # And the real import afterwards is not taken for a duplicate of the dry run.
@@ -199,7 +212,12 @@ def test_errors_csv_is_safe_ordered_and_complete(run: Run, tmp_path: Path) -> No
     with out.open(encoding="utf-8-sig", newline="") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == [
-        "ID", "email", "amount", "_error_row", "_error_column", "_error_category",
+        "ID",
+        "email",
+        "amount",
+        "_error_row",
+        "_error_column",
+        "_error_category",
         "_error_message",
     ]
     assert [r[3] for r in rows[1:]] == ["3", "5"]  # source rows, in order
@@ -236,8 +254,16 @@ def test_stats_per_dataset(run: Run, tmp_path: Path) -> None:
 def test_lineage_of_a_table_and_of_one_row(run: Run, tmp_path: Path) -> None:
     run("import", str(write(tmp_path, "signups_1.csv", GOOD)))
     # Import 2 updates 008 and adds 010: 007 and 009 still come from import 1.
-    run("import", str(write(tmp_path, "signups_2.csv",
-                            "ID,email,amount\n010,x@example.com,1\n008,new@example.com,2\n")))
+    run(
+        "import",
+        str(
+            write(
+                tmp_path,
+                "signups_2.csv",
+                "ID,email,amount\n010,x@example.com,1\n008,new@example.com,2\n",
+            )
+        ),
+    )
 
     contributed = as_json(run("lineage", "signups", "--json"))
     assert [(r["import_id"], r["rows"], r["file_name"], r["status"]) for r in contributed] == [
@@ -252,12 +278,10 @@ def test_lineage_of_a_table_and_of_one_row(run: Run, tmp_path: Path) -> None:
     assert row["row"]["email"] == "new@example.com"
     text = run("lineage", "signups", "--key", "signup_id=007").stdout
     assert "import 1" in text and "signups_1.csv, source row 2" in text
-    assert "no row with signup_id=999" in run("lineage", "signups", "--key", "999",
-                                              code=1).stderr
+    assert "no row with signup_id=999" in run("lineage", "signups", "--key", "999", code=1).stderr
 
     run("import", str(write(tmp_path, "trades_1.csv", "account,trade_no,qty\nA,1,5\nA,2,6\n")))
-    trade = as_json(run("lineage", "trades", "--key", "account=A", "--key", "trade_no=2",
-                        "--json"))
+    trade = as_json(run("lineage", "trades", "--key", "account=A", "--key", "trade_no=2", "--json"))
     assert (trade["import_id"], trade["source_row"], trade["row"]["qty"]) == (3, 3, 6)
     assert "NAME=VALUE" in run("lineage", "trades", "--key", "A", "--key", "2", code=2).stderr
     not_a_number = run("lineage", "trades", "--key", "account=A", "--key", "trade_no=x", code=2)
@@ -269,8 +293,16 @@ def test_lineage_of_a_table_and_of_one_row(run: Run, tmp_path: Path) -> None:
 def test_rollback_restores_and_is_harmless_twice(run: Run, db: Database, tmp_path: Path) -> None:
     run("import", str(write(tmp_path, "signups_1.csv", GOOD)))
     after_first = table_rows(db, "signups")
-    run("import", str(write(tmp_path, "signups_2.csv",
-                            "ID,email,amount\n008,new@example.com,2\n010,x@example.com,1\n")))
+    run(
+        "import",
+        str(
+            write(
+                tmp_path,
+                "signups_2.csv",
+                "ID,email,amount\n008,new@example.com,2\n010,x@example.com,1\n",
+            )
+        ),
+    )
 
     conflict = run("rollback", "1", code=2)
     assert "later imports 2" in conflict.stderr and "--cascade" in conflict.stderr
@@ -323,20 +355,25 @@ def test_cleanup_removes_failed_rows_and_leftovers_but_keeps_history(
     with db.engine.connect() as conn:
         assert not sa.inspect(conn).has_table("hi_stage_999", schema=db.schema)
         audit = db.tables.import_audit_trail
-        entries = conn.execute(
-            sa.select(audit.c.details).where(
-                audit.c.import_id.is_(None), audit.c.action == "cleanup"
-            ).order_by(audit.c.audit_id)
-        ).scalars().all()
+        entries = (
+            conn.execute(
+                sa.select(audit.c.details)
+                .where(audit.c.import_id.is_(None), audit.c.action == "cleanup")
+                .order_by(audit.c.audit_id)
+            )
+            .scalars()
+            .all()
+        )
     assert [e["failed_rows_deleted"] for e in entries] == [0, 2]
 
 
 def test_routing_and_engine_errors_exit_2(run: Run, tmp_path: Path) -> None:
     unrouted = write(tmp_path, "other.csv", GOOD)
     assert "no dataset for file 'other.csv'" in run("import", str(unrouted), code=2).stderr
-    assert "no dataset for dataset 'nope'" in run(
-        "import", "--dataset", "nope", str(unrouted), code=2
-    ).stderr
+    assert (
+        "no dataset for dataset 'nope'"
+        in run("import", "--dataset", "nope", str(unrouted), code=2).stderr
+    )
     assert "success" in run("import", "--dataset", "signups", str(unrouted)).stdout
     run("import", str(tmp_path / "missing.csv"), code=2)  # a usage error, before any work
     assert "HISTIMPORT_HOME" in run("settings").stdout  # the existing commands still work

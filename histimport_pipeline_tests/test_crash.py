@@ -105,11 +105,10 @@ def test_sigkill_leaves_all_or_nothing_and_a_rerun_completes(
     assert len(loaded) == ROWS
     assert len({r["signup_id"] for r in loaded}) == ROWS
     with db.engine.connect() as conn:
-        statuses = sorted(
-            conn.execute(sa.select(db.tables.import_history.c.status)).scalars()
-        )
+        statuses = sorted(conn.execute(sa.select(db.tables.import_history.c.status)).scalars())
         leftovers = [
-            n for n in sa.inspect(conn).get_table_names(schema=db.schema)
+            n
+            for n in sa.inspect(conn).get_table_names(schema=db.schema)
             if n.startswith("hi_stage_")
         ]
     assert statuses == ["failed", "success"]

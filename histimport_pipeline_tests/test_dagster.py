@@ -126,8 +126,11 @@ def test_a_bad_file_fails_the_run_and_goes_to_quarantine(home: Path, db_url: str
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("signups_files", [key])
     result = dg.materialize(
-        [build_dataset_asset(spec)], partition_key=key, instance=instance,
-        resources={"database": DatabaseResource(url=db_url)}, raise_on_error=False,
+        [build_dataset_asset(spec)],
+        partition_key=key,
+        instance=instance,
+        resources={"database": DatabaseResource(url=db_url)},
+        raise_on_error=False,
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -144,7 +147,8 @@ def test_daily_partition_finds_its_file_by_date(home: Path, db_url: str) -> None
     spec = _spec(DAILY)
     (home / "inbox" / "sessions_2024-01-05.csv").write_text(GOOD.replace("bad-email", "c@x.org"))
     result = dg.materialize(
-        [build_dataset_asset(spec)], partition_key="2024-01-05",
+        [build_dataset_asset(spec)],
+        partition_key="2024-01-05",
         instance=dg.DagsterInstance.ephemeral(),
         resources={"database": DatabaseResource(url=db_url)},
     )
@@ -158,8 +162,9 @@ def test_daily_partition_finds_its_file_by_date(home: Path, db_url: str) -> None
     db.dispose()
 
 
-def _tick(sensor: dg.SensorDefinition, db_url: str, cursor: str | None,
-          instance: dg.DagsterInstance) -> dg.SensorResult:
+def _tick(
+    sensor: dg.SensorDefinition, db_url: str, cursor: str | None, instance: dg.DagsterInstance
+) -> dg.SensorResult:
     with dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"database": DatabaseResource(url=db_url)}
     ) as context:
@@ -235,8 +240,14 @@ def test_schedule_requests_yesterday_and_the_gaps(home: Path, db_url: str) -> No
     with db.engine.begin() as conn:
         for day, status in [(3, "success"), (5, "failed"), (6, "success"), (8, "partial")]:
             tracking.create_import(
-                conn, db, dataset="sessions", target_table="sessions", import_type="DAILY",
-                source="schedule", status=status, business_date=dt.date(2024, 3, day),
+                conn,
+                db,
+                dataset="sessions",
+                target_table="sessions",
+                import_type="DAILY",
+                source="schedule",
+                status=status,
+                business_date=dt.date(2024, 3, day),
             )
     schedule = build_daily_schedule(spec, dg.define_asset_job("sessions_import_job"))
     with dg.build_schedule_context(
@@ -249,11 +260,15 @@ def test_schedule_requests_yesterday_and_the_gaps(home: Path, db_url: str) -> No
     assert days == ["2024-03-04", "2024-03-05", "2024-03-07", "2024-03-09"]
     assert all(r.tags["histimport/trigger"] == "schedule" for r in requests)
     with db.engine.connect() as conn:
-        ps = conn.execute(
-            sa.select(db.tables.processing_status).where(
-                db.tables.processing_status.c.process_name == "schedule:sessions"
+        ps = (
+            conn.execute(
+                sa.select(db.tables.processing_status).where(
+                    db.tables.processing_status.c.process_name == "schedule:sessions"
+                )
             )
-        ).mappings().one()
+            .mappings()
+            .one()
+        )
     assert ps["last_run_date"] == today and ps["next_scheduled_run"] is not None
     db.dispose()
 
@@ -262,8 +277,14 @@ def test_run_failure_marks_unfinished_imports_failed(home: Path, db_url: str) ->
     db = Database.connect(db_url)
     with db.engine.begin() as conn:
         import_id = tracking.create_import(
-            conn, db, dataset="signups", target_table="signups", import_type="DROP",
-            source="inbox", status="running", dagster_run_id="run-123",
+            conn,
+            db,
+            dataset="signups",
+            target_table="signups",
+            import_type="DROP",
+            source="inbox",
+            status="running",
+            dagster_run_id="run-123",
         )
     marked = tracking.fail_unfinished_imports_of_run(db, "run-123", "run died")
     assert marked == [import_id]
@@ -289,7 +310,9 @@ def test_an_import_through_a_postgres_backed_instance(
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         instance.add_dynamic_partitions("signups_files", [key])
         result = dg.materialize(
-            [build_dataset_asset(spec)], partition_key=key, instance=instance,
+            [build_dataset_asset(spec)],
+            partition_key=key,
+            instance=instance,
             resources={"database": DatabaseResource(url=pg_url)},
         )
         assert result.success
@@ -324,18 +347,31 @@ def test_sensor_removes_file_partitions_past_retention(
     with db.engine.begin() as conn:
         for key, finished in (("old-aaaaaaaaaaaa", long_ago), ("new-bbbbbbbbbbbb", None)):
             tracking.create_import(
-                conn, db, dataset="signups", target_table="signups", import_type="DROP",
-                source="inbox", status="success", partition_key=key,
-                created_at=finished or tracking.utcnow(), finished_at=finished,
+                conn,
+                db,
+                dataset="signups",
+                target_table="signups",
+                import_type="DROP",
+                source="inbox",
+                status="success",
+                partition_key=key,
+                created_at=finished or tracking.utcnow(),
+                finished_at=finished,
             )
     result = _tick(sensor, db_url, None, instance)
-    deletes = [r for r in result.dynamic_partitions_requests or []
-               if isinstance(r, dg.DeleteDynamicPartitionsRequest)]
+    deletes = [
+        r
+        for r in result.dynamic_partitions_requests or []
+        if isinstance(r, dg.DeleteDynamicPartitionsRequest)
+    ]
     assert [list(d.partition_keys) for d in deletes] == [["old-aaaaaaaaaaaa"]]
     with db.engine.connect() as conn:  # history stays
-        assert conn.execute(
-            sa.select(sa.func.count()).select_from(db.tables.import_history)
-        ).scalar_one() == 2
+        assert (
+            conn.execute(
+                sa.select(sa.func.count()).select_from(db.tables.import_history)
+            ).scalar_one()
+            == 2
+        )
     db.dispose()
 
 

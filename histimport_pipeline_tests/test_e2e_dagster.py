@@ -46,7 +46,7 @@ TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 GOOD_FILES = {
     "signups_a.csv": "ID,email,amount\n001,a@example.com,1.50\n002,b@example.com,2\n",
     "signups_b.csv": "Signup ID,email,signed_up\n003,c@example.com,2024-01-02\n"
-                     "004,d@example.com,03/01/2024\n005,e@example.com,2024-01-04\n",
+    "004,d@example.com,03/01/2024\n005,e@example.com,2024-01-04\n",
 }
 #: `Customer Ref` is not a header the spec knows, so the required signup_id is missing.
 BAD_NAME = "signups_c.csv"
@@ -116,7 +116,7 @@ def _group_members(pgid: int, zombies: bool = False) -> list[int]:
         except OSError:
             continue
         # the command name may hold spaces; the fields after it are space separated
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         state, pgrp, session = fields[0], int(fields[2]), int(fields[3])
         if (zombies or state != "Z") and pgid in (pgrp, session):
             found.append(int(entry.name))
@@ -134,9 +134,21 @@ class DagsterDev:
         self.stderr = home / "dagster_dev.err"
         with self.stdout.open("wb") as out, self.stderr.open("wb") as err:
             self.proc = subprocess.Popen(
-                [str(DAGSTER), "dev", "-w", str(REPO / "workspace.yaml"),
-                 "-h", "127.0.0.1", "-p", str(self.port)],
-                cwd=home, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                [
+                    str(DAGSTER),
+                    "dev",
+                    "-w",
+                    str(REPO / "workspace.yaml"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                ],
+                cwd=home,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
 
@@ -174,7 +186,8 @@ class DagsterDev:
     def tail(self, chars: int = 6000) -> str:
         return "\n".join(
             f"--- {p.name} (last {chars} chars)\n{p.read_text(errors='replace')[-chars:]}"
-            for p in (self.stdout, self.stderr) if p.exists()
+            for p in (self.stdout, self.stderr)
+            if p.exists()
         )
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -234,12 +247,18 @@ class DagsterDev:
 
     def sensor_errors(self, sensor: str) -> list[str]:
         """Errors of the sensor's latest ticks: a sensor that fails never requests a run."""
-        selector = {"repositoryLocationName": "histimport", "repositoryName": "__repository__",
-                    "sensorName": sensor}
+        selector = {
+            "repositoryLocationName": "histimport",
+            "repositoryName": "__repository__",
+            "sensorName": sensor,
+        }
         found = self.graphql(TICKS_QUERY, {"selector": selector})["sensorOrError"]
         assert found["__typename"] == "Sensor", found
-        return [t["error"]["message"] for t in found["sensorState"]["ticks"]
-                if t["status"] == "FAILURE" and t["error"]]
+        return [
+            t["error"]["message"]
+            for t in found["sensorState"]["ticks"]
+            if t["status"] == "FAILURE" and t["error"]
+        ]
 
     def report(self) -> str:
         """What a failed wait prints: every run, the logs of unsuccessful ones, the output."""
@@ -277,8 +296,11 @@ def _finished_runs_of(
     """A ``wait_for`` condition: one finished run for each file in ``names``."""
 
     def done(runs: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
-        mine = [r for r in runs if r["tags"].get("histimport/file") in names
-                and r["parentRunId"] == parent]
+        mine = [
+            r
+            for r in runs
+            if r["tags"].get("histimport/file") in names and r["parentRunId"] == parent
+        ]
         if len(mine) == len(names) and all(r["status"] in TERMINAL for r in mine):
             return mine
         return None
@@ -321,12 +343,18 @@ def e2e_home(tmp_path: Path, pg_url: str) -> tuple[Path, dict[str, str]]:
         "DAGSTER_HOME": str(tmp_path / "dagster"),
         "HISTIMPORT_HOME": str(tmp_path),
         "HISTIMPORT_DATABASE_URL": pg_url,
-        **{f"HISTIMPORT_{n.upper()}": str(tmp_path / n)
-           for n in ("inbox", "datasets", "archive", "quarantine")},
+        **{
+            f"HISTIMPORT_{n.upper()}": str(tmp_path / n)
+            for n in ("inbox", "datasets", "archive", "quarantine")
+        },
     }
     subprocess.run(
         [sys.executable, "-m", "histimport_pipeline.cli", "db", "upgrade"],
-        cwd=tmp_path, env=env, check=True, capture_output=True, timeout=120,
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return tmp_path, env
 
@@ -344,8 +372,7 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
             for name, text in GOOD_FILES.items():
                 (inbox / name).write_text(text)
                 shas[name] = files.sha256_of(inbox / name)
-            runs = dagster.wait_for("the two good files",
-                                    _finished_runs_of(set(GOOD_FILES)))
+            runs = dagster.wait_for("the two good files", _finished_runs_of(set(GOOD_FILES)))
             bad_runs = [r for r in runs if r["status"] != "SUCCESS"]
             assert not bad_runs, dagster.report()
             run_of = {r["tags"]["histimport/file"]: r for r in runs}
@@ -361,7 +388,12 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
                 assert h["partition_key"] == run_of[h["file_name"]]["tags"]["dagster/partition"]
                 assert h["rows_created"] == GOOD_FILES[h["file_name"]].count("\n") - 1, h
             assert sorted(r["signup_id"] for r in rows(db, "signups")) == [
-                "001", "002", "003", "004", "005"]
+                "001",
+                "002",
+                "003",
+                "004",
+                "005",
+            ]
             import_ids = {h["import_id"] for h in history}
             assert {r["_import_id"] for r in rows(db, "signups")} == import_ids
 
@@ -403,13 +435,15 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
             signup_id["aliases"] = [*signup_id["aliases"], "Customer Ref"]
             spec["columns"]["signup_id"] = signup_id
             (home / "datasets" / "signups.yaml").write_text(yaml.safe_dump(spec))
-            launched = dagster.graphql(REEXECUTE, {"params": {
-                "parentRunId": failed["runId"], "strategy": "FROM_FAILURE"}})
+            launched = dagster.graphql(
+                REEXECUTE, {"params": {"parentRunId": failed["runId"], "strategy": "FROM_FAILURE"}}
+            )
             launched = launched["launchRunReexecution"]
             assert launched["__typename"] == "LaunchRunSuccess", launched
             retry_id = launched["run"]["runId"]
             [retry] = dagster.wait_for(
-                "the re-execution", _finished_runs_of({BAD_NAME}, parent=failed["runId"]))
+                "the re-execution", _finished_runs_of({BAD_NAME}, parent=failed["runId"])
+            )
             assert retry["runId"] == retry_id
             assert retry["status"] == "SUCCESS", dagster.report()
             steps = dagster.steps(retry_id)
@@ -418,7 +452,9 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
 
             imports = [h for h in _history(db) if h["file_sha256"] == bad_sha]
             assert [(h["status"], h["import_type"]) for h in imports] == [
-                ("failed", "DROP"), ("success", "RETRY")]
+                ("failed", "DROP"),
+                ("success", "RETRY"),
+            ]
             retried = imports[1]
             assert retried["dagster_run_id"] == retry_id
             assert retried["partition_key"] == failed["tags"]["dagster/partition"]

@@ -75,9 +75,7 @@ def test_migrated_schema_matches_the_code(db: Database) -> None:
             conn,
             opts={
                 "include_schemas": db.schema is not None,
-                "include_name": lambda name, type_, _parent: (
-                    type_ != "schema" or name == db.schema
-                ),
+                "include_name": lambda name, type_, _parent: type_ != "schema" or name == db.schema,
                 "version_table": migrations.VERSION_TABLE,
                 "version_table_schema": db.schema,
                 "compare_type": True,
@@ -129,9 +127,7 @@ def test_updated_at_is_kept_current_on_update(db: Database) -> None:
         )
     with db.engine.begin() as conn:
         # A plain UPDATE that does not mention updated_at, as a DBA would write it.
-        conn.execute(
-            sa.text(f"UPDATE {_qualified(db, 'processing_status')} SET state = 'running'")
-        )
+        conn.execute(sa.text(f"UPDATE {_qualified(db, 'processing_status')} SET state = 'running'"))
     with db.engine.connect() as conn:
         stamp = conn.execute(sa.select(t.c.updated_at)).scalar_one()
     assert stamp.year >= 2026
@@ -181,8 +177,9 @@ def test_child_rows_need_an_existing_import(db: Database) -> None:
             )
         )
     with db.engine.connect() as conn:
-        count = conn.execute(sa.select(sa.func.count()).select_from(
-            db.tables.import_failed_rows)).scalar_one()
+        count = conn.execute(
+            sa.select(sa.func.count()).select_from(db.tables.import_failed_rows)
+        ).scalar_one()
     assert count == 1
 
 
@@ -307,8 +304,13 @@ def test_cli_sql_prints_postgres_ddl_for_every_table() -> None:
 
 def test_workspace_definitions_validate(tmp_path: Path) -> None:
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w",
-         str(REPO / "workspace.yaml")],
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            str(REPO / "workspace.yaml"),
+        ],
         env={
             **os.environ,
             "HISTIMPORT_DATABASE_URL": f"sqlite:///{tmp_path / 't.db'}",

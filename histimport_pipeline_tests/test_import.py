@@ -29,7 +29,7 @@ from histimport_pipeline_tests.helpers import (
 GOOD = (
     "ID,email,signed_up,amount,note\n"
     "007,a@example.com,2024-01-31,10.50,NA\n"
-    "008,b@example.com,31/01/2024,0,\"multi\nline, with comma\"\n"
+    '008,b@example.com,31/01/2024,0,"multi\nline, with comma"\n'
     "009,c@example.com,,3,null\n"
 )
 
@@ -63,7 +63,12 @@ def test_append_records_lineage_and_tracking(db: Database, tmp_path: Path) -> No
     assert set(h["phase_seconds"]) >= {"parse", "validate", "load"}
     assert h["total_seconds"] > 0 and h["finished_at"] is not None
     assert audit_actions(db, result.import_id) == [
-        "started", "parsed", "validated", "confirmed", "loaded", "completed",
+        "started",
+        "parsed",
+        "validated",
+        "confirmed",
+        "loaded",
+        "completed",
     ]
     with db.engine.connect() as conn:
         pf = conn.execute(sa.select(db.tables.processed_files)).mappings().one()
@@ -88,11 +93,15 @@ def test_bad_rows_are_recorded_and_the_rest_loads(db: Database, tmp_path: Path) 
     assert (result.rows_created, result.rows_failed, result.rows_duplicate) == (1, 4, 1)
     assert_accounting(result)
     with db.engine.connect() as conn:
-        failed = conn.execute(
-            sa.select(db.tables.import_failed_rows).order_by(
-                db.tables.import_failed_rows.c.source_row
+        failed = (
+            conn.execute(
+                sa.select(db.tables.import_failed_rows).order_by(
+                    db.tables.import_failed_rows.c.source_row
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
     got = [(f["source_row"], f["column_name"], f["category"]) for f in failed]
     assert got[0][:2] == (2, "signed_up")
     assert got[1] == (3, "email", "format")
@@ -198,7 +207,9 @@ def test_rollback_refuses_when_a_later_import_changed_rows(db: Database, tmp_pat
 
     result = rollback_import(db, first.import_id, cascade=True)
     assert [u.import_id for u in result.undone] == [
-        third.import_id, second.import_id, first.import_id,
+        third.import_id,
+        second.import_id,
+        first.import_id,
     ]
     assert rows(db, "signups") == []
     assert empty is None
@@ -206,8 +217,12 @@ def test_rollback_refuses_when_a_later_import_changed_rows(db: Database, tmp_pat
 
 def test_replace_date_swaps_one_business_day(db: Database, tmp_path: Path) -> None:
     spec = make_spec(
-        name="daily_signups", target_table="daily_signups", partitioning="daily",
-        strategy="replace_date", key=[], files="daily_*.csv",
+        name="daily_signups",
+        target_table="daily_signups",
+        partitioning="daily",
+        strategy="replace_date",
+        key=[],
+        files="daily_*.csv",
     )
     day1 = run_import(db, spec, write(tmp_path / "daily_2024-01-01.csv", GOOD))
     day2 = run_import(
@@ -233,9 +248,7 @@ def test_new_optional_column_is_added_and_a_type_change_refused(
     run_import(db, make_spec(), write(tmp_path / "a.csv", GOOD))
     columns = {**make_spec().model_dump()["columns"], "channel": {"type": "string"}}
     grown = make_spec(columns=columns)
-    result = run_import(
-        db, grown, write(tmp_path / "b.csv", "ID,email,channel\n100,z@x.org,web\n")
-    )
+    result = run_import(db, grown, write(tmp_path / "b.csv", "ID,email,channel\n100,z@x.org,web\n"))
     assert result.status is ImportStatus.SUCCESS, result.error_message
     assert rows(db, "signups", order="signup_id")[-1]["channel"] == "web"
 
@@ -314,12 +327,27 @@ def test_a_stale_running_import_is_failed_before_a_new_attempt(
     ).file_sha256(path)
     with db.engine.begin() as conn:
         dead = tracking.create_import(
-            conn, db, dataset="signups", target_table="signups", import_type="MANUAL",
-            source="cli", status="running", file_sha256=sha, worker="nowhere:1",
+            conn,
+            db,
+            dataset="signups",
+            target_table="signups",
+            import_type="MANUAL",
+            source="cli",
+            status="running",
+            file_sha256=sha,
+            worker="nowhere:1",
             heartbeat_at=tracking.utcnow() - dt.timedelta(hours=1),
         )
-        tracking.claim_file(conn, db, dataset="signups", sha256=sha, file_name="a.csv",
-                            file_size=size, import_id=dead, force=False)
+        tracking.claim_file(
+            conn,
+            db,
+            dataset="signups",
+            sha256=sha,
+            file_name="a.csv",
+            file_size=size,
+            import_id=dead,
+            force=False,
+        )
     result = run_import(db, spec, path)
     assert result.status is ImportStatus.SUCCESS
     assert history(db, dead)["status"] == "failed"

@@ -10,6 +10,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff"
 ruff check histimport_pipeline histimport_pipeline_tests sql benchmarks
+ruff format --check histimport_pipeline histimport_pipeline_tests sql benchmarks
 echo "== mypy"
 mypy
 

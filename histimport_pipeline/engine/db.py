@@ -38,9 +38,7 @@ def create_db_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_database_url(url)
     backend = sa.make_url(url).get_backend_name()
     if backend == "sqlite":
-        engine = sa.create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **kwargs
-        )
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S}, **kwargs)
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:

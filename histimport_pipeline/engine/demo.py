@@ -53,8 +53,12 @@ SIGNUPS_SPEC = {
             "entity": "ambassadors",
             "match": [
                 {"source": "ambassador_email", "field": "email", "method": "exact"},
-                {"source": "ambassador_name", "field": "full_name", "method": "fuzzy",
-                 "threshold": 90},
+                {
+                    "source": "ambassador_name",
+                    "field": "full_name",
+                    "method": "fuzzy",
+                    "threshold": 90,
+                },
             ],
             "on_unmatched": "review",
         }
@@ -94,8 +98,17 @@ def _signup_rows(start: int, count: int) -> list[list[str]]:
     rows = []
     for i in range(start, start + count):
         amb = AMBASSADORS[i % len(AMBASSADORS)]
-        rows.append([f"S{i:05d}", f"user{i}@example.com", f"2024-01-{1 + i % 28:02d}",
-                     ["free", "pro", "team"][i % 3], f"{(i % 7) * 9.5:.2f}", amb[1], amb[2]])
+        rows.append(
+            [
+                f"S{i:05d}",
+                f"user{i}@example.com",
+                f"2024-01-{1 + i % 28:02d}",
+                ["free", "pro", "team"][i % 3],
+                f"{(i % 7) * 9.5:.2f}",
+                amb[1],
+                amb[2],
+            ]
+        )
     return rows
 
 
@@ -113,15 +126,18 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
     today = today or dt.date.today()
     result = DemoResult()
     settings.datasets.mkdir(parents=True, exist_ok=True)
-    for name, spec in (("signups", SIGNUPS_SPEC),
-                       ("sessions", sessions_spec(today - dt.timedelta(days=14)))):
+    for name, spec in (
+        ("signups", SIGNUPS_SPEC),
+        ("sessions", sessions_spec(today - dt.timedelta(days=14))),
+    ):
         path = settings.datasets / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         result.specs.append(path)
 
     md = sa.MetaData()
     ambassadors = sa.Table(
-        "ambassadors", md,
+        "ambassadors",
+        md,
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("email", sa.Text, nullable=False),
         sa.Column("full_name", sa.Text, nullable=False),
@@ -136,8 +152,7 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
 
     inbox = settings.inbox
     inbox.mkdir(parents=True, exist_ok=True)
-    header = ["ID", "E-mail", "signed_up", "plan", "amount", "ambassador_email",
-              "ambassador_name"]
+    header = ["ID", "E-mail", "signed_up", "plan", "amount", "ambassador_email", "ambassador_name"]
 
     def csv_text(rows: list[list[str]]) -> str:
         import csv
@@ -175,8 +190,11 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
 
     feb = _signup_rows(100, 12)
     json_path = inbox / "signups_2024-02.json"
-    json_path.write_text(json.dumps([dict(zip(header, row, strict=True)) for row in feb],
-                                    indent=1, ensure_ascii=False))
+    json_path.write_text(
+        json.dumps(
+            [dict(zip(header, row, strict=True)) for row in feb], indent=1, ensure_ascii=False
+        )
+    )
     result.files.append(json_path)
 
     xlsx_path = inbox / "signups_2024-03.xlsx"

@@ -230,8 +230,14 @@ def sha_prefix_of_key(key: str) -> str | None:
     return found.group(1) if found else None
 
 
-def move_aside(path: Path, folder: Path, dataset: str, import_id: int | None,
-               note: dict[str, object] | None = None, name: str | None = None) -> Path:
+def move_aside(
+    path: Path,
+    folder: Path,
+    dataset: str,
+    import_id: int | None,
+    note: dict[str, object] | None = None,
+    name: str | None = None,
+) -> Path:
     """Move a file (or link) to ``folder/<dataset>/`` named ``<import id>__<name>``.
 
     ``name`` defaults to the file's own name (a retried copy passes the dropped name).

@@ -156,8 +156,13 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
         detail["audit_trail"] = [
             _plain(r)
             for r in conn.execute(
-                sa.select(audit.c.audit_id, audit.c.action, audit.c.actor, audit.c.details,
-                          audit.c.created_at)
+                sa.select(
+                    audit.c.audit_id,
+                    audit.c.action,
+                    audit.c.actor,
+                    audit.c.details,
+                    audit.c.created_at,
+                )
                 .where(audit.c.import_id == import_id)
                 .order_by(audit.c.audit_id)
             ).mappings()
@@ -174,11 +179,15 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
         detail["failed_rows"] = {"total": sum(by_category.values()), "by_category": by_category}
         pf = None
         if row["file_sha256"]:
-            pf = conn.execute(
-                sa.select(files).where(
-                    files.c.dataset == row["dataset"], files.c.sha256 == row["file_sha256"]
+            pf = (
+                conn.execute(
+                    sa.select(files).where(
+                        files.c.dataset == row["dataset"], files.c.sha256 == row["file_sha256"]
+                    )
                 )
-            ).mappings().first()
+                .mappings()
+                .first()
+            )
         detail["processed_file"] = _plain(pf) if pf else None
         detail["reconciliation"] = {
             decision: int(count)
@@ -194,9 +203,11 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
 
 def _require_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any]:
     h = db.tables.import_history
-    row = conn.execute(
-        sa.select(h.c.import_id, h.c.file_metadata).where(h.c.import_id == import_id)
-    ).mappings().first()
+    row = (
+        conn.execute(sa.select(h.c.import_id, h.c.file_metadata).where(h.c.import_id == import_id))
+        .mappings()
+        .first()
+    )
     if row is None:
         raise ImportNotFoundError(import_id)
     return dict(row)
@@ -220,8 +231,14 @@ def iter_failed_rows(
     """
     t = db.tables.import_failed_rows
     query = (
-        sa.select(t.c.source_row, t.c.column_name, t.c.category, t.c.message, t.c.raw_value,
-                  t.c.raw_values)
+        sa.select(
+            t.c.source_row,
+            t.c.column_name,
+            t.c.category,
+            t.c.message,
+            t.c.raw_value,
+            t.c.raw_values,
+        )
         .where(t.c.import_id == import_id)
         .order_by(t.c.source_row, t.c.failed_row_id)
     )
@@ -336,8 +353,16 @@ def stats(
         for r in conn.execute(query):
             entry = out.setdefault(
                 r.dataset,
-                {"dataset": r.dataset, "imports": 0, "by_status": {}, "rows_loaded": 0,
-                 "rows_failed": 0, "total_seconds": None, "mean_seconds": None, "_timed": 0},
+                {
+                    "dataset": r.dataset,
+                    "imports": 0,
+                    "by_status": {},
+                    "rows_loaded": 0,
+                    "rows_failed": 0,
+                    "total_seconds": None,
+                    "mean_seconds": None,
+                    "_timed": 0,
+                },
             )
             entry["imports"] += int(r.imports)
             entry["by_status"][r.status] = int(r.imports)
@@ -448,17 +473,21 @@ def lineage_of_key(
         row = conn.execute(query).mappings().first()
         if row is None:
             return None
-        info = conn.execute(
-            sa.select(
-                h.c.dataset,
-                h.c.file_name,
-                h.c.file_path,
-                h.c.file_sha256,
-                h.c.status,
-                h.c.started_at,
-                h.c.triggered_by,
-            ).where(h.c.import_id == row["_import_id"])
-        ).mappings().first()
+        info = (
+            conn.execute(
+                sa.select(
+                    h.c.dataset,
+                    h.c.file_name,
+                    h.c.file_path,
+                    h.c.file_sha256,
+                    h.c.status,
+                    h.c.started_at,
+                    h.c.triggered_by,
+                ).where(h.c.import_id == row["_import_id"])
+            )
+            .mappings()
+            .first()
+        )
     return {
         "table": spec.target_table,
         "key": dict(key_values),
@@ -543,9 +572,11 @@ def cleanup(
             )
     # A staging table without a history row is debris of a rolled-back dry run or a crash.
     with db.reader() as conn:
-        known = set(
-            conn.execute(sa.select(h.c.import_id).where(h.c.import_id.in_(staged))).scalars()
-        ) if staged else set()
+        known = (
+            set(conn.execute(sa.select(h.c.import_id).where(h.c.import_id.in_(staged))).scalars())
+            if staged
+            else set()
+        )
     dropped = [i for i in staged if i in expired or i not in known]
     for import_id in dropped:
         load.drop_staging(db, import_id)

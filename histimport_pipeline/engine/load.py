@@ -351,8 +351,9 @@ def finish_staging(conn: sa.Connection, db: Database, spec: DatasetSpec, import_
     if not sa.inspect(conn).has_table(stage.name, schema=db.schema):
         return
     if held_rows(conn, db, spec, import_id):
-        conn.execute(sa.delete(stage).where(sa.or_(stage.c._hold.is_(None),
-                                                  stage.c._hold != "review")))
+        conn.execute(
+            sa.delete(stage).where(sa.or_(stage.c._hold.is_(None), stage.c._hold != "review"))
+        )
     else:
         stage.drop(conn)
 
@@ -522,9 +523,9 @@ def remove_duplicate_keys(
     total = 0
     last = 0
     while True:  # pages by source row, so memory stays bounded however many duplicates
-        page = conn.execute(
-            query.where(stage.c._source_row > last).limit(batch)
-        ).mappings().fetchall()
+        page = (
+            conn.execute(query.where(stage.c._source_row > last).limit(batch)).mappings().fetchall()
+        )
         if not page:
             break
         records = []

@@ -42,8 +42,11 @@ def _updated_at() -> sa.Column[object]:
     )
 
 
-def _check_in(column: str, values: type[ImportStatus] | type[ImportPhase] | type[FileStatus]
-              | type[ImageOperation], name: str) -> sa.CheckConstraint:
+def _check_in(
+    column: str,
+    values: type[ImportStatus] | type[ImportPhase] | type[FileStatus] | type[ImageOperation],
+    name: str,
+) -> sa.CheckConstraint:
     allowed = ", ".join(f"'{v.value}'" for v in values)
     return sa.CheckConstraint(f"{column} IN ({allowed})", name=name)
 

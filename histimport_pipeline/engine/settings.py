@@ -114,6 +114,7 @@ class Settings:
                 f"HISTIMPORT_DB_SCHEMA={schema!r} is not a plain identifier "
                 "(letters, digits, underscore; at most 63 characters)"
             )
+
         def days(name: str, default: int) -> int:
             raw = env.get(name, "").strip()
             if not raw:

@@ -208,8 +208,10 @@ class MatchRule(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _short_form(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "fields" not in data and (
-            "source" in data or "field" in data
+        if (
+            isinstance(data, dict)
+            and "fields" not in data
+            and ("source" in data or "field" in data)
         ):
             one = {k: v for k, v in data.items() if k in _FIELD_KEYS}
             rest = {k: v for k, v in data.items() if k not in _FIELD_KEYS}
@@ -456,5 +458,3 @@ def route_file(path: Path, specs: dict[str, DatasetSpec], inbox: Path | None = N
     if hits:
         what += f" (it fits several: {', '.join(s.name for s in hits)}; pass --dataset)"
     raise DatasetNotFoundError(what, list(specs))
-
-

@@ -393,16 +393,39 @@ def fail_unfinished_imports_of_run(db: Database, run_id: str, reason: str) -> li
             conn.execute(
                 sa.update(t)
                 .where(t.c.import_id == row["import_id"])
-                .values(status=ImportStatus.FAILED.value, error_message=reason,
-                        finished_at=stamp, updated_at=stamp)
+                .values(
+                    status=ImportStatus.FAILED.value,
+                    error_message=reason,
+                    finished_at=stamp,
+                    updated_at=stamp,
+                )
             )
             if row["file_sha256"]:
-                set_file_status(conn, db, row["dataset"], row["file_sha256"], row["import_id"],
-                                FileStatus.FAILED)
-            record_outcome(conn, db, dataset=row["dataset"], import_id=row["import_id"],
-                           ok=False, error=reason, business_date=row["business_date"])
-            record_audit(conn, db, row["import_id"], "failed", "run-failure-sensor",
-                         {"reason": reason, "dagster_run_id": run_id})
+                set_file_status(
+                    conn,
+                    db,
+                    row["dataset"],
+                    row["file_sha256"],
+                    row["import_id"],
+                    FileStatus.FAILED,
+                )
+            record_outcome(
+                conn,
+                db,
+                dataset=row["dataset"],
+                import_id=row["import_id"],
+                ok=False,
+                error=reason,
+                business_date=row["business_date"],
+            )
+            record_audit(
+                conn,
+                db,
+                row["import_id"],
+                "failed",
+                "run-failure-sensor",
+                {"reason": reason, "dagster_run_id": run_id},
+            )
             marked.append(int(row["import_id"]))
     return marked
 
@@ -425,8 +448,14 @@ def dates_needing_import(
                 t.c.dataset == dataset,
                 t.c.business_date.in_(list(dates)),
                 t.c.import_type.in_(["DAILY", "BACKFILL", "RETRY"]),
-                t.c.status.in_([ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value,
-                                ImportStatus.DUPLICATE.value, ImportStatus.RUNNING.value]),
+                t.c.status.in_(
+                    [
+                        ImportStatus.SUCCESS.value,
+                        ImportStatus.PARTIAL.value,
+                        ImportStatus.DUPLICATE.value,
+                        ImportStatus.RUNNING.value,
+                    ]
+                ),
             )
         ).scalars()
     )
@@ -442,8 +471,11 @@ def expired_partition_keys(
     t = db.tables.import_history
     last = sa.func.max(sa.func.coalesce(t.c.finished_at, t.c.created_at))
     rows = conn.execute(
-        sa.select(t.c.partition_key, last, sa.func.sum(
-            sa.case((t.c.status.in_(["running", "pending"]), 1), else_=0)))
+        sa.select(
+            t.c.partition_key,
+            last,
+            sa.func.sum(sa.case((t.c.status.in_(["running", "pending"]), 1), else_=0)),
+        )
         .where(t.c.dataset == dataset, t.c.partition_key.in_(list(keys)))
         .group_by(t.c.partition_key)
     ).all()

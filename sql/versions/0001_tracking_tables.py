@@ -21,13 +21,25 @@ Json = sa.JSON().with_variant(JSONB(), "postgresql")
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Timestamp = sa.DateTime(timezone=True)
 
-STATUSES = ("pending", "running", "success", "partial", "failed", "rejected", "duplicate",
-            "rolled_back")
+STATUSES = (
+    "pending",
+    "running",
+    "success",
+    "partial",
+    "failed",
+    "rejected",
+    "duplicate",
+    "rolled_back",
+)
 PHASES = ("PARSE", "VALIDATE", "RECONCILE", "CONFIRM", "LOAD", "COMPLETE")
 FILE_STATUSES = ("processing", "imported", "partial", "failed", "rejected", "rolled_back")
 IMAGE_OPERATIONS = ("update", "delete")
-UPDATED_AT_TABLES = ("import_history", "processed_files", "processing_status",
-                     "import_reconciliation_matches")
+UPDATED_AT_TABLES = (
+    "import_history",
+    "processed_files",
+    "processing_status",
+    "import_reconciliation_matches",
+)
 
 
 def _schema() -> str | None:
@@ -152,8 +164,7 @@ def upgrade() -> None:
         _updated_at(),
         schema=schema,
     )
-    op.create_index("ix_processing_status_dataset", "processing_status", ["dataset"],
-                    schema=schema)
+    op.create_index("ix_processing_status_dataset", "processing_status", ["dataset"], schema=schema)
 
     op.create_table(
         "import_failed_rows",
@@ -168,12 +179,18 @@ def upgrade() -> None:
         _created_at(),
         schema=schema,
     )
-    op.create_index("ix_import_failed_rows_import_id", "import_failed_rows",
-                    ["import_id", "source_row"], schema=schema)
-    op.create_index("ix_import_failed_rows_category", "import_failed_rows", ["category"],
-                    schema=schema)
-    op.create_index("ix_import_failed_rows_created_at", "import_failed_rows", ["created_at"],
-                    schema=schema)
+    op.create_index(
+        "ix_import_failed_rows_import_id",
+        "import_failed_rows",
+        ["import_id", "source_row"],
+        schema=schema,
+    )
+    op.create_index(
+        "ix_import_failed_rows_category", "import_failed_rows", ["category"], schema=schema
+    )
+    op.create_index(
+        "ix_import_failed_rows_created_at", "import_failed_rows", ["created_at"], schema=schema
+    )
 
     op.create_table(
         "import_reconciliation_matches",
@@ -212,10 +229,12 @@ def upgrade() -> None:
         _created_at(),
         schema=schema,
     )
-    op.create_index("ix_import_audit_trail_import_id", "import_audit_trail", ["import_id"],
-                    schema=schema)
-    op.create_index("ix_import_audit_trail_created_at", "import_audit_trail", ["created_at"],
-                    schema=schema)
+    op.create_index(
+        "ix_import_audit_trail_import_id", "import_audit_trail", ["import_id"], schema=schema
+    )
+    op.create_index(
+        "ix_import_audit_trail_created_at", "import_audit_trail", ["created_at"], schema=schema
+    )
 
     op.create_table(
         "import_row_images",
@@ -229,10 +248,12 @@ def upgrade() -> None:
         _check("operation", IMAGE_OPERATIONS, "ck_import_row_images_operation"),
         schema=schema,
     )
-    op.create_index("ix_import_row_images_import_id", "import_row_images", ["import_id"],
-                    schema=schema)
-    op.create_index("ix_import_row_images_target_table", "import_row_images", ["target_table"],
-                    schema=schema)
+    op.create_index(
+        "ix_import_row_images_import_id", "import_row_images", ["import_id"], schema=schema
+    )
+    op.create_index(
+        "ix_import_row_images_target_table", "import_row_images", ["target_table"], schema=schema
+    )
 
     _create_updated_at_triggers(schema)
 
