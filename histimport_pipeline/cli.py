@@ -724,9 +724,14 @@ def rollback(
         out.print(f"import {import_id} loaded nothing (status {status}); nothing to undo")
         return
     for undone in result.undone:
+        masters = (
+            f"; removed {undone.master_rows_deleted:,} master row(s) it created"
+            if undone.master_rows_deleted
+            else ""
+        )
         out.print(
             f"rolled back import {undone.import_id}: deleted {undone.rows_deleted:,} row(s) "
-            f"from {escape(undone.target_table)}, restored {undone.rows_restored:,}",
+            f"from {escape(undone.target_table)}, restored {undone.rows_restored:,}{masters}",
             highlight=False,
         )
 

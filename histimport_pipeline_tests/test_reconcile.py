@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from histimport_pipeline.engine import importer, load
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.errors import SpecError
+from histimport_pipeline.engine.errors import RollbackConflictError, SpecError
 from histimport_pipeline.engine.importer import ImportResult, run_import
 from histimport_pipeline.engine.models import ImportStatus, MatchDecision
 from histimport_pipeline.engine.reconcile import (
@@ -24,6 +24,7 @@ from histimport_pipeline.engine.reconcile import (
     list_matches,
     normalize,
 )
+from histimport_pipeline.engine.rollback import rollback_import
 from histimport_pipeline.engine.spec import DatasetSpec, load_spec
 from histimport_pipeline_tests.helpers import assert_accounting, history, rows, write
 
@@ -319,6 +320,71 @@ def test_policy_create_inserts_one_master_row_per_value(db: Database, tmp_path: 
     match = matches_of(db, result.import_id)["Zed Unknown"]
     assert (match["match_type"], match["decision"]) == ("created", "created")
     assert match["matched_id"] == str(new[0]["id"])
+
+
+def master_rows(db: Database, master: sa.Table) -> list[tuple[Any, ...]]:
+    with db.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(sa.select(master).order_by(master.c.id))]
+
+
+def test_rollback_removes_created_master_rows_and_guards_later_users(
+    db: Database, tmp_path: Path
+) -> None:
+    master = make_master(db)
+    before = master_rows(db, master)
+    spec = signup_spec(on_unmatched="create")
+    first = do_import(
+        db, spec, write(tmp_path / "signups_1.csv", csv_of([("s1", "zed@example.com", "Zed")]))
+    )
+    # A later file names the same new person: it matches the row the first import created.
+    second = do_import(
+        db, spec, write(tmp_path / "signups_2.csv", csv_of([("s2", "zed@example.com", "Zed")]))
+    )
+    zed = matches_of(db, first.import_id)["Zed"]["matched_id"]
+    assert matches_of(db, second.import_id)["Zed"]["matched_id"] == zed
+    assert len(master_rows(db, master)) == len(before) + 1
+
+    with pytest.raises(RollbackConflictError) as conflict:
+        rollback_import(db, first.import_id)
+    assert conflict.value.later_imports == [second.import_id]
+    assert len(master_rows(db, master)) == len(before) + 1  # refused: nothing changed
+
+    result = rollback_import(db, first.import_id, cascade=True)
+    assert [u.import_id for u in result.undone] == [second.import_id, first.import_id]
+    assert [u.master_rows_deleted for u in result.undone] == [0, 1]
+    assert master_rows(db, master) == before
+    assert loaded(db) == {}
+
+
+def test_rejected_import_keeps_no_created_master_rows(db: Database, tmp_path: Path) -> None:
+    master = make_master(db)
+    before = master_rows(db, master)
+    spec = signup_spec(on_unmatched="create").model_copy(update={"max_error_ratio": 0.1})
+    # One new ambassador, then three rows without the required signup_id: 75% fail.
+    lines = [("s1", "zed@example.com", "Zed"), *[("", "x@example.com", "X")] * 3]
+    result = do_import(db, spec, write(tmp_path / "signups_1.csv", csv_of(lines)))
+    assert result.status is ImportStatus.REJECTED
+    assert master_rows(db, master) == before
+
+
+def test_reconcile_step_run_twice_still_rolls_back_exactly(db: Database, tmp_path: Path) -> None:
+    master = make_master(db)
+    before = master_rows(db, master)
+    spec = signup_spec(on_unmatched="create")
+    path = write(tmp_path / "signups_1.csv", csv_of([("s1", "zed@example.com", "Zed")]))
+    handle = importer.start_import(db, spec, path)
+    importer.stage_file(db, spec, handle)
+    importer.reconcile_import(db, spec, handle)
+    importer.reconcile_import(db, spec, handle)  # e.g. the step re-executed in Dagster
+    result = importer.load_import(db, spec, handle)
+    assert result.status is ImportStatus.SUCCESS
+    zeds = [r for r in master_rows(db, master) if r[1] == "zed@example.com"]
+    assert len(zeds) == 1
+    assert loaded(db) == {"s1": zeds[0][0]}
+    # The re-run still records the row as created by this import, so rollback removes it.
+    assert matches_of(db, handle.import_id)["Zed"]["decision"] == "created"
+    rollback_import(db, handle.import_id)
+    assert master_rows(db, master) == before
 
 
 # Review cycle with aliases -------------------------------------------------------------------

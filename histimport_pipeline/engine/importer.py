@@ -543,6 +543,8 @@ def load_import(
                 )
             )
             seconds["confirm"] = round(time.perf_counter() - t0, 4)
+            # Nothing is loaded, so master rows its reconciliation created go too.
+            masters_deleted = reconcile.drop_created_masters(tx, db, handle.import_id)
             _finish(
                 tx,
                 db,
@@ -561,7 +563,11 @@ def load_import(
                 handle.import_id,
                 "rejected",
                 None,
-                {"failed_share": round(share, 4), "gate": gate},
+                {
+                    "failed_share": round(share, 4),
+                    "gate": gate,
+                    "master_rows_deleted": masters_deleted,
+                },
             )
             return ImportResult(
                 status=ImportStatus.REJECTED,

@@ -1260,6 +1260,8 @@ def _forget_earlier_run(
 ) -> None:
     """Make a re-run of the step start clean: its matches, failed rows and holds go."""
     matches, failed = db.tables.import_reconciliation_matches, db.tables.import_failed_rows
+    # The earlier run's new master rows go too, or the re-run would create them twice.
+    drop_created_masters(conn, db, import_id)
     conn.execute(sa.delete(matches).where(matches.c.import_id == import_id))
     conn.execute(
         sa.delete(failed).where(
@@ -1269,6 +1271,85 @@ def _forget_earlier_run(
     )
     reset: dict[str, Any] = dict.fromkeys(spec.references) | {"_hold": None}
     conn.execute(sa.update(stage).values(reset))
+
+
+def _created_masters(
+    conn: sa.Connection, db: Database, import_id: int
+) -> dict[tuple[str, str], list[str]]:
+    """(entity, id column) -> ids of the master rows ``import_id`` created, as text."""
+    m = db.tables.import_reconciliation_matches
+    rows = conn.execute(
+        sa.select(m.c.entity, m.c.id_column, m.c.matched_id).where(
+            m.c.import_id == import_id,
+            m.c.decision == MatchDecision.CREATED.value,
+            m.c.matched_id.is_not(None),
+        )
+    )
+    created: dict[tuple[str, str], list[str]] = {}
+    for entity, id_column, matched_id in rows:
+        created.setdefault((entity, id_column or "id"), []).append(matched_id)
+    return created
+
+
+def imports_using_created_masters(conn: sa.Connection, db: Database, import_id: int) -> list[int]:
+    """Other loaded imports whose rows point at master rows that ``import_id`` created.
+
+    Rolling ``import_id`` back deletes those master rows, so these imports depend on it.
+    """
+    created = _created_masters(conn, db, import_id)
+    if not created:
+        return []
+    m, h = db.tables.import_reconciliation_matches, db.tables.import_history
+    found: set[int] = set()
+    for (entity, _), ids in created.items():
+        rows = conn.execute(
+            sa.select(m.c.import_id)
+            .distinct()
+            .join(h, h.c.import_id == m.c.import_id)
+            .where(
+                m.c.import_id != import_id,
+                m.c.entity == entity,
+                m.c.matched_id.in_(ids),
+                h.c.status.in_([ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value]),
+            )
+        )
+        found.update(r[0] for r in rows)
+    return sorted(found)
+
+
+def drop_created_masters(conn: sa.Connection, db: Database, import_id: int) -> int:
+    """Delete the master rows that ``import_id`` created (policy ``create``), in ``conn``'s
+    transaction, with any alias learned for them since. Returns how many rows went.
+
+    Used when the import is rolled back or rejected, and when its reconcile step runs again.
+
+    Raises:
+        HistimportError: a created row is still referenced by a foreign key elsewhere.
+    """
+    deleted = 0
+    aliases = db.tables.reconciliation_aliases
+    for (entity, id_column), ids in _created_masters(conn, db, import_id).items():
+        if not sa.inspect(conn).has_table(entity):
+            continue
+        table = sa.Table(entity, sa.MetaData(), autoload_with=conn)
+        column = table.c[id_column]
+        try:
+            python_type = column.type.python_type
+        except NotImplementedError:
+            python_type = str
+        keys = [python_type(i) if python_type is int else i for i in ids]
+        try:
+            with conn.begin_nested():
+                deleted += int(conn.execute(sa.delete(table).where(column.in_(keys))).rowcount)
+        except sa.exc.IntegrityError as exc:
+            raise HistimportError(
+                f"import {import_id} created {len(ids)} row(s) in {entity} that other tables "
+                f"still reference ({exc.orig}); remove those references first, then try again"
+            ) from None
+        conn.execute(
+            sa.delete(aliases).where(aliases.c.entity == entity, aliases.c.entity_id.in_(ids))
+        )
+    return deleted
 
 
 # Review --------------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Exact rollback of an import.
 
 The rows an import created are deleted and the before-images of rows it updated or deleted
-are inserted back, in one transaction. A row that a later import changed belongs to that
-import now: rolling back underneath it would lose the later change, so the rollback refuses
-and names those imports, unless asked to cascade (newest first).
+are inserted back, in one transaction; so are the master rows its reconciliation created
+(policy ``create``). A row that a later import changed belongs to that import now: rolling
+back underneath it would lose the later change, so the rollback refuses and names those
+imports, unless asked to cascade (newest first). The same holds for a later import whose
+rows point at a master row this one created.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import load, tracking
+from histimport_pipeline.engine import load, reconcile, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ImportNotFoundError, RollbackConflictError
 from histimport_pipeline.engine.models import FileStatus, ImportStatus
@@ -28,6 +30,7 @@ class RolledBack:
     target_table: str
     rows_deleted: int
     rows_restored: int
+    master_rows_deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,15 @@ def rollback_import(
 
 
 def _dependents(conn: sa.Connection, db: Database, import_id: int) -> list[int]:
-    """``import_id`` and every later import that transitively changed its rows."""
+    """``import_id`` and every later import that transitively changed its rows or used the
+    master rows it created."""
     seen = {import_id}
     todo = [import_id]
     while todo:
-        for later in later_imports_touching(conn, db, todo.pop()):
+        current = todo.pop()
+        later_ones = later_imports_touching(conn, db, current)
+        later_ones += reconcile.imports_using_created_masters(conn, db, current)
+        for later in later_ones:
             if later not in seen:
                 seen.add(later)
                 todo.append(later)
@@ -118,12 +125,17 @@ def _undo(
             conn.execute(sa.delete(target).where(target.c._import_id == import_id)).rowcount
         )
         restored = load.restore_images(conn, db, info.target_table, import_id)
+    masters_deleted = reconcile.drop_created_masters(conn, db, import_id)
     tracking.update_import(conn, db, import_id, status=ImportStatus.ROLLED_BACK.value)
     tracking.set_file_status(
         conn, db, info.dataset, info.file_sha256, import_id, FileStatus.ROLLED_BACK
     )
-    details: dict[str, object] = {"rows_deleted": deleted, "rows_restored": restored}
+    details: dict[str, object] = {
+        "rows_deleted": deleted,
+        "rows_restored": restored,
+        "master_rows_deleted": masters_deleted,
+    }
     if cascade_of is not None:
         details["cascade_of"] = cascade_of
     tracking.record_audit(conn, db, import_id, "rolled_back", actor, details)
-    return RolledBack(import_id, info.target_table, deleted, restored)
+    return RolledBack(import_id, info.target_table, deleted, restored, masters_deleted)
