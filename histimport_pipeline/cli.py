@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from histimport_pipeline.cli_console import err, out
 from histimport_pipeline.cli_review import review_app
 from histimport_pipeline.engine import history, migrations
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
@@ -53,8 +53,6 @@ db_app = typer.Typer(help="Apply, roll back and inspect the tracking-schema migr
 app.add_typer(db_app, name="db")
 app.add_typer(review_app, name="review")
 
-out = Console()
-err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., object])
 
 #: Exit code of an import that ended failed or rejected (engine errors exit with 2).

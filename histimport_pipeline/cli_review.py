@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from histimport_pipeline.cli_console import err, out
 from histimport_pipeline.engine import history, reconcile
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
@@ -30,9 +30,6 @@ review_app = typer.Typer(
     help="Review reconciliation decisions: list them, accept or reject, then apply.",
     no_args_is_help=True,
 )
-
-out = Console()
-err = Console(stderr=True)
 
 
 @contextmanager

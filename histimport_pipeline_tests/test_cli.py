@@ -70,7 +70,8 @@ def run(db: Database, db_url: str, tmp_path: Path) -> Run:
         "HISTIMPORT_DATABASE_URL": db_url,
         "HISTIMPORT_DATASETS": str(datasets),
         "HISTIMPORT_INBOX": str(tmp_path / "inbox"),
-        "COLUMNS": "200",
+        # No COLUMNS: output to a pipe must be wide enough to read without any help.
+        "COLUMNS": None,
         "NO_COLOR": "1",
     }
     runner = CliRunner()
