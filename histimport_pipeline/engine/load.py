@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
-from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -230,7 +229,7 @@ def stage_rows(
         )
         column_list = ", ".join(preparer.quote(n) for n in ["_source_row", *names])
         types = ["int8", *(_PG_BINARY_TYPES[spec.columns[n].type] for n in names)]
-        getter = itemgetter(*names) if len(names) > 1 else (lambda v: (v[names[0]],))
+        order = tuple(names)
         raw: Any = conn.connection.driver_connection
         # Binary COPY: no text formatting of numbers and dates (2-3x faster than text COPY).
         sql = f"COPY {target} ({column_list}) FROM STDIN (FORMAT BINARY)"
@@ -238,7 +237,7 @@ def stage_rows(
             copy.set_types(types)
             write = copy.write_row
             for row in rows:
-                write((row.source_row, *getter(row.values)))
+                write((row.source_row, *row.cells_for(order)))
         return
     table = staging_table(db, spec, import_id)
     records = [{"_source_row": r.source_row, **r.values} for r in rows]

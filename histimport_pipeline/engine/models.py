@@ -6,6 +6,7 @@ Dagster layer alike.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
@@ -111,7 +112,6 @@ class FileStatus(StrEnum):
 Value = str | int | Decimal | bool | date | datetime | None
 
 
-@dataclass(frozen=True, slots=True)
 class RawRow:
     """One record as parsed: text values keyed by spec column, before any coercion.
 
@@ -125,12 +125,54 @@ class RawRow:
         raw: the record's original cells in the order of ``FileInfo.headers`` (extra columns
             included), for the failed-rows CSV.
         error: a row-level parse problem (e.g. wrong number of fields), else ``None``.
+        names, cells: the same values as two aligned tuples, when the parser made them so
+            (one ``names`` tuple shared by every record of the file). ``values`` is then built
+            only when asked for: the validator reads whole columns from ``cells``, which
+            spares a dict per record on the hot path.
     """
 
-    source_row: int
-    values: dict[str, str | None]
-    raw: tuple[str | None, ...]
-    error: str | None = None
+    __slots__ = ("_values", "cells", "error", "names", "raw", "source_row")
+
+    def __init__(
+        self,
+        source_row: int,
+        values: dict[str, str | None] | None = None,
+        raw: tuple[str | None, ...] = (),
+        error: str | None = None,
+        *,
+        names: tuple[str, ...] | None = None,
+        cells: Sequence[str | None] | None = None,
+    ) -> None:
+        if values is None and (names is None or cells is None):
+            raise ValueError("RawRow needs values, or names and cells")
+        self.source_row = source_row
+        self._values = values
+        self.raw = raw
+        self.error = error
+        self.names = names
+        self.cells = cells
+
+    @property
+    def values(self) -> dict[str, str | None]:
+        if self._values is None:
+            assert self.names is not None and self.cells is not None
+            self._values = dict(zip(self.names, self.cells, strict=True))
+        return self._values
+
+    def __repr__(self) -> str:
+        return f"RawRow({self.source_row!r}, {self.values!r}, {self.raw!r}, {self.error!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RawRow):
+            return NotImplemented
+        return (self.source_row, self.values, self.raw, self.error) == (
+            other.source_row,
+            other.values,
+            other.raw,
+            other.error,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -174,12 +216,54 @@ class RowError:
     raw_value: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class ValidRow:
-    """A row that passed validation: typed values keyed by spec column."""
+    """A row that passed validation: typed values keyed by spec column.
 
-    source_row: int
-    values: dict[str, Value]
+    Built by the validator from ``names`` and ``cells`` (aligned tuples, ``names`` shared by
+    the whole batch); ``values`` is made from them only when asked for, and
+    ``cells_for(names)`` gives the cells in another order without a dict on the hot path.
+    """
+
+    __slots__ = ("_values", "cells", "names", "source_row")
+
+    def __init__(
+        self,
+        source_row: int,
+        values: dict[str, Value] | None = None,
+        *,
+        names: tuple[str, ...] | None = None,
+        cells: Sequence[Value] | None = None,
+    ) -> None:
+        if values is None and (names is None or cells is None):
+            raise ValueError("ValidRow needs values, or names and cells")
+        self.source_row = source_row
+        self._values = values
+        self.names = names
+        self.cells = cells
+
+    @property
+    def values(self) -> dict[str, Value]:
+        if self._values is None:
+            assert self.names is not None and self.cells is not None
+            self._values = dict(zip(self.names, self.cells, strict=True))
+        return self._values
+
+    def cells_for(self, names: tuple[str, ...]) -> tuple[Value, ...]:
+        """The values of ``names`` in that order (``None`` for a name the row lacks)."""
+        if self.cells is not None and (self.names is names or self.names == names):
+            return tuple(self.cells)
+        values = self.values
+        return tuple(values.get(n) for n in names)
+
+    def __repr__(self) -> str:
+        return f"ValidRow({self.source_row!r}, {self.values!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ValidRow):
+            return NotImplemented
+        return (self.source_row, self.values) == (other.source_row, other.values)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 @dataclass

@@ -599,7 +599,7 @@ def _open_delimited(
                 yield layout.error_row(number, (), fields)
             elif len(fields) == width:
                 raw = tuple(fields)
-                yield RawRow(number, dict(zip(names, pick(raw), strict=False)), raw)
+                yield RawRow(number, None, raw, names=names, cells=pick(raw))
             else:
                 yield layout.row(number, fields, pad=None)
 
@@ -779,7 +779,7 @@ class _Layout:
         raw = tuple(cells)
         width = len(self.headers)
         if len(raw) == width:
-            return RawRow(number, dict(zip(self._names, self._pick(raw), strict=False)), raw)
+            return RawRow(number, None, raw, names=self._names, cells=self._pick(raw))
         values = {
             column: (raw[i] if i < len(raw) else pad)
             for i, column in enumerate(self.columns)

@@ -240,11 +240,12 @@ class Validator:
         """
         batch = ValidatedBatch()
         parsed = [row for row in rows if row.error is None]
-        dicts = [row.values for row in parsed]
         failing: set[int] = set()
         columns: list[list[Value]] = []
-        for name, coerce_column in zip(self._names, self._column_coercers, strict=True):
-            values, bad = coerce_column(list(map(dict.get, dicts, repeat(name))))
+        for texts, coerce_column in zip(
+            self._text_columns(parsed), self._column_coercers, strict=True
+        ):
+            values, bad = coerce_column(texts)
             columns.append(values)
             failing.update(bad)
         # Lengths below are equal by construction: strict zips would only cost time.
@@ -252,7 +253,7 @@ class Validator:
         names = self._names
         if len(parsed) == len(rows) and not failing and not self._key:
             batch.valid = [
-                ValidRow(row.source_row, dict(zip(names, typed, strict=False)))
+                ValidRow(row.source_row, names=names, cells=typed)
                 for row, typed in zip(rows, typed_rows, strict=False)
             ]
             return batch
@@ -278,8 +279,26 @@ class Validator:
                     batch.duplicates.append((row, self._duplicate_error(row, first)))
                     continue
                 seen[digest] = row.source_row
-            batch.valid.append(ValidRow(row.source_row, dict(zip(names, typed, strict=False))))
+            batch.valid.append(ValidRow(row.source_row, names=names, cells=typed))
         return batch
+
+    def _text_columns(self, parsed: Sequence[RawRow]) -> list[list[str | None]]:
+        """The rows' texts column by column, in spec order (``None`` where a row has none).
+
+        When the parser gave every row the same ``names`` tuple, the columns come from
+        transposing the rows' ``cells``, with no dict per row.
+        """
+        if not parsed:
+            return [[] for _ in self._names]
+        shared = parsed[0].names
+        if shared is not None and all(row.names is shared for row in parsed):
+            by_name = dict(
+                zip(shared, zip(*(row.cells for row in parsed), strict=True), strict=True)
+            )
+            missing = [None] * len(parsed)
+            return [list(by_name.get(name, missing)) for name in self._names]
+        dicts = [row.values for row in parsed]
+        return [list(map(dict.get, dicts, repeat(name))) for name in self._names]
 
     def _failed_row_error(self, row: RawRow) -> RowError:
         """The error of a row with a failing column, from coercing it column by column."""
