@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import zipfile
 from decimal import Decimal
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import tracking
+from histimport_pipeline.engine import importer, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import RollbackConflictError
 from histimport_pipeline.engine.importer import ImportOptions, run_import
@@ -76,6 +77,24 @@ def test_append_records_lineage_and_tracking(db: Database, tmp_path: Path) -> No
     assert pf["status"] == "imported" and pf["last_import_id"] == result.import_id
     assert ps["process_name"] == "dataset:signups" and ps["last_import_id"] == result.import_id
     assert ps["consecutive_errors"] == 0 and ps["last_success_at"] is not None
+
+
+def test_an_import_leaves_the_garbage_collector_as_it_found_it(
+    db: Database, tmp_path: Path
+) -> None:
+    """Staging raises the young-GC threshold for speed; callers must not see that after."""
+    seen: list[tuple[int, int, int]] = []
+    before = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    try:
+        spec = make_spec(strategy="append", key=[])
+        path = write(tmp_path / "signups_1.csv", GOOD)
+        result = run_import(db, spec, path, progress=lambda _read: seen.append(gc.get_threshold()))
+        assert result.status is ImportStatus.SUCCESS
+        assert seen and seen[0][0] == importer.BULK_GC_THRESHOLD  # raised while streaming
+        assert gc.get_threshold() == (700, 10, 10)  # and put back
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_bad_rows_are_recorded_and_the_rest_loads(db: Database, tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ in the target.
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,6 +41,37 @@ from histimport_pipeline.engine.validate import Validator
 
 #: Seconds between heartbeats written while a file is staged.
 HEARTBEAT_EVERY_S = 5.0
+#: Allocations between young garbage collections while rows stream through (Python's
+#: default is 700). A batch holds tens of thousands of live tuples; at the default, the
+#: collector rescans them so often that it took a third of parse and validate time.
+BULK_GC_THRESHOLD = 20_000
+_bulk_gc_lock = threading.Lock()
+_bulk_gc_depth = 0
+_bulk_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Raise the young-generation GC threshold for the duration (nesting- and thread-safe).
+
+    Nothing escapes collection: cycles are still found, just less often; the previous
+    thresholds come back when the last holder leaves.
+    """
+    global _bulk_gc_depth, _bulk_gc_saved
+    with _bulk_gc_lock:
+        if _bulk_gc_depth == 0:
+            _bulk_gc_saved = gc.get_threshold()
+            young, *older = _bulk_gc_saved
+            gc.set_threshold(max(young, BULK_GC_THRESHOLD), *older)
+        _bulk_gc_depth += 1
+    try:
+        yield
+    finally:
+        with _bulk_gc_lock:
+            _bulk_gc_depth -= 1
+            if _bulk_gc_depth == 0 and _bulk_gc_saved is not None:
+                gc.set_threshold(*_bulk_gc_saved)
+                _bulk_gc_saved = None
 
 
 @dataclass(frozen=True)
@@ -347,7 +380,10 @@ def stage_file(
     seconds = {"parse": 0.0, "validate": 0.0, "stage": 0.0}
     read = staged = failed = duplicates = 0
     t0 = time.perf_counter()
-    with open_file(Path(handle.file_path), spec, batch_size=options.batch_size) as parsed:
+    with (
+        open_file(Path(handle.file_path), spec, batch_size=options.batch_size) as parsed,
+        _fewer_collections(),
+    ):
         info = parsed.info
         with _tx(db, conn) as tx:
             tracking.update_import(
