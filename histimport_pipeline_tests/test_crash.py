@@ -143,3 +143,27 @@ def test_a_failed_import_can_be_retried_without_force(db: Database, tmp_path: Pa
     columns["signup_id"]["aliases"] = ["Customer Ref"]
     result = run_import(db, make_spec(columns=columns), path)
     assert result.status is ImportStatus.SUCCESS and result.rows_created == 1
+
+
+def test_load_refuses_when_the_staged_rows_are_gone(db: Database, tmp_path: Path) -> None:
+    """A PostgreSQL restart empties UNLOGGED staging tables: resuming at load must not report
+    success with nothing (or part) loaded."""
+    from histimport_pipeline.engine import importer, load
+    from histimport_pipeline.engine.errors import StagingLostError
+    from histimport_pipeline_tests.helpers import make_spec
+
+    spec = make_spec(strategy="append", key=[])
+    handle = importer.start_import(db, spec, _file(tmp_path))
+    staged = importer.stage_file(db, spec, handle)
+    importer.reconcile_import(db, spec, handle)
+    stage = load.staging_table(db, spec, handle.import_id)
+    with db.engine.begin() as conn:  # what the server's crash recovery does to the table
+        conn.execute(sa.delete(stage).where(stage.c._source_row > 10))
+
+    with pytest.raises(StagingLostError) as lost:
+        importer.load_import(db, spec, handle)
+    assert (lost.value.expected, lost.value.found) == (staged.rows_staged, 9)
+    assert "Import the file again from the start" in str(lost.value)
+    assert (
+        not sa.inspect(db.engine).has_table(spec.target_table) or rows(db, spec.target_table) == []
+    )

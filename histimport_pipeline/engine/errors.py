@@ -137,3 +137,18 @@ class RollbackConflictError(HistimportError):
         )
         self.import_id = import_id
         self.later_imports = later_imports
+
+
+class StagingLostError(HistimportError):
+    """The staged rows of an import are not all there any more."""
+
+    def __init__(self, import_id: int, expected: int, found: int) -> None:
+        super().__init__(
+            f"import {import_id} staged {expected:,} row(s) but its staging table now holds "
+            f"{found:,} (on PostgreSQL staging tables are UNLOGGED, so a server restart empties "
+            "them); nothing was loaded. Import the file again from the start "
+            "(Dagster: re-execute the whole run, not from the failed step)."
+        )
+        self.import_id = import_id
+        self.expected = expected
+        self.found = found

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import failpoints, load, migrations, reconcile, tracking
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
-from histimport_pipeline.engine.errors import FileError, HistimportError
+from histimport_pipeline.engine.errors import FileError, HistimportError, StagingLostError
 from histimport_pipeline.engine.models import (
     FileStatus,
     ImportPhase,
@@ -529,6 +529,24 @@ def reconcile_import(
     }
 
 
+def _check_staging(
+    conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int, expected: int
+) -> None:
+    """Refuse to load when the staged rows are not all there (e.g. after a server restart).
+
+    Raises:
+        StagingLostError: the staging table is missing or holds another number of rows.
+    """
+    stage = load.staging_table(db, spec, import_id)
+    found = (
+        load.count_staged(conn, db, spec, import_id)
+        if sa.inspect(conn).has_table(stage.name, schema=stage.schema)
+        else 0
+    )
+    if found != expected:
+        raise StagingLostError(import_id, expected, found)
+
+
 def load_import(
     db: Database,
     spec: DatasetSpec,
@@ -612,6 +630,7 @@ def load_import(
                 warnings=tuple(warnings),
                 **base,
             )
+        _check_staging(tx, db, spec, handle.import_id, int(row["rows_processed"] or 0))
         tracking.record_audit(
             tx,
             db,
