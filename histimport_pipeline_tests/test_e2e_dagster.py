@@ -88,6 +88,30 @@ query Ticks($selector: SensorSelector!) {
     ... on Error { message }
   }
 }"""
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+#: A daily dataset whose gate rejects any failed row.
+SESSIONS: dict[str, Any] = {
+    **SIGNUPS,
+    "name": "sessions",
+    "target_table": "sessions",
+    "files": "sessions_*.csv",
+    "partitioning": "daily",
+    "strategy": "replace_date",
+    "key": [],
+    "start_date": "2024-01-01",
+    "max_error_ratio": 0.0,
+}
+DAILY_FILES = {
+    "sessions_2024-01-01.csv": "ID,email\n101,a@example.com\n102,b@example.com\n",
+    "sessions_2024-01-02.csv": "ID,email\n201,c@example.com\n202,not-an-email\n",
+}
 REEXECUTE = """
 mutation Reexecute($params: ReexecutionParams!) {
   launchRunReexecution(reexecutionParams: $params) {
@@ -473,5 +497,69 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
             status = {s["process_name"]: s for s in _table(db, "processing_status")}
             assert status["dataset:signups"]["consecutive_errors"] == 0
             assert status["dataset:signups"]["last_import_id"] == retried["import_id"]
+    finally:
+        db.dispose()
+
+
+def test_a_backfill_launched_through_graphql_reimports_the_dates(
+    e2e_home: tuple[Path, dict[str, str]], pg_url: str
+) -> None:
+    """A date range backfilled from the UI (an asset backfill run by the daemon) imports each
+    date's file as BACKFILL, wherever the file now lies; content already loaded is a
+    duplicate, as with the schedule."""
+    home, env = e2e_home
+    spec_path = home / "datasets" / "sessions.yaml"
+    spec_path.write_text(yaml.safe_dump(SESSIONS))
+    db = Database.connect(pg_url)
+    try:
+        with _dagster_dev(home, env) as dagster:
+            # -- the sensor imports 01-01; 01-02 has a bad row and the gate (0 %) rejects it
+            for name, text in DAILY_FILES.items():
+                (home / "inbox" / name).write_text(text)
+            runs = dagster.wait_for("the daily files", _finished_runs_of(set(DAILY_FILES)))
+            status_of = {r["tags"]["histimport/file"]: r["status"] for r in runs}
+            assert status_of == {
+                "sessions_2024-01-01.csv": "SUCCESS",
+                "sessions_2024-01-02.csv": "FAILURE",
+            }, dagster.report()
+            assert list((home / "quarantine" / "sessions").glob("*__sessions_2024-01-02.csv"))
+
+            # -- the operator accepts one bad row in two and backfills both dates
+            spec_path.write_text(yaml.safe_dump({**SESSIONS, "max_error_ratio": 0.5}))
+            dates = ["2024-01-01", "2024-01-02"]
+            launched = dagster.graphql(
+                BACKFILL,
+                {"params": {"assetSelection": [{"path": ["sessions"]}], "partitionNames": dates}},
+            )["launchPartitionBackfill"]
+            assert launched["__typename"] == "LaunchBackfillSuccess", launched
+            backfill_id = launched["backfillId"]
+
+            def backfilled(found: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+                mine = [r for r in found if r["tags"].get("dagster/backfill") == backfill_id]
+                done = len(mine) == len(dates) and all(r["status"] in TERMINAL for r in mine)
+                return mine if done else None
+
+            runs = dagster.wait_for("the backfill", backfilled)
+            assert {r["status"] for r in runs} == {"SUCCESS"}, dagster.report()
+            assert sorted(r["tags"]["dagster/partition"] for r in runs) == dates
+
+            backfill = {
+                str(h["business_date"]): h for h in _history(db) if h["import_type"] == "BACKFILL"
+            }
+            assert sorted(backfill) == dates
+            rerun = backfill["2024-01-02"]
+            assert rerun["status"] == "partial", rerun
+            assert (rerun["rows_created"], rerun["rows_failed"]) == (1, 1)
+            assert rerun["file_name"] == "sessions_2024-01-02.csv"
+            # 01-01 was loaded by the sensor's run: the same content again is a duplicate
+            assert backfill["2024-01-01"]["status"] == "duplicate"
+            loaded = {r["signup_id"]: r["_business_date"] for r in rows(db, "sessions")}
+            assert sorted(loaded) == ["101", "102", "201"]
+            assert str(loaded["201"]) == "2024-01-02"
+            status = {s["process_name"]: s for s in _table(db, "processing_status")}
+            assert status["dataset:sessions"]["consecutive_errors"] == 0
+            assert status["dataset:sessions"]["last_import_id"] in {
+                h["import_id"] for h in backfill.values()
+            }
     finally:
         db.dispose()
