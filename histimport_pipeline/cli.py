@@ -7,7 +7,6 @@ scripts; the rest of the output is for people.
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -21,16 +20,15 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from histimport_pipeline.cli_console import err, out
+from histimport_pipeline.cli_common import err, out, print_json, session, tracked, user
 from histimport_pipeline.cli_review import review_app
 from histimport_pipeline.engine import history, migrations
-from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.demo import write_demo
 from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
 from histimport_pipeline.engine.importer import (
     ImportOptions,
     ImportResult,
-    ensure_schema,
     run_import,
 )
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
@@ -70,53 +68,10 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of 
 
 
 @contextmanager
-def _session() -> Iterator[tuple[Settings, Database]]:
-    """Settings and database from the environment, turning engine errors into a clean exit."""
-    try:
-        settings = Settings.from_env()
-        db = Database.from_settings(settings)
-    except (SettingsError, HistimportError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    try:
-        with unavailable_as_transient(db.engine.url):
-            yield settings, db
-    except HistimportError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    finally:
-        db.dispose()
-
-
-@contextmanager
 def _database() -> Iterator[Database]:
     """Open the database from the environment, turning engine errors into a clean exit."""
-    with _session() as (_settings, db):
+    with session() as (_settings, db):
         yield db
-
-
-@contextmanager
-def _tracked() -> Iterator[tuple[Settings, Database]]:
-    """Like :func:`_session`, for commands that read or write the tracking tables.
-
-    SQLite is migrated on first use; a PostgreSQL database behind the code is an error that
-    says to run ``histimport db upgrade``.
-    """
-    with _session() as (settings, db):
-        ensure_schema(db)
-        yield settings, db
-
-
-def _user() -> str | None:
-    """The OS user, recorded as who triggered an import or a rollback."""
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in some containers
-        return None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(history.jsonable(value), indent=2, ensure_ascii=False) + "\n")
 
 
 def _when(value: Any) -> str:
@@ -348,14 +303,14 @@ def import_file(
     ] = False,
 ) -> None:
     """Import FILE and print a summary. Exits 1 when the import failed or was rejected."""
-    with _tracked() as (settings, db):
+    with tracked() as (settings, db):
         spec = _spec_for(settings, file, dataset)
         options = ImportOptions(
             force=force,
             dry_run=dry_run,
             import_type=ImportType.MANUAL,
             source=ImportSource.CLI,
-            triggered_by=_user(),
+            triggered_by=user(),
         )
         with _progress_bar(file) as progress:
             result = run_import(db, spec, file, options, progress)
@@ -381,13 +336,13 @@ def show_history(
     as_json: JsonOption = False,
 ) -> None:
     """List imports, newest first."""
-    with _tracked() as (_settings, db):
+    with tracked() as (_settings, db):
         after = history.parse_since(since) if since else None
         rows = history.list_imports(
             db, dataset, status.value if status else None, after, limit, offset
         )
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         filtered = dataset or status or since or offset
@@ -479,10 +434,10 @@ def show_import(
     as_json: JsonOption = False,
 ) -> None:
     """Show everything recorded about one import."""
-    with _tracked() as (_settings, db):
+    with tracked() as (_settings, db):
         detail = history.get_import_detail(db, import_id)
     if as_json:
-        _print_json(detail)
+        print_json(detail)
         return
     out.print(f"[bold]import {import_id}[/bold]: {_status(detail['status'])}")
     fields = Table.grid(padding=(0, 2))
@@ -548,7 +503,7 @@ def export_errors(
     ] = None,
 ) -> None:
     """Write the failed rows of an import as CSV: original columns plus _error_* columns."""
-    with _tracked() as (settings, db):
+    with tracked() as (settings, db):
         path = output or settings.home / "errors" / f"import_{import_id}_errors.csv"
         written = history.export_failed_rows(db, import_id, path)
     out.print(f"wrote {written:,} failed row(s) of import {import_id} to {escape(str(path))}")
@@ -564,10 +519,10 @@ def show_stats(
     as_json: JsonOption = False,
 ) -> None:
     """Per dataset: imports by status, rows loaded and failed, seconds spent."""
-    with _tracked() as (_settings, db):
+    with tracked() as (_settings, db):
         rows = history.stats(db, days, dataset)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     if not rows:
         out.print(f"no imports in the last {days} days")
@@ -642,7 +597,7 @@ def show_lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Which imports wrote the rows of TABLE; with --key, where one row came from."""
-    with _tracked() as (settings, db):
+    with tracked() as (settings, db):
         if key:
             spec = _spec_of_table(settings, table)
             wanted = _key_values(spec, key)
@@ -651,7 +606,7 @@ def show_lineage(
             contributed = history.lineage(db, table)
     if not key:
         if as_json:
-            _print_json(contributed)
+            print_json(contributed)
             return
         if not contributed:
             out.print(f"table {escape(table)} has no rows")
@@ -679,12 +634,12 @@ def show_lineage(
     shown = ", ".join(f"{k}={v}" for k, v in wanted.items())
     if found is None:
         if as_json:
-            _print_json(None)
+            print_json(None)
         else:
             err.print(f"no row with {escape(shown)} in {escape(table)}")
         raise typer.Exit(1)
     if as_json:
-        _print_json(found)
+        print_json(found)
         return
     imp = found["import"] or {}
     out.print(f"row {escape(shown)} of {escape(table)}", highlight=False)
@@ -710,8 +665,8 @@ def rollback(
     ] = False,
 ) -> None:
     """Undo an import exactly: delete its rows and restore the rows it changed."""
-    with _tracked() as (_settings, db):
-        result = rollback_import(db, import_id, cascade=cascade, actor=_user())
+    with tracked() as (_settings, db):
+        result = rollback_import(db, import_id, cascade=cascade, actor=user())
         status = None
         if result.nothing_loaded:
             status = history.get_import_detail(db, import_id)["status"]
@@ -742,8 +697,8 @@ def cleanup(
 ) -> None:
     """Remove failed-row records and error files past the retention period (history is kept),
     and leftover staging tables of imports that are not running."""
-    with _tracked() as (settings, db):
-        counts = history.cleanup(db, older_than, error_dir=settings.home / "errors", actor=_user())
+    with tracked() as (settings, db):
+        counts = history.cleanup(db, older_than, error_dir=settings.home / "errors", actor=user())
     out.print(
         f"removed {counts['failed_rows_deleted']:,} failed-row record(s) and "
         f"{counts['error_files_deleted']:,} error file(s) older than {older_than} day(s); "
@@ -756,7 +711,7 @@ def cleanup(
 @app.command("demo")
 def demo() -> None:
     """Write demo dataset specs, a master table and messy sample files into HISTIMPORT_HOME."""
-    with _tracked() as (settings, db):
+    with tracked() as (settings, db):
         result = write_demo(settings, db)
     out.print(
         f"wrote {len(result.specs)} dataset specs to {settings.datasets}, "
@@ -783,7 +738,7 @@ def retry_failed(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, launch nothing.")] = False,
 ) -> None:
     """Launch runs for partitions whose latest import failed, through the Dagster webserver."""
-    with _tracked() as (settings, db):
+    with tracked() as (settings, db):
         cutoff = history.parse_since(since) if since else None
         failed = history.failed_partitions(db, dataset, cutoff)
     if not failed:

@@ -6,57 +6,22 @@ one-line message on stderr and exit code 2, as in :mod:`histimport_pipeline.cli`
 
 from __future__ import annotations
 
-import getpass
-import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histimport_pipeline.cli_console import err, out
+from histimport_pipeline.cli_common import out, print_json, tracked, user
 from histimport_pipeline.engine import history, reconcile
-from histimport_pipeline.engine.db import Database, unavailable_as_transient
-from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
-from histimport_pipeline.engine.importer import ensure_schema
+from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import MatchDecision
-from histimport_pipeline.engine.settings import Settings, SettingsError
 from histimport_pipeline.engine.spec import load_specs
 
 review_app = typer.Typer(
     help="Review reconciliation decisions: list them, accept or reject, then apply.",
     no_args_is_help=True,
 )
-
-
-@contextmanager
-def _tracked() -> Iterator[tuple[Settings, Database]]:
-    """Settings and a migrated database from the environment; engine errors exit 2."""
-    try:
-        settings = Settings.from_env()
-        db = Database.from_settings(settings)
-    except (SettingsError, HistimportError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    try:
-        with unavailable_as_transient(db.engine.url):
-            ensure_schema(db)
-            yield settings, db
-    except HistimportError as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    finally:
-        db.dispose()
-
-
-def _user() -> str | None:
-    try:
-        return getpass.getuser()
-    except Exception:  # no user name in some containers
-        return None
 
 
 def _inputs(values: Any) -> str:
@@ -82,11 +47,11 @@ def list_reviews(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List reconciliation matches waiting for a decision (oldest first)."""
-    with _tracked() as (_settings, db):
+    with tracked() as (_settings, db):
         decision = None if show_all else MatchDecision.NEEDS_REVIEW
         rows = reconcile.list_matches(db, import_id, dataset, decision, limit)
     if as_json:
-        sys.stdout.write(json.dumps(history.jsonable(rows), indent=2, ensure_ascii=False) + "\n")
+        print_json(rows)
         return
     if not rows:
         out.print("nothing waits for review" if not show_all else "no reconciliation matches")
@@ -137,8 +102,8 @@ def accept(
     ] = None,
 ) -> None:
     """Accept a match; the input is remembered as an alias of that master row."""
-    with _tracked() as (_settings, db):
-        row = reconcile.decide_match(db, match_id, accept=True, entity_id=entity, actor=_user())
+    with tracked() as (_settings, db):
+        row = reconcile.decide_match(db, match_id, accept=True, entity_id=entity, actor=user())
     out.print(
         f"match {match_id}: accepted {escape(_inputs(row['input_values']))} -> "
         f"{escape(row['entity'])} {escape(str(row['matched_id']))} (alias recorded); load the "
@@ -152,8 +117,8 @@ def reject(
     match_id: Annotated[int, typer.Argument(help="The match id (see `histimport review list`).")],
 ) -> None:
     """Reject a match; apply then handles its rows by the reference's on_unmatched policy."""
-    with _tracked() as (_settings, db):
-        row = reconcile.decide_match(db, match_id, accept=False, actor=_user())
+    with tracked() as (_settings, db):
+        row = reconcile.decide_match(db, match_id, accept=False, actor=user())
     out.print(
         f"match {match_id}: rejected {escape(_inputs(row['input_values']))}; apply with: "
         f"histimport review apply {row['import_id']}",
@@ -166,13 +131,13 @@ def apply(
     import_id: Annotated[int, typer.Argument(help="The import whose held rows to load.")],
 ) -> None:
     """Load the held rows of IMPORT_ID whose matches are decided; undecided ones stay held."""
-    with _tracked() as (settings, db):
+    with tracked() as (settings, db):
         detail = history.get_import_detail(db, import_id)
         specs = load_specs(settings.datasets)
         spec = specs.get(detail["dataset"])
         if spec is None:
             raise DatasetNotFoundError(f"dataset {detail['dataset']!r}", list(specs))
-        result = reconcile.apply_review(db, spec, import_id, actor=_user())
+        result = reconcile.apply_review(db, spec, import_id, actor=user())
     out.print(
         f"import {import_id}: {result['status']} - loaded {result['rows_loaded']:,} "
         f"(created {result['rows_created']:,}, updated {result['rows_updated']:,}), "

@@ -1,0 +1,93 @@
+"""What ``histimport`` and ``histimport review`` share: consoles, the database session
+that turns engine errors into a clean exit, the OS user and JSON output."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import typer
+from rich.console import Console, ConsoleDimensions
+from rich.markup import escape
+
+from histimport_pipeline.engine import history
+from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.errors import HistimportError
+from histimport_pipeline.engine.importer import ensure_schema
+from histimport_pipeline.engine.settings import Settings, SettingsError
+
+#: Width of tables written to a pipe or file, where there is no terminal to measure.
+PIPE_WIDTH = 200
+
+
+class CliConsole(Console):
+    """A rich console as wide as the terminal, or ``PIPE_WIDTH`` when output is piped.
+
+    Rich falls back to 80 columns without a terminal, which truncates the history and review
+    tables to unreadable stubs in ``histimport history | less`` or a redirected file.
+    ``COLUMNS`` still wins when set.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        measured = super().size
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(PIPE_WIDTH, measured.height)
+        return measured
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+out = CliConsole()
+err = CliConsole(stderr=True)
+
+
+@contextmanager
+def session() -> Iterator[tuple[Settings, Database]]:
+    """Settings and database from the environment, turning engine errors into exit code 2."""
+    try:
+        settings = Settings.from_env()
+        db = Database.from_settings(settings)
+    except (SettingsError, HistimportError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    try:
+        with unavailable_as_transient(db.engine.url):
+            yield settings, db
+    except HistimportError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    finally:
+        db.dispose()
+
+
+@contextmanager
+def tracked() -> Iterator[tuple[Settings, Database]]:
+    """Like :func:`session`, for commands that read or write the tracking tables.
+
+    SQLite is migrated on first use; a PostgreSQL database behind the code is an error that
+    says to run ``histimport db upgrade``.
+    """
+    with session() as (settings, db):
+        ensure_schema(db)
+        yield settings, db
+
+
+def user() -> str | None:
+    """The OS user, recorded as who triggered an import, a rollback or a review decision."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no user name in some containers
+        return None
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (dates, decimals and the like made JSON-able)."""
+    sys.stdout.write(json.dumps(history.jsonable(value), indent=2, ensure_ascii=False) + "\n")
