@@ -29,6 +29,7 @@ from histimport_pipeline.engine import failpoints, load, migrations, reconcile, 
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.errors import FileError, HistimportError, StagingLostError
 from histimport_pipeline.engine.models import (
+    FileInfo,
     FileStatus,
     ImportPhase,
     ImportSource,
@@ -328,17 +329,22 @@ def inspect_file(
     with open_file(Path(handle.file_path), spec) as parsed:
         info = parsed.info
     with _tx(db, conn) as tx:
-        tracking.update_import(
-            tx,
-            db,
-            handle.import_id,
-            file_type=info.format,
-            file_metadata=info.as_metadata(),
-            column_mapping=info.mapping,
-            warnings=list(info.warnings),
-            phase=ImportPhase.VALIDATE.value,
-        )
+        _record_parsed(tx, db, handle.import_id, info)
     return {**info.as_metadata(), "mapping": info.mapping, "warnings": list(info.warnings)}
+
+
+def _record_parsed(conn: sa.Connection, db: Database, import_id: int, info: FileInfo) -> None:
+    """Record what parsing detected on the import; it moves on to validation."""
+    tracking.update_import(
+        conn,
+        db,
+        import_id,
+        file_type=info.format,
+        file_metadata=info.as_metadata(),
+        column_mapping=info.mapping,
+        warnings=list(info.warnings),
+        phase=ImportPhase.VALIDATE.value,
+    )
 
 
 def _take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> None:
@@ -386,16 +392,7 @@ def stage_file(
     ):
         info = parsed.info
         with _tx(db, conn) as tx:
-            tracking.update_import(
-                tx,
-                db,
-                handle.import_id,
-                file_type=info.format,
-                file_metadata=info.as_metadata(),
-                column_mapping=info.mapping,
-                warnings=list(info.warnings),
-                phase=ImportPhase.VALIDATE.value,
-            )
+            _record_parsed(tx, db, handle.import_id, info)
             tracking.record_audit(tx, db, handle.import_id, "parsed", None, info.as_metadata())
         # In-file duplicate keys are found in the staging table: memory stays bounded.
         validator = Validator(spec, detect_duplicates=False)
