@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Generic, TypeVar
 
 
 class ImportStatus(StrEnum):
@@ -110,9 +111,31 @@ class FileStatus(StrEnum):
 
 #: A value after validation.
 Value = str | int | Decimal | bool | date | datetime | None
+V = TypeVar("V")
 
 
-class RawRow:
+class _NamedCells(Generic[V]):
+    """Values held as two aligned tuples, ``names`` and ``cells``, or as a dict.
+
+    ``values`` is the dict, built from the tuples the first time it is asked for: the hot
+    path (parse → validate → stage) works on the tuples and never builds it.
+    """
+
+    __slots__ = ("_values", "cells", "names")
+
+    _values: dict[str, V] | None
+    names: tuple[str, ...] | None
+    cells: Sequence[V] | None
+
+    @property
+    def values(self) -> dict[str, V]:
+        if self._values is None:
+            assert self.names is not None and self.cells is not None
+            self._values = dict(zip(self.names, self.cells, strict=True))
+        return self._values
+
+
+class RawRow(_NamedCells[str | None]):
     """One record as parsed: text values keyed by spec column, before any coercion.
 
     Attributes:
@@ -131,7 +154,7 @@ class RawRow:
             spares a dict per record on the hot path.
     """
 
-    __slots__ = ("_values", "cells", "error", "names", "raw", "source_row")
+    __slots__ = ("error", "raw", "source_row")
 
     def __init__(
         self,
@@ -151,13 +174,6 @@ class RawRow:
         self.error = error
         self.names = names
         self.cells = cells
-
-    @property
-    def values(self) -> dict[str, str | None]:
-        if self._values is None:
-            assert self.names is not None and self.cells is not None
-            self._values = dict(zip(self.names, self.cells, strict=True))
-        return self._values
 
     def __repr__(self) -> str:
         return f"RawRow({self.source_row!r}, {self.values!r}, {self.raw!r}, {self.error!r})"
@@ -216,7 +232,7 @@ class RowError:
     raw_value: str | None = None
 
 
-class ValidRow:
+class ValidRow(_NamedCells[Value]):
     """A row that passed validation: typed values keyed by spec column.
 
     Built by the validator from ``names`` and ``cells`` (aligned tuples, ``names`` shared by
@@ -224,7 +240,7 @@ class ValidRow:
     ``cells_for(names)`` gives the cells in another order without a dict on the hot path.
     """
 
-    __slots__ = ("_values", "cells", "names", "source_row")
+    __slots__ = ("source_row",)
 
     def __init__(
         self,
@@ -240,13 +256,6 @@ class ValidRow:
         self._values = values
         self.names = names
         self.cells = cells
-
-    @property
-    def values(self) -> dict[str, Value]:
-        if self._values is None:
-            assert self.names is not None and self.cells is not None
-            self._values = dict(zip(self.names, self.cells, strict=True))
-        return self._values
 
     def cells_for(self, names: tuple[str, ...]) -> tuple[Value, ...]:
         """The values of ``names`` in that order (``None`` for a name the row lacks)."""
