@@ -459,18 +459,11 @@ def record_append_conflicts(
     records = []
     for row in rows:
         key_text = ", ".join(f"{k}={row[k]!s}" for k in spec.key)
-        records.append(
-            {
-                "import_id": import_id,
-                "source_row": row["_source_row"],
-                "column_name": spec.key[0],
-                "category": "duplicate",
-                "message": f"key {key_text} is already in {spec.target_table} "
-                f"(loaded by import {row['_holder']}); the row was skipped",
-                "raw_value": str(row[spec.key[0]]),
-                "raw_values": {n: None if row[n] is None else str(row[n]) for n in names},
-            }
+        message = (
+            f"key {key_text} is already in {spec.target_table} "
+            f"(loaded by import {row['_holder']}); the row was skipped"
         )
+        records.append(_duplicate_failure(import_id, spec, names, row, message))
     if records:
         conn.execute(sa.insert(db.tables.import_failed_rows), records)
     return len(records)
@@ -530,23 +523,33 @@ def remove_duplicate_keys(
         records = []
         for row in page:
             shown = ", ".join(f"{k}={_show(row[k])}" for k in spec.key)
-            records.append(
-                {
-                    "import_id": import_id,
-                    "source_row": row["_source_row"],
-                    "column_name": spec.key[0],
-                    "category": "duplicate",
-                    "message": f"duplicate key {shown} (first seen in row {row['first_row']})",
-                    "raw_value": None if row[spec.key[0]] is None else str(row[spec.key[0]]),
-                    "raw_values": {n: None if row[n] is None else str(row[n]) for n in names},
-                }
-            )
+            message = f"duplicate key {shown} (first seen in row {row['first_row']})"
+            records.append(_duplicate_failure(import_id, spec, names, row, message))
         conn.execute(sa.insert(failed), records)
         rows = [int(r["_source_row"]) for r in page]
         conn.execute(sa.delete(stage).where(stage.c._source_row.in_(rows)))
         total += len(rows)
         last = rows[-1]
     return total
+
+
+def _duplicate_failure(
+    import_id: int, spec: DatasetSpec, names: Sequence[str], row: Any, message: str
+) -> dict[str, Any]:
+    """An ``import_failed_rows`` record of category duplicate for a staged row."""
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return {
+        "import_id": import_id,
+        "source_row": row["_source_row"],
+        "column_name": spec.key[0],
+        "category": "duplicate",
+        "message": message,
+        "raw_value": text(row[spec.key[0]]),
+        "raw_values": {n: text(row[n]) for n in names},
+    }
 
 
 def _show(value: Any) -> str:
