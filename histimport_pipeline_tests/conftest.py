@@ -71,3 +71,12 @@ def db(empty_db: Database) -> Database:
     """A target database with every migration applied."""
     migrations.upgrade(empty_db)
     return empty_db
+
+
+@pytest.fixture
+def pg_db(pg_url: str) -> Iterator[Database]:
+    """A migrated PostgreSQL target database (for what only PostgreSQL does)."""
+    db = Database.connect(pg_url)
+    migrations.upgrade(db)
+    yield db
+    db.dispose()

@@ -43,11 +43,11 @@ def _file(tmp_path: Path, name: str = "signups_big.csv") -> Path:
     return path
 
 
-def _spec_file(tmp_path: Path) -> Path:
+def _spec_file(tmp_path: Path, **overrides: object) -> Path:
     import yaml
 
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({**SIGNUPS, "max_error_ratio": 0.0}))
+    path.write_text(yaml.safe_dump({**SIGNUPS, "max_error_ratio": 0.0, **overrides}))
     return path
 
 
@@ -75,7 +75,26 @@ def _count(db: Database, table: str) -> int:
 def test_sigkill_leaves_all_or_nothing_and_a_rerun_completes(
     db: Database, db_url: str, tmp_path: Path, point: str
 ) -> None:
-    spec_path, data = _spec_file(tmp_path), _file(tmp_path)
+    _kill_at_and_rerun(db, db_url, tmp_path, point, _spec_file(tmp_path))
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("point", ["copy", "write", "commit"])
+def test_sigkill_during_a_direct_load_leaves_all_or_nothing(
+    pg_db: Database, pg_url: str, tmp_path: Path, point: str
+) -> None:
+    """An append without key on PostgreSQL COPYs the file straight into the target."""
+    spec_path = _spec_file(tmp_path, strategy="append", key=[])
+    _kill_at_and_rerun(pg_db, pg_url, tmp_path, point, spec_path)
+    with pg_db.engine.connect() as conn:
+        metadata = conn.execute(sa.select(pg_db.tables.import_history.c.file_metadata)).all()
+    assert {m[0]["staged"] for m in metadata if m[0] and "staged" in m[0]} == {False}
+
+
+def _kill_at_and_rerun(
+    db: Database, db_url: str, tmp_path: Path, point: str, spec_path: Path
+) -> None:
+    data = _file(tmp_path)
     marker = tmp_path / "frozen"
     child = _spawn(
         db_url,
@@ -152,7 +171,7 @@ def test_load_refuses_when_the_staged_rows_are_gone(db: Database, tmp_path: Path
     from histimport_pipeline.engine.errors import StagingLostError
     from histimport_pipeline_tests.helpers import make_spec
 
-    spec = make_spec(strategy="append", key=[])
+    spec = make_spec()  # keyed: staged on both databases
     handle = importer.start_import(db, spec, _file(tmp_path))
     staged = importer.stage_file(db, spec, handle)
     importer.reconcile_import(db, spec, handle)

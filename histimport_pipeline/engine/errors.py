@@ -152,3 +152,15 @@ class StagingLostError(HistimportError):
         self.import_id = import_id
         self.expected = expected
         self.found = found
+
+
+class FileChangedError(FileError):
+    """The file read by the load step is not the one the validate step checked."""
+
+    def __init__(self, path: Path | str, import_id: int, problem: str) -> None:
+        super().__init__(
+            path,
+            f"{problem} since import {import_id} validated it; nothing was loaded",
+            hint="Import the file again from the start (Dagster: re-execute the whole run)",
+        )
+        self.import_id = import_id

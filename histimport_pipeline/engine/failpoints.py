@@ -12,8 +12,10 @@ import os
 import time
 from pathlib import Path
 
-#: The checkpoints the importer passes, in order.
-POINTS = ("staging", "write", "commit")
+#: The checkpoints the importer passes, in order: after each staged batch, after each block a
+#: direct load COPYs into the target (``load.loads_directly``), after the target write, and
+#: just before the load commits.
+POINTS = ("staging", "copy", "write", "commit")
 
 
 def checkpoint(name: str) -> None:

@@ -270,7 +270,7 @@ class Validator:
             index += 1
             typed = next(typed_rows)
             if index in failing:
-                batch.failed.append((row, self._failed_row_error(row)))
+                batch.failed.append((row, self.row_error(row)))
                 continue
             if key_of is not None:
                 digest = digest_of(key_of(typed))
@@ -300,8 +300,15 @@ class Validator:
         dicts = [row.values for row in parsed]
         return [list(map(dict.get, dicts, repeat(name))) for name in self._names]
 
-    def _failed_row_error(self, row: RawRow) -> RowError:
-        """The error of a row with a failing column, from coercing it column by column."""
+    def row_error(self, row: RawRow) -> RowError:
+        """The error of a row with a failing column, from coercing it column by column.
+
+        This is the message every reader's failed rows carry: its first failing column in
+        spec order, the category, and the other failing columns named.
+
+        Raises:
+            AssertionError: no column of ``row`` fails.
+        """
         values = row.values
         for index, (name, coerce) in enumerate(self._columns):
             try:
@@ -344,6 +351,21 @@ class Validator:
 ColumnCoercer = Callable[[list[str | None]], tuple[list[Value], list[int]]]
 #: Texts -> their values, or ``None`` when some text needs the one-by-one path.
 BulkConverter = Callable[[list[str]], list[Value] | None]
+
+
+def column_coercer(column: str, spec: ColumnSpec, *, required: bool) -> ColumnCoercer:
+    """The function that coerces one column of a batch of texts, as ``Validator`` does.
+
+    Args:
+        column: the spec column name (used in messages).
+        spec: the column's spec.
+        required: whether a missing value fails (key columns are required).
+
+    Returns:
+        A function from the column's texts to their typed values (``None`` where a text
+        fails) and the positions of the failing texts.
+    """
+    return _column_coercer(column, spec, build_coercer(column, spec, required=required))
 
 
 def _column_coercer(column: str, spec: ColumnSpec, coerce: Coercer) -> ColumnCoercer:
