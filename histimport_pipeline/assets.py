@@ -327,7 +327,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         name=f"{name}_validate",
         retry_policy=RETRY,
         tags={"histimport/step": "validate"},
-        description="Read every row, check types and rules, stage the valid rows.",
+        description="Read every row, check types and rules, stage the valid rows (a keyless "
+        "append on PostgreSQL stages nothing: its load COPYs the checked file directly).",
     )
     def validate(
         context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource

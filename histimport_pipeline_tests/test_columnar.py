@@ -109,8 +109,9 @@ def import_both(
         path = folder / f"data{suffix}"
         path.write_bytes(data)
         result = run_import(db, spec, path, ImportOptions(columnar=reader == "auto"))
-        # Messages name the file: the same name in another folder.
+        # Messages name the file (the same name in another folder) and the import.
         message = (result.error_message or "").replace(str(folder), "<folder>")
+        message = message.replace(f"errors {result.import_id} ", "errors <id> ")
         results.append(replace(result, error_message=message or None))
     auto, python = results
     if python.status is not ImportStatus.FAILED:
@@ -226,6 +227,15 @@ def test_many_small_blocks_cut_only_between_records(
 ) -> None:
     """Blocks of 64 bytes: every quoted line break and doubled quote sits near a cut."""
     monkeypatch.setattr(columnar, "BLOCK_BYTES", 64)
+    pieces: list[bytes] = []
+    cut = columnar._pieces
+
+    def counted(*args: Any) -> Any:
+        for piece in cut(*args):
+            pieces.append(piece)
+            yield piece
+
+    monkeypatch.setattr(columnar, "_pieces", counted)
     lines = [HEADER]
     for i in range(300):
         note = f'"line {i}\nnext ""{i}"", more\r\nend"' if i % 3 == 0 else f"plain {i}"
@@ -234,6 +244,8 @@ def test_many_small_blocks_cut_only_between_records(
     assert reader_of(pg_db, auto) == "columnar"
     assert auto.rows_created == 300
     assert rows(pg_db, "t_auto")[3]["note"] == 'line 3\nnext "3", more\r\nend'
+    assert len(pieces) > 200  # most records are longer than a block
+    assert any(piece.count(b'"') % 2 == 0 and b'"line' in piece for piece in pieces)
 
 
 def test_direct_load_refuses_a_file_changed_after_validation(
@@ -251,6 +263,34 @@ def test_direct_load_refuses_a_file_changed_after_validation(
     with pytest.raises(FileChangedError, match="content changed"):
         importer.load_import(pg_db, spec, handle)
     assert not sa.inspect(pg_db.engine).has_table("t_direct") or rows(pg_db, "t_direct") == []
+
+
+def test_over_the_gate_nothing_is_loaded_and_the_failures_are_kept(
+    pg_db: Database, tmp_path: Path
+) -> None:
+    auto, _ = import_both(pg_db, tmp_path, MESSY.encode(), max_error_ratio=0.1)
+    assert auto.status is ImportStatus.REJECTED
+    assert not sa.inspect(pg_db.engine).has_table("t_auto")
+    assert len(failed_rows(pg_db, auto.import_id)) == auto.rows_failed > 0
+
+
+def test_step_by_step_and_one_pass_direct_loads_agree(pg_db: Database, tmp_path: Path) -> None:
+    """Dagster runs the steps as separate ops (the load reads the file again); run_import
+    checks and writes in one pass. Same rows, same tracking."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(MESSY.encode())
+    spec = spec_for("t_steps", max_error_ratio=0.9)
+    handle = importer.start_import(pg_db, spec, path)
+    importer.stage_file(pg_db, spec, handle)
+    importer.reconcile_import(pg_db, spec, handle)
+    steps = importer.load_import(pg_db, spec, handle)
+    one = run_import(pg_db, spec_for("t_one", max_error_ratio=0.9), path)
+    for field in ("status", "rows_read", "rows_created", "rows_failed", "error_summary"):
+        assert getattr(steps, field) == getattr(one, field), field
+    assert without_system(rows(pg_db, "t_steps")) == without_system(rows(pg_db, "t_one"))
+    assert failed_rows(pg_db, steps.import_id) == failed_rows(pg_db, one.import_id)
+    audits = [history(pg_db, i)["file_metadata"] for i in (steps.import_id, one.import_id)]
+    assert audits[0] == audits[1]
 
 
 def test_dry_run_of_a_direct_load_keeps_nothing(pg_db: Database, tmp_path: Path) -> None:

@@ -54,9 +54,9 @@ from histimport_pipeline.engine.spec import ColumnSpec, ColumnType, DatasetSpec
 from histimport_pipeline.engine.validate import ColumnCoercer, Validator, column_coercer
 
 #: Bytes of the file parsed per block. A block is validated and encoded as a whole, so this
-#: bounds memory (some 20x it at the peak, read-ahead and COPY queue included) and sets how
-#: often progress is reported; 4 MiB blocks ran 3 % slower than 8 MiB ones and peaked 100 MiB
-#: lower on the flights benchmark.
+#: bounds memory (a few dozen times it at the peak, read-ahead, allocator slack and COPY queue
+#: included) and sets how often progress is reported. On the flights benchmark 2 MiB blocks
+#: peaked at about 260 MiB (8 MiB: 380 MiB) and cost at most a few per cent of speed.
 BLOCK_BYTES = 2 * 1024 * 1024
 #: Encoded blocks waiting for the COPY writer thread (bounds memory when the server is slower).
 QUEUE_BLOCKS = 1
@@ -255,7 +255,7 @@ class ColumnarFile:
         has_quotes: bool,
         encode: bool,
         constants: Sequence[Constant] = (),
-        block_bytes: int = BLOCK_BYTES,
+        block_bytes: int | None = None,
     ) -> None:
         """Prepare the reader.
 
@@ -269,7 +269,7 @@ class ColumnarFile:
             encode: encode the valid rows for COPY (``_source_row``, the spec's columns and
                 ``constants``); without it the file is only validated.
             constants: columns with one value for every row, encoded after the others.
-            block_bytes: bytes parsed per block.
+            block_bytes: bytes parsed per block (default ``BLOCK_BYTES``).
         """
         self.path = path
         self.spec = spec
@@ -278,7 +278,7 @@ class ColumnarFile:
         self.encode = encode
         self.constants = tuple(constants)
         self.has_quotes = has_quotes
-        self.block_bytes = block_bytes
+        self.block_bytes = block_bytes or BLOCK_BYTES
         required = set(spec.required_columns)
         self._codecs = [
             _ColumnCodec(name, col, name in required) for name, col in spec.columns.items()
