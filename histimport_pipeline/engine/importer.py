@@ -40,6 +40,8 @@ from histimport_pipeline.engine.models import (
     ImportSource,
     ImportStatus,
     ImportType,
+    RawRow,
+    RowError,
 )
 from histimport_pipeline.engine.parse import open_file
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, Strategy
@@ -585,27 +587,38 @@ def _stage_python(
             outcome = validator.validate_batch(batch)
             t2 = time.perf_counter()
             seconds["validate"] += t2 - t1
+            staged.read += len(batch)
+            staged.valid += len(outcome.valid)
+            staged.failed += len(outcome.failed)
+            staged.duplicates += len(outcome.duplicates)
             with _tx(db, conn) as tx:
                 load.stage_rows(tx, db, spec, handle.import_id, outcome.valid)
-                tracking.write_failed_rows(tx, db, handle.import_id, headers, outcome.failed)
-                tracking.write_failed_rows(tx, db, handle.import_id, headers, outcome.duplicates)
-                staged.read += len(batch)
-                staged.valid += len(outcome.valid)
-                staged.failed += len(outcome.failed)
-                staged.duplicates += len(outcome.duplicates)
-                if staged.beat_due():
-                    tracking.update_import(
-                        tx,
-                        db,
-                        handle.import_id,
-                        heartbeat_at=tracking.utcnow(),
-                        rows_in_file=staged.read,
-                    )
+                _record_batch(tx, db, handle, headers, staged, outcome.failed + outcome.duplicates)
             seconds["stage"] += time.perf_counter() - t2
-            failpoints.checkpoint("staging")
-            if progress is not None:
-                progress(staged.read)
+            _batch_done(staged, progress)
     return staged
+
+
+def _record_batch(
+    tx: sa.Connection,
+    db: Database,
+    handle: ImportHandle,
+    headers: Sequence[str],
+    staged: _Staged,
+    failures: Sequence[tuple[RawRow, RowError]],
+) -> None:
+    """A batch's failed rows, and the import's heartbeat when one is due."""
+    tracking.write_failed_rows(tx, db, handle.import_id, headers, failures)
+    if staged.beat_due():
+        tracking.update_import(
+            tx, db, handle.import_id, heartbeat_at=tracking.utcnow(), rows_in_file=staged.read
+        )
+
+
+def _batch_done(staged: _Staged, progress: Progress | None) -> None:
+    failpoints.checkpoint("staging")
+    if progress is not None:
+        progress(staged.read)
 
 
 def _stage_columnar(
@@ -662,22 +675,12 @@ def _stage_columnar(
             staged.read += block.records
             staged.valid += block.valid
             staged.failed += len(block.failed)
-            beat = staged.beat_due()
-            if block.failed or beat:
+            # Most blocks of a clean file have no failed row: no transaction for nothing.
+            if block.failed or time.monotonic() - staged.last_beat > HEARTBEAT_EVERY_S:
                 with _tx(db, conn) as tx:
-                    tracking.write_failed_rows(tx, db, handle.import_id, info.headers, block.failed)
-                    if beat:
-                        tracking.update_import(
-                            tx,
-                            db,
-                            handle.import_id,
-                            heartbeat_at=tracking.utcnow(),
-                            rows_in_file=staged.read,
-                        )
+                    _record_batch(tx, db, handle, info.headers, staged, block.failed)
             seconds["stage"] += time.perf_counter() - t1
-            failpoints.checkpoint("staging")
-            if progress is not None:
-                progress(staged.read)
+            _batch_done(staged, progress)
         if reader.sha256 != handle.sha256:
             raise FileChangedError(handle.file_path, handle.import_id, "the file's content changed")
         t0 = time.perf_counter()
