@@ -183,11 +183,14 @@ class Block:
     records: int
     #: Rows with a failing column, with the Python path's errors.
     failed: list[tuple[RawRow, RowError]] = field(default_factory=list)
-    #: Rows without a failing column.
-    valid: int = 0
     #: The valid rows as binary COPY tuples (no header or trailer), when encoding; their
     #: columns are ``ColumnarFile.copy_columns``.
     payload: memoryview | None = None
+
+    @property
+    def valid(self) -> int:
+        """Rows without a failing column."""
+        return self.records - len(self.failed)
 
 
 @dataclass(frozen=True)
@@ -400,7 +403,6 @@ class ColumnarFile:
             block.failed = self._failed_rows(batch, positions, source_rows)
         else:
             failing = None
-        block.valid = n - len(block.failed)
         if self.encode and block.valid:
             columns["_source_row"] = _Column.fixed(source_rows.astype(">i8"), None)
             for constant in self.constants:

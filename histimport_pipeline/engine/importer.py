@@ -518,9 +518,14 @@ class _Staged:
     )
     last_beat: float = field(default_factory=time.monotonic)
 
-    def beat_due(self) -> bool:
+    @property
+    def beat_pending(self) -> bool:
         """Whether a heartbeat is due (at most every ``HEARTBEAT_EVERY_S``)."""
-        if time.monotonic() - self.last_beat <= HEARTBEAT_EVERY_S:
+        return time.monotonic() - self.last_beat > HEARTBEAT_EVERY_S
+
+    def beat_due(self) -> bool:
+        """``beat_pending``, and if so the heartbeat counts as written from now."""
+        if not self.beat_pending:
             return False
         self.last_beat = time.monotonic()
         return True
@@ -676,7 +681,7 @@ def _stage_columnar(
             staged.valid += block.valid
             staged.failed += len(block.failed)
             # Most blocks of a clean file have no failed row: no transaction for nothing.
-            if block.failed or time.monotonic() - staged.last_beat > HEARTBEAT_EVERY_S:
+            if block.failed or staged.beat_pending:
                 with _tx(db, conn) as tx:
                     _record_batch(tx, db, handle, info.headers, staged, block.failed)
             seconds["stage"] += time.perf_counter() - t1
@@ -723,10 +728,7 @@ class _StagingSink:
         if self._pump is None:
             own = self._stack.enter_context(self._db.engine.connect())
             self._stack.enter_context(own.begin())
-            raw = own.connection.driver_connection
-            cursor = self._stack.enter_context(raw.cursor())  # type: ignore[union-attr]
-            copy = self._stack.enter_context(cursor.copy(self._sql(own, columns)))
-            self._pump = self._stack.enter_context(columnar.CopyPump(copy))
+            self._pump = _start_copy(self._stack, own, self._sql(own, columns))
         self._pump.put(payload)
 
     def _sql(self, conn: sa.Connection, columns: Sequence[str]) -> str:
@@ -742,6 +744,15 @@ class _StagingSink:
         # With an exception: the pump stops, psycopg aborts the COPY, the transaction rolls
         # back. (After commit() the stack is empty.)
         self._stack.__exit__(exc_type, exc, tb)
+
+
+def _start_copy(stack: ExitStack, conn: sa.Connection, sql: str) -> columnar.CopyPump:
+    """Open ``sql`` (a ``COPY ... FROM STDIN``) on ``conn`` with a pump feeding it; ``stack``
+    ends them (the COPY aborts when it is left with an exception)."""
+    raw: Any = conn.connection.driver_connection
+    cursor = stack.enter_context(raw.cursor())
+    copy = stack.enter_context(cursor.copy(sql))
+    return stack.enter_context(columnar.CopyPump(copy))
 
 
 class _TargetSink:
@@ -762,10 +773,7 @@ class _TargetSink:
             conn = self._into.conn
             table = load.qualified_name(conn, None, self._into.table.name)
             sql = columnar.copy_sql(conn.dialect.identifier_preparer, table, columns)
-            raw: Any = conn.connection.driver_connection
-            cursor = self._stack.enter_context(raw.cursor())
-            copy = self._stack.enter_context(cursor.copy(sql))
-            self._pump = self._stack.enter_context(columnar.CopyPump(copy))
+            self._pump = _start_copy(self._stack, conn, sql)
         self._pump.put(payload)
         failpoints.checkpoint("copy")
 
@@ -888,27 +896,16 @@ def _direct_write(
             constants=constants,
         )
         read = written = failed = 0
-        raw: Any = tx.connection.driver_connection
-        table = load.qualified_name(tx, None, target.name)
-        with ExitStack() as stack:
-            pump: columnar.CopyPump | None = None
+        with _TargetSink(_IntoTarget(tx, target)) as sink:
             try:
                 for block in reader.blocks():
                     read += block.records
                     failed += len(block.failed)
                     if block.payload is None:
                         continue
-                    if pump is None:
-                        assert reader.copy_columns is not None
-                        sql = columnar.copy_sql(
-                            tx.dialect.identifier_preparer, table, reader.copy_columns
-                        )
-                        cursor = stack.enter_context(raw.cursor())
-                        copy = stack.enter_context(cursor.copy(sql))
-                        pump = stack.enter_context(columnar.CopyPump(copy))
-                    pump.put(block.payload)
+                    assert reader.copy_columns is not None
+                    sink.write(reader.copy_columns, block.payload)
                     written += block.valid
-                    failpoints.checkpoint("copy")
             except columnar.Declined as declined:
                 raise FileChangedError(
                     path, handle.import_id, f"the file no longer reads as before ({declined})"
@@ -916,6 +913,7 @@ def _direct_write(
             # Checked after the stream, before the commit: a mismatch rolls everything back.
             if reader.sha256 != handle.sha256:
                 raise FileChangedError(path, handle.import_id, "the file's content changed")
+            sink.commit()
         expected = (int(row["rows_in_file"] or 0), int(row["rows_processed"] or 0))
         if (read, written) != expected or failed != read - written:
             raise FileChangedError(

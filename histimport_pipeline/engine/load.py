@@ -243,11 +243,8 @@ def create_staging(conn: sa.Connection, db: Database, spec: DatasetSpec, import_
 
 def drop_staging(db: Database, import_id: int) -> None:
     """Drop an import's staging table if it exists (own transaction)."""
-    preparer = db.engine.dialect.identifier_preparer
-    name = preparer.quote(staging_name(import_id))
-    qualified = f"{preparer.quote(db.schema)}.{name}" if db.schema else name
     with db.engine.begin() as conn:
-        conn.exec_driver_sql(f"DROP TABLE IF EXISTS {qualified}")
+        drop_staging_in(conn, db, import_id)
 
 
 def drop_staging_in(conn: sa.Connection, db: Database, import_id: int) -> None:
