@@ -21,7 +21,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -46,6 +46,8 @@ from histimport_pipeline.engine.models import (
 from histimport_pipeline.engine.parse import open_file
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, Strategy
 from histimport_pipeline.engine.validate import Validator
+
+T = TypeVar("T")
 
 #: Seconds between heartbeats written while a file is staged.
 HEARTBEAT_EVERY_S = 5.0
@@ -582,13 +584,8 @@ def _stage_python(
         validator = Validator(spec, detect_duplicates=False)
         batches = parsed.batches()
         seconds["parse"] += time.perf_counter() - t0
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
+        for batch in _timed(batches, seconds, "parse"):
             t1 = time.perf_counter()
-            seconds["parse"] += t1 - t0
-            if batch is None:
-                break
             outcome = validator.validate_batch(batch)
             t2 = time.perf_counter()
             seconds["validate"] += t2 - t1
@@ -602,6 +599,17 @@ def _stage_python(
             seconds["stage"] += time.perf_counter() - t2
             _batch_done(staged, progress)
     return staged
+
+
+def _timed(items: Iterator[T], seconds: dict[str, float], phase: str) -> Iterator[T]:
+    """``items``, the time spent producing each added to ``seconds[phase]``."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(items, None)
+        seconds[phase] += time.perf_counter() - t0
+        if item is None:
+            return
+        yield item
 
 
 def _record_batch(
@@ -666,14 +674,8 @@ def _stage_columnar(
             sink = stack.enter_context(_TargetSink(into))
         elif not direct:
             sink = stack.enter_context(_StagingSink(db, spec, handle, conn))
-        blocks = reader.blocks()
-        while True:
-            t0 = time.perf_counter()
-            block = next(blocks, None)
+        for block in _timed(reader.blocks(), seconds, "validate"):
             t1 = time.perf_counter()
-            seconds["validate"] += t1 - t0
-            if block is None:
-                break
             if sink is not None and block.payload is not None:
                 assert reader.copy_columns is not None
                 sink.write(reader.copy_columns, block.payload)
