@@ -708,3 +708,39 @@ def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.Monkey
     assert loaded(db) == {"s1": 2}
     assert runner.invoke(review_app, ["reject", "99999"]).exit_code == 2
     db.dispose()
+
+
+# Spec YAML -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        (
+            "columns: {a: {}}\n"
+            "references:\n  x_id: {entity: e, match: [{source: a, field: b}]}\n"
+            "references:\n  y_id: {entity: e, match: [{source: a, field: c}]}\n",
+            "references",
+            4,
+        ),
+        ("columns:\n  a: {}\n  b: {type: integer}\n  a: {type: date}\n", "columns.a", 4),
+        (
+            "columns:\n  a: {}\n"
+            "references:\n  x_id:\n    entity: e\n    match:\n"
+            "      - {source: a, field: b, threshold: 80, threshold: 90}\n",
+            "references.x_id.match[0].threshold",
+            7,
+        ),
+    ],
+    ids=["references-twice", "column-twice", "nested-key-twice"],
+)
+def test_duplicate_yaml_key_is_refused_with_file_line_and_key(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    path = write(tmp_path / "signups.yaml", text)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert caught.value.key == key
+    assert f"line {line}" in message and "twice" in message
