@@ -439,7 +439,8 @@ def load_spec(path: Path) -> DatasetSpec:
         SpecError: the YAML is malformed or a key is invalid; names the file and key.
     """
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        # A SafeLoader subclass: no arbitrary objects are built.
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except _DuplicateKeyError as dup:
         raise SpecError(
             path,
