@@ -322,6 +322,41 @@ def test_policy_create_inserts_one_master_row_per_value(db: Database, tmp_path: 
     assert match["matched_id"] == str(new[0]["id"])
 
 
+@pytest.mark.parametrize("policy", ["review", "reject", "null", "create"])
+def test_row_with_every_match_field_empty_follows_the_policy_and_is_counted(
+    db: Database, tmp_path: Path, policy: str
+) -> None:
+    master = make_master(db)
+    before = master_rows(db, master)
+    spec = signup_spec(on_unmatched=policy)
+    path = write(tmp_path / "signups_1.csv", csv_of([("s1", "", "Ann Lee"), ("s2", "", "")]))
+    result = do_import(db, spec, path)
+    assert_accounting(result)
+    empty = matches_of(db, result.import_id)[""]
+    assert empty["rows_affected"] == 1
+    if policy == "review":
+        assert result.status is ImportStatus.PARTIAL and result.rows_review == 1
+        assert loaded(db) == {"s1": 1}
+        assert empty["decision"] == "needs_review"
+        assert history(db, result.import_id)["rows_review"] == 1
+    elif policy == "reject":
+        assert result.status is ImportStatus.PARTIAL and result.rows_failed == 1
+        assert loaded(db) == {"s1": 1}
+        (failed,) = failed_rows(db, result.import_id)
+        assert failed["source_row"] == 3 and failed["category"] == "reconciliation"
+        assert "empty" in failed["message"]
+    else:
+        # Nothing to match or to create a master row from: loaded without an id, and said so.
+        assert result.status is ImportStatus.SUCCESS
+        assert loaded(db) == {"s1": 1, "s2": None}
+        assert master_rows(db, master) == before
+        notes = [w for w in result.warnings if "without ambassador_id" in w]
+        assert notes and notes[0].startswith("1 row")
+        assert notes == [
+            w for w in history(db, result.import_id)["warnings"] if "without ambassador_id" in w
+        ]
+
+
 def master_rows(db: Database, master: sa.Table) -> list[tuple[Any, ...]]:
     with db.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.select(master).order_by(master.c.id))]

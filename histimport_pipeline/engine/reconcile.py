@@ -125,6 +125,9 @@ class ReconcileOutcome:
     matches: dict[str, int]
     #: Fuzzy candidate pairs scored (what blocking let through).
     comparisons: int = 0
+    #: Staged rows loaded without an id by policy (``null``, or an empty value under
+    #: ``create``), per reference column.
+    rows_without_id: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -1005,17 +1008,32 @@ def _apply_mapping(
         conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.format_table(tmp)}")
     else:
         sa.Index(f"ix_{tmp.name}"[:63], *(tmp.c[s] for s in sources)).create(conn)
-    hold_expr = sa.case(
-        (sa.or_(stage.c._hold == _HOLD_REJECT, tmp.c._hold == _HOLD_REJECT), _HOLD_REJECT),
-        (sa.or_(stage.c._hold == _HOLD_REVIEW, tmp.c._hold == _HOLD_REVIEW), _HOLD_REVIEW),
-        else_=sa.null(),
-    )
+
+    def hold_expr(held: Any) -> Any:
+        return sa.case(
+            (sa.or_(stage.c._hold == _HOLD_REJECT, held == _HOLD_REJECT), _HOLD_REJECT),
+            (sa.or_(stage.c._hold == _HOLD_REVIEW, held == _HOLD_REVIEW), _HOLD_REVIEW),
+            else_=sa.null(),
+        )
+
     for pattern, number in patterns.items():
-        conditions = [tmp.c._pattern == number]
-        for name, is_null in zip(sources, pattern, strict=True):
-            conditions.append(stage.c[name].is_(None) if is_null else stage.c[name] == tmp.c[name])
+        if all(pattern):
+            # Every value empty: one mapping row, nothing to join on.
+            one = sa.select(tmp).where(tmp.c._pattern == number).subquery()
+            out_value: Any = sa.select(one.c._out).scalar_subquery()
+            held_value: Any = sa.select(one.c._hold).scalar_subquery()
+            conditions: list[sa.ColumnElement[bool]] = [stage.c[name].is_(None) for name in sources]
+        else:
+            out_value, held_value = tmp.c._out, tmp.c._hold
+            conditions = [tmp.c._pattern == number]
+            for name, is_null in zip(sources, pattern, strict=True):
+                conditions.append(
+                    stage.c[name].is_(None) if is_null else stage.c[name] == tmp.c[name]
+                )
         conn.execute(
-            sa.update(stage).where(*conditions).values({output: tmp.c._out, "_hold": hold_expr})
+            sa.update(stage)
+            .where(*conditions)
+            .values({output: out_value, "_hold": hold_expr(held_value)})
         )
     tmp.drop(conn)
 
@@ -1171,6 +1189,7 @@ def reconcile_staged(
     reasons: dict[str, dict[tuple[str | None, ...], str]] = {}
     masters: dict[tuple[str, tuple[str, ...]], MasterData] = {}
     stamp = tracking.utcnow()
+    without_id: dict[str, int] = {}
     for output, ref in spec.references.items():
         sources = ref.sources
         distinct = _distinct_inputs(conn, stage, sources)
@@ -1191,8 +1210,10 @@ def reconcile_staged(
             hold: str | None = None
             out: str | None = None
             given = any(v is not None for v in text)
-            to_review = found.match_type is not MatchType.UNMATCHED or (
-                ref.on_unmatched is OnUnmatched.REVIEW and given
+            # An empty value is unmatched like any other: under `review` a person decides.
+            to_review = (
+                found.match_type is not MatchType.UNMATCHED
+                or ref.on_unmatched is OnUnmatched.REVIEW
             )
             if found.accepted:
                 decision, out, decided_by = (
@@ -1217,8 +1238,10 @@ def reconcile_staged(
                     f"{output} rejects unmatched values (on_unmatched: reject)"
                 )
             else:
-                # null (or an empty value under review/create): loaded without an id
+                # null, or an empty value under create (nothing to create a row from):
+                # loaded without an id
                 decision, decided_by = MatchDecision.REJECTED, ENGINE_ACTOR
+                without_id[output] = without_id.get(output, 0) + count
             by_type[found.match_type.value] += 1
             records.append(
                 (
@@ -1247,12 +1270,39 @@ def reconcile_staged(
         _apply_mapping(conn, db, spec, import_id, output, sources, mapping)
     rejected = _write_rejected_rows(conn, db, spec, import_id, reasons)
     review = load.held_rows(conn, db, spec, import_id)
+    _warn_without_id(conn, db, spec, import_id, without_id)
     return ReconcileOutcome(
         rows_review=review,
         rows_rejected=rejected,
         matches=dict(by_type),
         comparisons=comparisons,
+        rows_without_id=without_id,
     )
+
+
+_WITHOUT_ID = "loaded without "
+
+
+def _warn_without_id(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    import_id: int,
+    without_id: Mapping[str, int],
+) -> None:
+    """Say in the import's warnings how many rows load without an id, per reference."""
+    row = tracking.get_import(conn, db, import_id) or {}
+    # A re-run of the step replaces what the earlier run said.
+    warnings = [w for w in (row.get("warnings") or []) if _WITHOUT_ID not in w]
+    for output, count in without_id.items():
+        ref = spec.references[output]
+        warnings.append(
+            f"{count} row{'s' if count != 1 else ''} {_WITHOUT_ID}{output}: empty or matching no "
+            f"{ref.entity} row (on_unmatched: {ref.on_unmatched.value}); see `histimport "
+            f"review list --import {import_id} --all`"
+        )
+    if warnings != (row.get("warnings") or []):
+        tracking.update_import(conn, db, import_id, warnings=warnings)
 
 
 def _forget_earlier_run(
