@@ -625,6 +625,88 @@ def test_misspelled_first_letter_is_still_found(db: Database, tmp_path: Path) ->
     assert kinds == {"fuzzy"}
 
 
+def _people_table(name: str) -> sa.Table:
+    # No primary key: SQLite, too, then returns the rows in the order they were inserted.
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer),
+        sa.Column("given_name", sa.Text),
+        sa.Column("surname", sa.Text),
+        sa.Column("date_of_birth", sa.Date),
+        sa.Column("postcode", sa.Text),
+    )
+
+
+def test_learned_rates_do_not_depend_on_the_master_tables_row_order(
+    db: Database, tmp_path: Path
+) -> None:
+    from datetime import date, timedelta
+
+    from histimport_pipeline.engine.reconcile import MasterData, as_text, resolve_values
+
+    rng = random.Random(11)
+    records = [
+        {
+            "id": i,
+            "given_name": _random_name(rng, rng.randint(4, 6)),
+            "surname": _random_name(rng, rng.randint(5, 7)),
+            "date_of_birth": date(1960, 1, 1) + timedelta(days=rng.randint(0, 9000)),
+            "postcode": str(rng.randint(1000, 1400)),
+        }
+        for i in range(1, 401)
+    ]
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+    with db.engine.begin() as conn:
+        for name, order in (("people_a", records), ("people_b", shuffled)):
+            table = _people_table(name)
+            table.create(conn)
+            conn.execute(sa.insert(table), order)
+    lines = ["visit_id,first_name,last_name,born,zip"]
+
+    def typo(text: str) -> str:
+        cut = rng.randrange(1, len(text))
+        return text[:cut] + text[cut + 1 :]
+
+    for n, person in enumerate(rng.sample(records, 40)):
+        # Typos in both names, no date and a similar postcode: weak evidence, scores in the
+        # middle of the range, where the learned chance rate of a similar value decides.
+        lines.append(
+            f"v{n},{typo(person['given_name'])},{typo(person['surname'])},,"
+            f"{str(person['postcode'])[:3]}9"
+        )
+    path = write(tmp_path / "visits.csv", "\n".join(lines) + "\n")
+    decided: dict[str, list[tuple[Any, ...]]] = {}
+    t = db.tables.import_reconciliation_matches
+    for entity in ("people_a", "people_b"):
+        raw = person_spec().model_dump()
+        raw["references"]["person_id"]["entity"] = entity
+        spec = DatasetSpec.model_validate(raw | {"name": entity, "target_table": f"v_{entity}"})
+        result = do_import(db, spec, path)
+        with db.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(t.c.input_key, t.c.match_type, t.c.matched_id, t.c.score, t.c.decision)
+                .where(t.c.import_id == result.import_id)
+                .order_by(t.c.input_key)
+            )
+            decided[entity] = [tuple(r) for r in found]
+    assert decided["people_a"] == decided["people_b"]
+    # ... and equal to the matcher run on the rows in id order, whatever the backend.
+    spec = person_spec()
+    ref = spec.references["person_id"]
+    fields = ["given_name", "surname", "date_of_birth", "postcode"]
+    master = MasterData(
+        table=_people_table("people"),
+        ids=[str(r["id"]) for r in records],
+        raw={f: [as_text(r[f]) for r in records] for f in fields},
+    )
+    inputs = [tuple(line.split(",")[1:]) for line in lines[1:]]
+    resolutions, _ = resolve_values(ref, master, inputs)
+    by_key = {r.key: (r.match_type.value, r.matched_id, r.score) for r in resolutions}
+    assert {k: (m, i, s) for k, m, i, s, _ in decided["people_a"]} == by_key
+
+
 def test_required_equal_field_excludes_other_dates(db: Database, tmp_path: Path) -> None:
     events = sa.Table(
         "events",

@@ -90,7 +90,7 @@ class ReconcileSettings:
         m_equal, m_similar, m_different: how often a field of a true match is equal, similar
             (a typo) or different; the evidence of a multi-field rule rests on them.
         u_sample: random master pairs drawn to learn how often two different rows look
-            similar by chance.
+            similar by chance (drawn from the rows in id order, see :func:`read_master`).
         prior_rows, u_equal_prior, u_similar_prior: the chance rates learned from the master
             table are blended with these, as if ``prior_rows`` more rows had been seen, so a
             small master table does not make every agreement look like chance.
@@ -256,15 +256,25 @@ def reflect_master(conn: sa.Connection, ref: ReferenceSpec) -> sa.Table:
 
 
 def read_master(conn: sa.Connection, ref: ReferenceSpec) -> MasterData:
-    """Read the id column and the fields the reference's rules compare, in one query."""
+    """Read the id column and the fields the reference's rules compare, in one query.
+
+    The rows are put in id order (ids compared as the values they are, text by code
+    point), whatever order the database returns them in: the chance rates learned from a
+    sample of the master table, and the order of equal candidates, then do not depend on
+    its physical row order, and SQLite and PostgreSQL decide alike.
+    """
     table = reflect_master(conn, ref)
     names = list(dict.fromkeys(n for rule in ref.match for f in rule.fields for n in f.field))
     query = sa.select(table.c[ref.id_column], *(table.c[n] for n in names))
+    rows = [row for row in conn.execute(query) if row[0] is not None]
+    # Sorted here, not by ORDER BY: the database would sort text ids by its collation.
+    try:
+        rows.sort(key=lambda row: row[0])
+    except TypeError:
+        rows.sort(key=lambda row: str(row[0]))
     ids: list[str] = []
     raw: dict[str, list[str | None]] = {n: [] for n in names}
-    for row in conn.execute(query):
-        if row[0] is None:
-            continue
+    for row in rows:
         ids.append(str(row[0]))
         for i, name in enumerate(names, start=1):
             raw[name].append(as_text(row[i]))
