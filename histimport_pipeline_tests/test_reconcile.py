@@ -707,6 +707,53 @@ def test_learned_rates_do_not_depend_on_the_master_tables_row_order(
     assert {k: (m, i, s) for k, m, i, s, _ in decided["people_a"]} == by_key
 
 
+def test_margin_makes_close_candidates_of_a_multi_field_rule_ambiguous(
+    db: Database, tmp_path: Path
+) -> None:
+    from datetime import date
+
+    people = _people_table("people")
+    with db.engine.begin() as conn:
+        people.create(conn)
+        conn.execute(
+            sa.insert(people),
+            [
+                {"id": 1, "given_name": "Ann", "surname": "Lee", "date_of_birth": None},
+                {"id": 2, "given_name": "Ann", "surname": "Leigh", "date_of_birth": None},
+                {"id": 3, "given_name": "Bo", "surname": "Dahl", "date_of_birth": date(1970, 1, 1)},
+            ],
+        )
+    path = write(tmp_path / "visits.csv", "visit_id,first_name,last_name,born,zip\nv1,Ann,Lee,,\n")
+
+    def run(name: str, margin: float) -> dict[str, Any]:
+        raw = person_spec(threshold=1, review_threshold=0, margin=margin).model_dump()
+        spec = DatasetSpec.model_validate(raw | {"name": name, "target_table": name})
+        result = do_import(db, spec, path)
+        (match,) = list_matches(db, result.import_id, decision=None)
+        return match
+
+    # Without a margin the better of the two Ann Lees is accepted, if by a thin lead.
+    free = run("visits_free", 0)
+    assert (free["match_type"], free["decision"], free["matched_id"]) == (
+        "fuzzy",
+        "auto_accepted",
+        "1",
+    )
+    (first, second, *_) = free["candidates"]
+    assert first["id"] == "1" and second["id"] == "2"
+    lead = first["score"] - second["score"]
+    assert 0 < lead < 99
+    close = run("visits_close", lead + 0.5)
+    assert (close["match_type"], close["decision"], close["matched_id"]) == (
+        "ambiguous",
+        "needs_review",
+        None,
+    )
+    assert {c["id"] for c in close["candidates"][:2]} == {"1", "2"}
+    wide = run("visits_wide", lead - 0.5)
+    assert (wide["decision"], wide["matched_id"]) == ("auto_accepted", "1")
+
+
 def test_required_equal_field_excludes_other_dates(db: Database, tmp_path: Path) -> None:
     events = sa.Table(
         "events",

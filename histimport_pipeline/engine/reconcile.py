@@ -21,7 +21,9 @@ different one subtracts a little, and a missing one counts for nothing; the scor
 estimated probability, in percent, that the candidate is the right one among those found.
 
 Decisions: the best candidate at or above the rule's ``threshold`` is accepted, unless a
-second one is within ``margin`` (ambiguous: review). Between ``review_threshold`` and
+second one is within ``margin`` (ambiguous: review). In a rule of several fields a second
+candidate whose score on its own reaches the review band also makes a best one below the
+threshold ambiguous. Between ``review_threshold`` and
 ``threshold`` the value goes to review. Below, it is unmatched and the reference's
 ``on_unmatched`` policy applies: ``review``, ``reject`` (a failed row of category
 reconciliation), ``null`` (loaded without an id) or ``create`` (a new master row).
@@ -785,10 +787,15 @@ class _Matcher:
         s1[q[rank == 0]] = score[rank == 0]
         s2[q[rank == 1]] = score[rank == 1]
         o2[q[rank == 1]] = own[rank == 1]
+        close = (s2 >= 0) & (s1 - s2 <= rule.margin)
         if len(rule.fields) == 1:
-            ambiguous = (s1 - s2 <= rule.margin) & (s2 >= rule.review_at)
+            ambiguous = close & (s2 >= rule.review_at)
         else:
-            ambiguous = (s1 < rule.threshold) & (o2 >= rule.review_at)
+            # The candidates share one probability, so a second one that fits on its own
+            # (own score in the review band) holds back a best one below the threshold;
+            # `margin` also holds back a best one above it whose lead is that thin.
+            plausible = o2 >= rule.review_at
+            ambiguous = plausible & ((s1 < rule.threshold) | close)
         accepted = (s1 >= rule.threshold) & ~ambiguous
         candidates: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         ids = self.master_ids[rows].tolist()
@@ -811,13 +818,13 @@ class _Matcher:
             left.append(i)
             if ambiguous[local]:
                 (a, sa_), (b, sb) = found_candidates[0], found_candidates[1]
-                found = Resolution(
-                    MatchType.AMBIGUOUS,
-                    None,
-                    best,
-                    found_candidates,
-                    reason=f"candidates {a} and {b} score {sa_} and {sb}, within {rule.margin}",
+                reason = (
+                    f"candidates {a} and {b} score {sa_} and {sb}, within {rule.margin}"
+                    if close[local]
+                    else f"candidates {a} and {b} share the match probability ({sa_} and "
+                    f"{sb}); {b} alone would score {round(float(o2[local]), 2)}"
                 )
+                found = Resolution(MatchType.AMBIGUOUS, None, best, found_candidates, reason=reason)
             elif best >= rule.review_at:
                 found = Resolution(
                     MatchType.FUZZY,

@@ -202,7 +202,10 @@ class MatchRule(_Strict):
     threshold: float = Field(default=90.0, ge=0, le=100)
     #: Below ``threshold`` but at or above this: send to review. Default: threshold - 15.
     review_threshold: float | None = Field(default=None, ge=0, le=100)
-    #: Two candidates whose scores are this close are ambiguous and go to review.
+    #: Two candidates whose scores are this close are ambiguous and go to review. In a rule
+    #: of several fields the candidates share one probability, so the best one reaches the
+    #: threshold only far ahead of the second (by 2 * threshold - 100 points or more): a
+    #: margin counts there only when it is wider than that.
     margin: float = Field(default=2.0, ge=0, le=100)
 
     @model_validator(mode="before")
