@@ -522,6 +522,45 @@ def test_rejected_in_review_under_null_policy_loads_null(db: Database, tmp_path:
     assert loaded(db) == {"s1": None}
 
 
+def test_one_decision_per_value_settles_every_import_waiting_on_it(
+    db: Database, tmp_path: Path
+) -> None:
+    make_master(db)
+    spec = signup_spec()
+    imports = []
+    for n, lines in enumerate(
+        [
+            [("a1", "", "Zed Unknown"), ("a2", "", "Zed Unknown"), ("a3", "", "Mari Garcia")],
+            [("b1", "", "Zed Unknown")],
+            [("c1", "", "ZED  unknown"), ("c2", "", "Ann Lee")],  # the same value, normalized
+        ]
+    ):
+        result = do_import(db, spec, write(tmp_path / f"signups_{n}.csv", csv_of(lines)))
+        assert result.status is ImportStatus.PARTIAL
+        imports.append(result.import_id)
+
+    waiting = list_matches(db)
+    assert len(waiting) == 2  # Zed Unknown (three imports) and Mari Garcia
+    zed = next(m for m in waiting if m["input_values"]["ambassador_name"] == "Zed Unknown")
+    assert zed["import_ids"] == imports and zed["rows_waiting"] == 4
+    assert len(zed["match_ids"]) == 3 and zed["match_id"] == min(zed["match_ids"])
+    # Listed for one import, the item still names every import that waits on the value.
+    (only,) = [m for m in list_matches(db, imports[1])]
+    assert only["match_id"] == zed["match_id"] and only["import_ids"] == imports
+
+    decided = decide_match(db, zed["match_id"], accept=True, entity_id="2", actor="alice")
+    assert decided["import_ids"] == imports
+    remaining = list_matches(db)
+    assert [m["input_values"]["ambassador_name"] for m in remaining] == ["Mari Garcia"]
+    with pytest.raises(ReviewError, match="already accepted"):
+        decide_match(db, zed["match_ids"][2], accept=False, actor="bo")
+    for import_id in imports:
+        assert "review_accepted" in _audit(db, import_id)
+        apply_review(db, spec, import_id, actor="alice")
+    assert loaded(db) == {"a1": 2, "a2": 2, "b1": 2, "c1": 2, "c2": 1}
+    assert [history(db, i)["status"] for i in imports] == ["partial", "success", "success"]
+
+
 def _audit(db: Database, import_id: int) -> list[str]:
     t = db.tables.import_audit_trail
     with db.engine.connect() as conn:
@@ -830,9 +869,8 @@ def test_missing_master_column_is_a_clear_error(db: Database, tmp_path: Path) ->
 # CLI -----------------------------------------------------------------------------------------
 
 
-def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from histimport_pipeline.cli_review import review_app
-
+def _cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Database, DatasetSpec]:
+    """A histimport home on SQLite with the ambassadors master and the signups dataset."""
     home = tmp_path / "home"
     datasets = home / "datasets"
     datasets.mkdir(parents=True)
@@ -854,7 +892,13 @@ def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.Monkey
         "      - {source: ambassador_email, field: email, method: exact}\n"
         "      - {source: ambassador_name, field: full_name, method: fuzzy, threshold: 90}\n",
     )
-    spec = load_spec(datasets / "signups.yaml")
+    return db, load_spec(datasets / "signups.yaml")
+
+
+def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from histimport_pipeline.cli_review import review_app
+
+    db, spec = _cli_home(tmp_path, monkeypatch)
     result = do_import(db, spec, write(tmp_path / "s.csv", csv_of([("s1", "", "Bobby S.")])))
     runner = CliRunner()
     listed = runner.invoke(review_app, ["list", "--import", str(result.import_id), "--json"])
@@ -908,3 +952,34 @@ def test_duplicate_yaml_key_is_refused_with_file_line_and_key(
     assert str(path) in message
     assert caught.value.key == key
     assert f"line {line}" in message and "twice" in message
+
+
+def test_review_cli_lists_a_value_once_for_all_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histimport_pipeline.cli_review import review_app
+
+    db, spec = _cli_home(tmp_path, monkeypatch)
+    imports = [
+        do_import(db, spec, write(tmp_path / f"s{n}.csv", csv_of([(f"s{n}", "", "Zed Unknown")])))
+        for n in range(3)
+    ]
+    runner = CliRunner()
+    listed = runner.invoke(review_app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.count("'Zed") == 1 and listed.stdout.count("needs_review") == 1
+    ids = ", ".join(str(r.import_id) for r in imports)
+    assert ids in listed.stdout
+    import json
+
+    (item,) = json.loads(runner.invoke(review_app, ["list", "--json"]).stdout)
+    ok = runner.invoke(review_app, ["accept", str(item["match_id"]), "--entity", "2"])
+    assert ok.exit_code == 0, ok.output
+    command = "histimport review apply " + " ".join(str(r.import_id) for r in imports)
+    assert command in " ".join(ok.stdout.split())
+    applied = runner.invoke(review_app, ["apply", *(str(r.import_id) for r in imports)])
+    assert applied.exit_code == 0, applied.output
+    assert applied.stdout.count("success") == 3
+    assert loaded(db) == {"s0": 2, "s1": 2, "s2": 2}
+    assert "nothing waits" in runner.invoke(review_app, ["list"]).stdout
+    db.dispose()

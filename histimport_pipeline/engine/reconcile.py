@@ -1436,6 +1436,12 @@ class ReviewError(HistimportError):
     """A review action that cannot be done as asked."""
 
 
+def _value_group(t: sa.Table) -> Any:
+    """What makes matches the same value to decide: the normalized input key (a match
+    recorded without one, by an early version, stands alone)."""
+    return sa.func.coalesce(t.c.input_key, sa.cast(t.c.match_id, sa.String))
+
+
 def list_matches(
     db: Database,
     import_id: int | None = None,
@@ -1445,19 +1451,90 @@ def list_matches(
 ) -> list[dict[str, Any]]:
     """Reconciliation matches, oldest first; by default those waiting for a decision.
 
+    Waiting matches are listed once per value: the matches of every import that wait on
+    the same entity and normalized input (``input_key``) are one item, shown by its oldest
+    match, and one decision (:func:`decide_match`) settles them all. ``import_id`` and
+    ``dataset`` pick the items with a waiting match there; the item still names every
+    import that waits on the value.
+
     Returns:
-        One dict per match: the ``import_reconciliation_matches`` row.
+        One dict per item: the oldest ``import_reconciliation_matches`` row, with
+        ``match_ids`` and ``import_ids`` of every match it stands for and ``rows_waiting``,
+        their rows in total (for decided matches: that match alone).
     """
     t = db.tables.import_reconciliation_matches
-    query = sa.select(t).order_by(t.c.match_id).limit(limit)
-    if import_id is not None:
-        query = query.where(t.c.import_id == import_id)
-    if dataset is not None:
-        query = query.where(t.c.dataset == dataset)
-    if decision is not None:
-        query = query.where(t.c.decision == decision.value)
     with db.reader() as conn:
-        return [dict(r) for r in conn.execute(query).mappings()]
+        if decision is not MatchDecision.NEEDS_REVIEW:
+            query = sa.select(t).order_by(t.c.match_id).limit(limit)
+            if import_id is not None:
+                query = query.where(t.c.import_id == import_id)
+            if dataset is not None:
+                query = query.where(t.c.dataset == dataset)
+            if decision is not None:
+                query = query.where(t.c.decision == decision.value)
+            return [
+                dict(r)
+                | {
+                    "match_ids": [r["match_id"]],
+                    "import_ids": [r["import_id"]],
+                    "rows_waiting": int(r["rows_affected"] or 0)
+                    if r["decision"] == MatchDecision.NEEDS_REVIEW.value
+                    else 0,
+                }
+                for r in conn.execute(query).mappings()
+            ]
+        group = _value_group(t)
+        first = sa.func.min(t.c.match_id)
+        query = (
+            sa.select(first)
+            .where(t.c.decision == MatchDecision.NEEDS_REVIEW.value)
+            .group_by(t.c.entity, t.c.id_column, group)
+            .order_by(first)
+            .limit(limit)
+        )
+        for column, wanted in ((t.c.import_id, import_id), (t.c.dataset, dataset)):
+            if wanted is not None:
+                query = query.having(sa.func.sum(sa.case((column == wanted, 1), else_=0)) > 0)
+        firsts = list(conn.execute(query).scalars())
+        if not firsts:
+            return []
+        heads = {
+            r["match_id"]: dict(r)
+            for r in conn.execute(sa.select(t).where(t.c.match_id.in_(firsts))).mappings()
+        }
+        keys = {
+            (h["entity"], h["id_column"], h["input_key"] or str(h["match_id"]))
+            for h in heads.values()
+        }
+        members = conn.execute(
+            sa.select(
+                t.c.entity, t.c.id_column, group, t.c.match_id, t.c.import_id, t.c.rows_affected
+            )
+            .where(
+                t.c.decision == MatchDecision.NEEDS_REVIEW.value,
+                group.in_(sorted({k[2] for k in keys})),
+            )
+            .order_by(t.c.match_id)
+        )
+        found: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {}
+        for entity, id_column, key, match_id, of_import, count in members:
+            if (entity, id_column, key) in keys:
+                found.setdefault((entity, id_column, key), []).append(
+                    (match_id, of_import, int(count or 0))
+                )
+    items = []
+    for match_id in firsts:
+        head = heads[match_id]
+        group_of = found[(head["entity"], head["id_column"], head["input_key"] or str(match_id))]
+        items.append(
+            head
+            | {
+                "match_ids": [m for m, _, _ in group_of],
+                "import_ids": sorted({i for _, i, _ in group_of}),
+                "rows_waiting": sum(c for _, _, c in group_of),
+            }
+        )
+    return items
 
 
 def decide_match(
@@ -1468,14 +1545,16 @@ def decide_match(
     entity_id: str | None = None,
     actor: str | None,
 ) -> dict[str, Any]:
-    """Accept or reject a match waiting for review.
+    """Accept or reject a value waiting for review, for every import that waits on it.
 
-    Accepting sets the matched id (``entity_id``, else the suggested candidate) and records
-    an alias, so the same normalized input matches exactly in later imports. Neither
-    decision loads anything: :func:`apply_review` does.
+    The decision is taken for the match ``match_id`` and for every other match waiting on
+    the same entity and normalized input (see :func:`list_matches`), whatever import it is
+    of. Accepting sets the matched id (``entity_id``, else the suggested candidate) and
+    records an alias, so the same normalized input matches exactly in later imports.
+    Neither decision loads anything: :func:`apply_review` does, per import.
 
     Returns:
-        The updated match row.
+        The updated match row, with ``match_ids`` and ``import_ids`` of every match decided.
 
     Raises:
         MatchNotFoundError: no match with that id.
@@ -1499,6 +1578,18 @@ def decide_match(
                 f"match {match_id} is already {row['decision']}{by}; only matches waiting "
                 "for review can be decided"
             )
+        siblings = conn.execute(
+            sa.select(t.c.match_id, t.c.import_id)
+            .where(
+                t.c.decision == MatchDecision.NEEDS_REVIEW.value,
+                t.c.entity == row["entity"],
+                t.c.id_column.is_not_distinct_from(row["id_column"]),
+                _value_group(t) == (row["input_key"] or str(match_id)),
+            )
+            .order_by(t.c.match_id)
+            .with_for_update()
+        ).all()
+        match_ids = [m for m, _ in siblings]
         stamp = tracking.utcnow()
         values: dict[str, Any] = {"decided_by": actor, "decided_at": stamp, "updated_at": stamp}
         if accept:
@@ -1514,50 +1605,69 @@ def decide_match(
                 )
             _check_entity_id(conn, row["entity"], row["id_column"] or "id", chosen)
             values |= {"decision": MatchDecision.ACCEPTED.value, "matched_id": str(chosen)}
-            conn.execute(sa.update(t).where(t.c.match_id == match_id).values(values))
-            key = row["input_key"] or ""
-            existing = conn.execute(
-                sa.select(aliases.c.alias_id).where(
-                    aliases.c.entity == row["entity"], aliases.c.input_key == key
-                )
-            ).scalar()
-            alias_values = {
-                "entity_id": str(chosen),
-                "input_values": row["input_values"],
-                "match_id": match_id,
-                "created_by": actor,
-                "updated_at": stamp,
-            }
-            if existing is None:
-                conn.execute(
-                    sa.insert(aliases).values(
-                        entity=row["entity"], input_key=key, created_at=stamp, **alias_values
-                    )
-                )
-            else:
-                conn.execute(
-                    sa.update(aliases).where(aliases.c.alias_id == existing).values(alias_values)
-                )
+            conn.execute(sa.update(t).where(t.c.match_id.in_(match_ids)).values(values))
+            given = row["input_values"] or {}
+            # An empty input is never looked up as an alias: nothing to remember.
+            if any(v is not None for v in given.values()):
+                _remember_alias(conn, aliases, dict(row), str(chosen), actor, stamp)
             action = "review_accepted"
         else:
             values |= {"decision": MatchDecision.REJECTED.value}
-            conn.execute(sa.update(t).where(t.c.match_id == match_id).values(values))
+            conn.execute(sa.update(t).where(t.c.match_id.in_(match_ids)).values(values))
             action = "review_rejected"
-        tracking.record_audit(
-            conn,
-            db,
-            row["import_id"],
-            action,
-            actor,
-            {
-                "match_id": match_id,
-                "reference_column": row["reference_column"],
-                "input_values": row["input_values"],
-                "entity_id": values.get("matched_id"),
-            },
-        )
+        by_import: dict[int, list[int]] = {}
+        for sibling, of_import in siblings:
+            by_import.setdefault(of_import, []).append(sibling)
+        for of_import, decided in by_import.items():
+            tracking.record_audit(
+                conn,
+                db,
+                of_import,
+                action,
+                actor,
+                {
+                    "match_id": decided[0],
+                    "match_ids": decided,
+                    "decided_as": match_id,
+                    "reference_column": row["reference_column"],
+                    "input_values": row["input_values"],
+                    "entity_id": values.get("matched_id"),
+                },
+            )
         updated = conn.execute(sa.select(t).where(t.c.match_id == match_id)).mappings().one()
-        return dict(updated)
+        return dict(updated) | {"match_ids": match_ids, "import_ids": sorted(by_import)}
+
+
+def _remember_alias(
+    conn: sa.Connection,
+    aliases: sa.Table,
+    match: Mapping[str, Any],
+    entity_id: str,
+    actor: str | None,
+    stamp: datetime,
+) -> None:
+    """Store (or move) the alias of an accepted match's normalized input."""
+    key = match["input_key"] or ""
+    existing = conn.execute(
+        sa.select(aliases.c.alias_id).where(
+            aliases.c.entity == match["entity"], aliases.c.input_key == key
+        )
+    ).scalar()
+    alias_values = {
+        "entity_id": entity_id,
+        "input_values": match["input_values"],
+        "match_id": match["match_id"],
+        "created_by": actor,
+        "updated_at": stamp,
+    }
+    if existing is None:
+        conn.execute(
+            sa.insert(aliases).values(
+                entity=match["entity"], input_key=key, created_at=stamp, **alias_values
+            )
+        )
+    else:
+        conn.execute(sa.update(aliases).where(aliases.c.alias_id == existing).values(alias_values))
 
 
 def _check_entity_id(conn: sa.Connection, entity: str, id_column: str, entity_id: str) -> None:
