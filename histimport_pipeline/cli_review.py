@@ -46,7 +46,10 @@ def list_reviews(
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List reconciliation matches waiting for a decision (oldest first)."""
+    """List the values waiting for a decision (oldest first), each once for every import.
+
+    One decision on an item settles every import that waits on the same value.
+    """
     with tracked() as (_settings, db):
         decision = None if show_all else MatchDecision.NEEDS_REVIEW
         rows = reconcile.list_matches(db, import_id, dataset, decision, limit)
@@ -58,7 +61,7 @@ def list_reviews(
         return
     table = Table(
         "match",
-        "import",
+        "imports",
         "dataset",
         "column",
         "entity",
@@ -73,7 +76,7 @@ def list_reviews(
     for r in rows:
         table.add_row(
             str(r["match_id"]),
-            str(r["import_id"]),
+            ", ".join(str(i) for i in r["import_ids"]),
             escape(r["dataset"]),
             escape(r["reference_column"]),
             escape(r["entity"]),
@@ -82,14 +85,14 @@ def list_reviews(
             escape(r["matched_id"] or ""),
             "" if r["score"] is None else f"{r['score']:.1f}",
             escape(_candidates(r["candidates"])),
-            str(r["rows_affected"] or 0),
+            str(r["rows_waiting"] if not show_all else r["rows_affected"] or 0),
             escape(r["decision"]),
         )
     out.print(table)
     if not show_all:
         out.print(
             "[dim]histimport review accept MATCH [--entity ID] | histimport review reject "
-            "MATCH, then histimport review apply IMPORT[/dim]"
+            "MATCH (for every import listed), then histimport review apply IMPORT...[/dim]"
         )
 
 
@@ -101,46 +104,58 @@ def accept(
         typer.Option("--entity", help="The master id to match (default: the suggested one)."),
     ] = None,
 ) -> None:
-    """Accept a match; the input is remembered as an alias of that master row."""
+    """Accept a value for every import waiting on it; it is remembered as an alias."""
     with tracked() as (_settings, db):
         row = reconcile.decide_match(db, match_id, accept=True, entity_id=entity, actor=user())
     out.print(
         f"match {match_id}: accepted {escape(_inputs(row['input_values']))} -> "
-        f"{escape(row['entity'])} {escape(str(row['matched_id']))} (alias recorded); load the "
-        f"rows with: histimport review apply {row['import_id']}",
+        f"{escape(row['entity'])} {escape(str(row['matched_id']))} (alias recorded)"
+        f"{_settled(row)}",
         highlight=False,
     )
+
+
+def _settled(row: dict[str, Any]) -> str:
+    imports = row["import_ids"]
+    ids = " ".join(str(i) for i in imports)
+    what = f" for {len(imports)} imports" if len(imports) > 1 else ""
+    return f"{what}; load the rows with: histimport review apply {ids}"
 
 
 @review_app.command("reject")
 def reject(
     match_id: Annotated[int, typer.Argument(help="The match id (see `histimport review list`).")],
 ) -> None:
-    """Reject a match; apply then handles its rows by the reference's on_unmatched policy."""
+    """Reject a value for every import waiting on it; apply then follows on_unmatched."""
     with tracked() as (_settings, db):
         row = reconcile.decide_match(db, match_id, accept=False, actor=user())
     out.print(
-        f"match {match_id}: rejected {escape(_inputs(row['input_values']))}; apply with: "
-        f"histimport review apply {row['import_id']}",
+        f"match {match_id}: rejected {escape(_inputs(row['input_values']))}{_settled(row)}",
         highlight=False,
     )
 
 
 @review_app.command("apply")
 def apply(
-    import_id: Annotated[int, typer.Argument(help="The import whose held rows to load.")],
+    import_ids: Annotated[list[int], typer.Argument(help="The import(s) whose held rows to load.")],
 ) -> None:
-    """Load the held rows of IMPORT_ID whose matches are decided; undecided ones stay held."""
+    """Load the held rows of each import whose matches are decided; undecided ones stay held.
+
+    Each import is applied in its own transaction, in the order given; the first that
+    cannot be applied stops the command (those before it are applied).
+    """
     with tracked() as (settings, db):
-        detail = history.get_import_detail(db, import_id)
         specs = load_specs(settings.datasets)
-        spec = specs.get(detail["dataset"])
-        if spec is None:
-            raise DatasetNotFoundError(f"dataset {detail['dataset']!r}", list(specs))
-        result = reconcile.apply_review(db, spec, import_id, actor=user())
-    out.print(
-        f"import {import_id}: {result['status']} - loaded {result['rows_loaded']:,} "
-        f"(created {result['rows_created']:,}, updated {result['rows_updated']:,}), "
-        f"rejected {result['rows_rejected']:,}, still held {result['rows_still_held']:,}",
-        highlight=False,
-    )
+        for import_id in import_ids:
+            detail = history.get_import_detail(db, import_id)
+            spec = specs.get(detail["dataset"])
+            if spec is None:
+                raise DatasetNotFoundError(f"dataset {detail['dataset']!r}", list(specs))
+            result = reconcile.apply_review(db, spec, import_id, actor=user())
+            out.print(
+                f"import {import_id}: {result['status']} - loaded {result['rows_loaded']:,} "
+                f"(created {result['rows_created']:,}, updated {result['rows_updated']:,}), "
+                f"rejected {result['rows_rejected']:,}, still held "
+                f"{result['rows_still_held']:,}",
+                highlight=False,
+            )

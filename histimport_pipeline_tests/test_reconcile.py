@@ -322,6 +322,41 @@ def test_policy_create_inserts_one_master_row_per_value(db: Database, tmp_path: 
     assert match["matched_id"] == str(new[0]["id"])
 
 
+@pytest.mark.parametrize("policy", ["review", "reject", "null", "create"])
+def test_row_with_every_match_field_empty_follows_the_policy_and_is_counted(
+    db: Database, tmp_path: Path, policy: str
+) -> None:
+    master = make_master(db)
+    before = master_rows(db, master)
+    spec = signup_spec(on_unmatched=policy)
+    path = write(tmp_path / "signups_1.csv", csv_of([("s1", "", "Ann Lee"), ("s2", "", "")]))
+    result = do_import(db, spec, path)
+    assert_accounting(result)
+    empty = matches_of(db, result.import_id)[""]
+    assert empty["rows_affected"] == 1
+    if policy == "review":
+        assert result.status is ImportStatus.PARTIAL and result.rows_review == 1
+        assert loaded(db) == {"s1": 1}
+        assert empty["decision"] == "needs_review"
+        assert history(db, result.import_id)["rows_review"] == 1
+    elif policy == "reject":
+        assert result.status is ImportStatus.PARTIAL and result.rows_failed == 1
+        assert loaded(db) == {"s1": 1}
+        (failed,) = failed_rows(db, result.import_id)
+        assert failed["source_row"] == 3 and failed["category"] == "reconciliation"
+        assert "empty" in failed["message"]
+    else:
+        # Nothing to match or to create a master row from: loaded without an id, and said so.
+        assert result.status is ImportStatus.SUCCESS
+        assert loaded(db) == {"s1": 1, "s2": None}
+        assert master_rows(db, master) == before
+        notes = [w for w in result.warnings if "without ambassador_id" in w]
+        assert notes and notes[0].startswith("1 row")
+        assert notes == [
+            w for w in history(db, result.import_id)["warnings"] if "without ambassador_id" in w
+        ]
+
+
 def master_rows(db: Database, master: sa.Table) -> list[tuple[Any, ...]]:
     with db.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.select(master).order_by(master.c.id))]
@@ -487,6 +522,45 @@ def test_rejected_in_review_under_null_policy_loads_null(db: Database, tmp_path:
     assert loaded(db) == {"s1": None}
 
 
+def test_one_decision_per_value_settles_every_import_waiting_on_it(
+    db: Database, tmp_path: Path
+) -> None:
+    make_master(db)
+    spec = signup_spec()
+    imports = []
+    for n, lines in enumerate(
+        [
+            [("a1", "", "Zed Unknown"), ("a2", "", "Zed Unknown"), ("a3", "", "Mari Garcia")],
+            [("b1", "", "Zed Unknown")],
+            [("c1", "", "ZED  unknown"), ("c2", "", "Ann Lee")],  # the same value, normalized
+        ]
+    ):
+        result = do_import(db, spec, write(tmp_path / f"signups_{n}.csv", csv_of(lines)))
+        assert result.status is ImportStatus.PARTIAL
+        imports.append(result.import_id)
+
+    waiting = list_matches(db)
+    assert len(waiting) == 2  # Zed Unknown (three imports) and Mari Garcia
+    zed = next(m for m in waiting if m["input_values"]["ambassador_name"] == "Zed Unknown")
+    assert zed["import_ids"] == imports and zed["rows_waiting"] == 4
+    assert len(zed["match_ids"]) == 3 and zed["match_id"] == min(zed["match_ids"])
+    # Listed for one import, the item still names every import that waits on the value.
+    (only,) = [m for m in list_matches(db, imports[1])]
+    assert only["match_id"] == zed["match_id"] and only["import_ids"] == imports
+
+    decided = decide_match(db, zed["match_id"], accept=True, entity_id="2", actor="alice")
+    assert decided["import_ids"] == imports
+    remaining = list_matches(db)
+    assert [m["input_values"]["ambassador_name"] for m in remaining] == ["Mari Garcia"]
+    with pytest.raises(ReviewError, match="already accepted"):
+        decide_match(db, zed["match_ids"][2], accept=False, actor="bo")
+    for import_id in imports:
+        assert "review_accepted" in _audit(db, import_id)
+        apply_review(db, spec, import_id, actor="alice")
+    assert loaded(db) == {"a1": 2, "a2": 2, "b1": 2, "c1": 2, "c2": 1}
+    assert [history(db, i)["status"] for i in imports] == ["partial", "success", "success"]
+
+
 def _audit(db: Database, import_id: int) -> list[str]:
     t = db.tables.import_audit_trail
     with db.engine.connect() as conn:
@@ -590,6 +664,135 @@ def test_misspelled_first_letter_is_still_found(db: Database, tmp_path: Path) ->
     assert kinds == {"fuzzy"}
 
 
+def _people_table(name: str) -> sa.Table:
+    # No primary key: SQLite, too, then returns the rows in the order they were inserted.
+    return sa.Table(
+        name,
+        sa.MetaData(),
+        sa.Column("id", sa.Integer),
+        sa.Column("given_name", sa.Text),
+        sa.Column("surname", sa.Text),
+        sa.Column("date_of_birth", sa.Date),
+        sa.Column("postcode", sa.Text),
+    )
+
+
+def test_learned_rates_do_not_depend_on_the_master_tables_row_order(
+    db: Database, tmp_path: Path
+) -> None:
+    from datetime import date, timedelta
+
+    from histimport_pipeline.engine.reconcile import MasterData, as_text, resolve_values
+
+    rng = random.Random(11)
+    records = [
+        {
+            "id": i,
+            "given_name": _random_name(rng, rng.randint(4, 6)),
+            "surname": _random_name(rng, rng.randint(5, 7)),
+            "date_of_birth": date(1960, 1, 1) + timedelta(days=rng.randint(0, 9000)),
+            "postcode": str(rng.randint(1000, 1400)),
+        }
+        for i in range(1, 401)
+    ]
+    shuffled = records[:]
+    rng.shuffle(shuffled)
+    with db.engine.begin() as conn:
+        for name, order in (("people_a", records), ("people_b", shuffled)):
+            table = _people_table(name)
+            table.create(conn)
+            conn.execute(sa.insert(table), order)
+    lines = ["visit_id,first_name,last_name,born,zip"]
+
+    def typo(text: str) -> str:
+        cut = rng.randrange(1, len(text))
+        return text[:cut] + text[cut + 1 :]
+
+    for n, person in enumerate(rng.sample(records, 40)):
+        # Typos in both names, no date and a similar postcode: weak evidence, scores in the
+        # middle of the range, where the learned chance rate of a similar value decides.
+        lines.append(
+            f"v{n},{typo(person['given_name'])},{typo(person['surname'])},,"
+            f"{str(person['postcode'])[:3]}9"
+        )
+    path = write(tmp_path / "visits.csv", "\n".join(lines) + "\n")
+    decided: dict[str, list[tuple[Any, ...]]] = {}
+    t = db.tables.import_reconciliation_matches
+    for entity in ("people_a", "people_b"):
+        raw = person_spec().model_dump()
+        raw["references"]["person_id"]["entity"] = entity
+        spec = DatasetSpec.model_validate(raw | {"name": entity, "target_table": f"v_{entity}"})
+        result = do_import(db, spec, path)
+        with db.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(t.c.input_key, t.c.match_type, t.c.matched_id, t.c.score, t.c.decision)
+                .where(t.c.import_id == result.import_id)
+                .order_by(t.c.input_key)
+            )
+            decided[entity] = [tuple(r) for r in found]
+    assert decided["people_a"] == decided["people_b"]
+    # ... and equal to the matcher run on the rows in id order, whatever the backend.
+    spec = person_spec()
+    ref = spec.references["person_id"]
+    fields = ["given_name", "surname", "date_of_birth", "postcode"]
+    master = MasterData(
+        table=_people_table("people"),
+        ids=[str(r["id"]) for r in records],
+        raw={f: [as_text(r[f]) for r in records] for f in fields},
+    )
+    inputs = [tuple(line.split(",")[1:]) for line in lines[1:]]
+    resolutions, _ = resolve_values(ref, master, inputs)
+    by_key = {r.key: (r.match_type.value, r.matched_id, r.score) for r in resolutions}
+    assert {k: (m, i, s) for k, m, i, s, _ in decided["people_a"]} == by_key
+
+
+def test_margin_makes_close_candidates_of_a_multi_field_rule_ambiguous(
+    db: Database, tmp_path: Path
+) -> None:
+    from datetime import date
+
+    people = _people_table("people")
+    with db.engine.begin() as conn:
+        people.create(conn)
+        conn.execute(
+            sa.insert(people),
+            [
+                {"id": 1, "given_name": "Ann", "surname": "Lee", "date_of_birth": None},
+                {"id": 2, "given_name": "Ann", "surname": "Leigh", "date_of_birth": None},
+                {"id": 3, "given_name": "Bo", "surname": "Dahl", "date_of_birth": date(1970, 1, 1)},
+            ],
+        )
+    path = write(tmp_path / "visits.csv", "visit_id,first_name,last_name,born,zip\nv1,Ann,Lee,,\n")
+
+    def run(name: str, margin: float) -> dict[str, Any]:
+        raw = person_spec(threshold=1, review_threshold=0, margin=margin).model_dump()
+        spec = DatasetSpec.model_validate(raw | {"name": name, "target_table": name})
+        result = do_import(db, spec, path)
+        (match,) = list_matches(db, result.import_id, decision=None)
+        return match
+
+    # Without a margin the better of the two Ann Lees is accepted, if by a thin lead.
+    free = run("visits_free", 0)
+    assert (free["match_type"], free["decision"], free["matched_id"]) == (
+        "fuzzy",
+        "auto_accepted",
+        "1",
+    )
+    (first, second, *_) = free["candidates"]
+    assert first["id"] == "1" and second["id"] == "2"
+    lead = first["score"] - second["score"]
+    assert 0 < lead < 99
+    close = run("visits_close", lead + 0.5)
+    assert (close["match_type"], close["decision"], close["matched_id"]) == (
+        "ambiguous",
+        "needs_review",
+        None,
+    )
+    assert {c["id"] for c in close["candidates"][:2]} == {"1", "2"}
+    wide = run("visits_wide", lead - 0.5)
+    assert (wide["decision"], wide["matched_id"]) == ("auto_accepted", "1")
+
+
 def test_required_equal_field_excludes_other_dates(db: Database, tmp_path: Path) -> None:
     events = sa.Table(
         "events",
@@ -666,9 +869,8 @@ def test_missing_master_column_is_a_clear_error(db: Database, tmp_path: Path) ->
 # CLI -----------------------------------------------------------------------------------------
 
 
-def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from histimport_pipeline.cli_review import review_app
-
+def _cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Database, DatasetSpec]:
+    """A histimport home on SQLite with the ambassadors master and the signups dataset."""
     home = tmp_path / "home"
     datasets = home / "datasets"
     datasets.mkdir(parents=True)
@@ -690,7 +892,13 @@ def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.Monkey
         "      - {source: ambassador_email, field: email, method: exact}\n"
         "      - {source: ambassador_name, field: full_name, method: fuzzy, threshold: 90}\n",
     )
-    spec = load_spec(datasets / "signups.yaml")
+    return db, load_spec(datasets / "signups.yaml")
+
+
+def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from histimport_pipeline.cli_review import review_app
+
+    db, spec = _cli_home(tmp_path, monkeypatch)
     result = do_import(db, spec, write(tmp_path / "s.csv", csv_of([("s1", "", "Bobby S.")])))
     runner = CliRunner()
     listed = runner.invoke(review_app, ["list", "--import", str(result.import_id), "--json"])
@@ -707,4 +915,71 @@ def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "success" in applied.stdout
     assert loaded(db) == {"s1": 2}
     assert runner.invoke(review_app, ["reject", "99999"]).exit_code == 2
+    db.dispose()
+
+
+# Spec YAML -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        (
+            "columns: {a: {}}\n"
+            "references:\n  x_id: {entity: e, match: [{source: a, field: b}]}\n"
+            "references:\n  y_id: {entity: e, match: [{source: a, field: c}]}\n",
+            "references",
+            4,
+        ),
+        ("columns:\n  a: {}\n  b: {type: integer}\n  a: {type: date}\n", "columns.a", 4),
+        (
+            "columns:\n  a: {}\n"
+            "references:\n  x_id:\n    entity: e\n    match:\n"
+            "      - {source: a, field: b, threshold: 80, threshold: 90}\n",
+            "references.x_id.match[0].threshold",
+            7,
+        ),
+    ],
+    ids=["references-twice", "column-twice", "nested-key-twice"],
+)
+def test_duplicate_yaml_key_is_refused_with_file_line_and_key(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    path = write(tmp_path / "signups.yaml", text)
+    with pytest.raises(SpecError) as caught:
+        load_spec(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert caught.value.key == key
+    assert f"line {line}" in message and "twice" in message
+
+
+def test_review_cli_lists_a_value_once_for_all_imports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histimport_pipeline.cli_review import review_app
+
+    db, spec = _cli_home(tmp_path, monkeypatch)
+    imports = [
+        do_import(db, spec, write(tmp_path / f"s{n}.csv", csv_of([(f"s{n}", "", "Zed Unknown")])))
+        for n in range(3)
+    ]
+    runner = CliRunner()
+    listed = runner.invoke(review_app, ["list"])
+    assert listed.exit_code == 0, listed.output
+    assert listed.stdout.count("'Zed") == 1 and listed.stdout.count("needs_review") == 1
+    ids = ", ".join(str(r.import_id) for r in imports)
+    assert ids in listed.stdout
+    import json
+
+    (item,) = json.loads(runner.invoke(review_app, ["list", "--json"]).stdout)
+    ok = runner.invoke(review_app, ["accept", str(item["match_id"]), "--entity", "2"])
+    assert ok.exit_code == 0, ok.output
+    command = "histimport review apply " + " ".join(str(r.import_id) for r in imports)
+    assert command in " ".join(ok.stdout.split())
+    applied = runner.invoke(review_app, ["apply", *(str(r.import_id) for r in imports)])
+    assert applied.exit_code == 0, applied.output
+    assert applied.stdout.count("success") == 3
+    assert loaded(db) == {"s0": 2, "s1": 2, "s2": 2}
+    assert "nothing waits" in runner.invoke(review_app, ["list"]).stdout
     db.dispose()

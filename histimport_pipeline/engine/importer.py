@@ -837,11 +837,13 @@ def reconcile_import(
                 "comparisons": outcome.comparisons,
                 "rows_review": outcome.rows_review,
                 "rows_rejected": outcome.rows_rejected,
+                "rows_without_id": outcome.rows_without_id,
             },
         )
     return {
         "rows_waiting_for_review": outcome.rows_review,
         "rows_rejected_by_reconciliation": outcome.rows_rejected,
+        "rows_loaded_without_id": sum(outcome.rows_without_id.values()),
         "comparisons": outcome.comparisons,
         **{f"matches_{k}": v for k, v in outcome.matches.items()},
     }

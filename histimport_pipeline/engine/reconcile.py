@@ -21,7 +21,9 @@ different one subtracts a little, and a missing one counts for nothing; the scor
 estimated probability, in percent, that the candidate is the right one among those found.
 
 Decisions: the best candidate at or above the rule's ``threshold`` is accepted, unless a
-second one is within ``margin`` (ambiguous: review). Between ``review_threshold`` and
+second one is within ``margin`` (ambiguous: review). In a rule of several fields a second
+candidate whose score on its own reaches the review band also makes a best one below the
+threshold ambiguous. Between ``review_threshold`` and
 ``threshold`` the value goes to review. Below, it is unmatched and the reference's
 ``on_unmatched`` policy applies: ``review``, ``reject`` (a failed row of category
 reconciliation), ``null`` (loaded without an id) or ``create`` (a new master row).
@@ -90,7 +92,7 @@ class ReconcileSettings:
         m_equal, m_similar, m_different: how often a field of a true match is equal, similar
             (a typo) or different; the evidence of a multi-field rule rests on them.
         u_sample: random master pairs drawn to learn how often two different rows look
-            similar by chance.
+            similar by chance (drawn from the rows in id order, see :func:`read_master`).
         prior_rows, u_equal_prior, u_similar_prior: the chance rates learned from the master
             table are blended with these, as if ``prior_rows`` more rows had been seen, so a
             small master table does not make every agreement look like chance.
@@ -125,6 +127,9 @@ class ReconcileOutcome:
     matches: dict[str, int]
     #: Fuzzy candidate pairs scored (what blocking let through).
     comparisons: int = 0
+    #: Staged rows loaded without an id by policy (``null``, or an empty value under
+    #: ``create``), per reference column.
+    rows_without_id: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -253,15 +258,25 @@ def reflect_master(conn: sa.Connection, ref: ReferenceSpec) -> sa.Table:
 
 
 def read_master(conn: sa.Connection, ref: ReferenceSpec) -> MasterData:
-    """Read the id column and the fields the reference's rules compare, in one query."""
+    """Read the id column and the fields the reference's rules compare, in one query.
+
+    The rows are put in id order (ids compared as the values they are, text by code
+    point), whatever order the database returns them in: the chance rates learned from a
+    sample of the master table, and the order of equal candidates, then do not depend on
+    its physical row order, and SQLite and PostgreSQL decide alike.
+    """
     table = reflect_master(conn, ref)
     names = list(dict.fromkeys(n for rule in ref.match for f in rule.fields for n in f.field))
     query = sa.select(table.c[ref.id_column], *(table.c[n] for n in names))
+    rows = [row for row in conn.execute(query) if row[0] is not None]
+    # Sorted here, not by ORDER BY: the database would sort text ids by its collation.
+    try:
+        rows.sort(key=lambda row: row[0])
+    except TypeError:
+        rows.sort(key=lambda row: str(row[0]))
     ids: list[str] = []
     raw: dict[str, list[str | None]] = {n: [] for n in names}
-    for row in conn.execute(query):
-        if row[0] is None:
-            continue
+    for row in rows:
         ids.append(str(row[0]))
         for i, name in enumerate(names, start=1):
             raw[name].append(as_text(row[i]))
@@ -772,10 +787,15 @@ class _Matcher:
         s1[q[rank == 0]] = score[rank == 0]
         s2[q[rank == 1]] = score[rank == 1]
         o2[q[rank == 1]] = own[rank == 1]
+        close = (s2 >= 0) & (s1 - s2 <= rule.margin)
         if len(rule.fields) == 1:
-            ambiguous = (s1 - s2 <= rule.margin) & (s2 >= rule.review_at)
+            ambiguous = close & (s2 >= rule.review_at)
         else:
-            ambiguous = (s1 < rule.threshold) & (o2 >= rule.review_at)
+            # The candidates share one probability, so a second one that fits on its own
+            # (own score in the review band) holds back a best one below the threshold;
+            # `margin` also holds back a best one above it whose lead is that thin.
+            plausible = o2 >= rule.review_at
+            ambiguous = plausible & ((s1 < rule.threshold) | close)
         accepted = (s1 >= rule.threshold) & ~ambiguous
         candidates: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         ids = self.master_ids[rows].tolist()
@@ -798,13 +818,13 @@ class _Matcher:
             left.append(i)
             if ambiguous[local]:
                 (a, sa_), (b, sb) = found_candidates[0], found_candidates[1]
-                found = Resolution(
-                    MatchType.AMBIGUOUS,
-                    None,
-                    best,
-                    found_candidates,
-                    reason=f"candidates {a} and {b} score {sa_} and {sb}, within {rule.margin}",
+                reason = (
+                    f"candidates {a} and {b} score {sa_} and {sb}, within {rule.margin}"
+                    if close[local]
+                    else f"candidates {a} and {b} share the match probability ({sa_} and "
+                    f"{sb}); {b} alone would score {round(float(o2[local]), 2)}"
                 )
+                found = Resolution(MatchType.AMBIGUOUS, None, best, found_candidates, reason=reason)
             elif best >= rule.review_at:
                 found = Resolution(
                     MatchType.FUZZY,
@@ -1005,17 +1025,32 @@ def _apply_mapping(
         conn.exec_driver_sql(f"ANALYZE {conn.dialect.identifier_preparer.format_table(tmp)}")
     else:
         sa.Index(f"ix_{tmp.name}"[:63], *(tmp.c[s] for s in sources)).create(conn)
-    hold_expr = sa.case(
-        (sa.or_(stage.c._hold == _HOLD_REJECT, tmp.c._hold == _HOLD_REJECT), _HOLD_REJECT),
-        (sa.or_(stage.c._hold == _HOLD_REVIEW, tmp.c._hold == _HOLD_REVIEW), _HOLD_REVIEW),
-        else_=sa.null(),
-    )
+
+    def hold_expr(held: Any) -> Any:
+        return sa.case(
+            (sa.or_(stage.c._hold == _HOLD_REJECT, held == _HOLD_REJECT), _HOLD_REJECT),
+            (sa.or_(stage.c._hold == _HOLD_REVIEW, held == _HOLD_REVIEW), _HOLD_REVIEW),
+            else_=sa.null(),
+        )
+
     for pattern, number in patterns.items():
-        conditions = [tmp.c._pattern == number]
-        for name, is_null in zip(sources, pattern, strict=True):
-            conditions.append(stage.c[name].is_(None) if is_null else stage.c[name] == tmp.c[name])
+        if all(pattern):
+            # Every value empty: one mapping row, nothing to join on.
+            one = sa.select(tmp).where(tmp.c._pattern == number).subquery()
+            out_value: Any = sa.select(one.c._out).scalar_subquery()
+            held_value: Any = sa.select(one.c._hold).scalar_subquery()
+            conditions: list[sa.ColumnElement[bool]] = [stage.c[name].is_(None) for name in sources]
+        else:
+            out_value, held_value = tmp.c._out, tmp.c._hold
+            conditions = [tmp.c._pattern == number]
+            for name, is_null in zip(sources, pattern, strict=True):
+                conditions.append(
+                    stage.c[name].is_(None) if is_null else stage.c[name] == tmp.c[name]
+                )
         conn.execute(
-            sa.update(stage).where(*conditions).values({output: tmp.c._out, "_hold": hold_expr})
+            sa.update(stage)
+            .where(*conditions)
+            .values({output: out_value, "_hold": hold_expr(held_value)})
         )
     tmp.drop(conn)
 
@@ -1171,6 +1206,7 @@ def reconcile_staged(
     reasons: dict[str, dict[tuple[str | None, ...], str]] = {}
     masters: dict[tuple[str, tuple[str, ...]], MasterData] = {}
     stamp = tracking.utcnow()
+    without_id: dict[str, int] = {}
     for output, ref in spec.references.items():
         sources = ref.sources
         distinct = _distinct_inputs(conn, stage, sources)
@@ -1191,8 +1227,10 @@ def reconcile_staged(
             hold: str | None = None
             out: str | None = None
             given = any(v is not None for v in text)
-            to_review = found.match_type is not MatchType.UNMATCHED or (
-                ref.on_unmatched is OnUnmatched.REVIEW and given
+            # An empty value is unmatched like any other: under `review` a person decides.
+            to_review = (
+                found.match_type is not MatchType.UNMATCHED
+                or ref.on_unmatched is OnUnmatched.REVIEW
             )
             if found.accepted:
                 decision, out, decided_by = (
@@ -1217,8 +1255,10 @@ def reconcile_staged(
                     f"{output} rejects unmatched values (on_unmatched: reject)"
                 )
             else:
-                # null (or an empty value under review/create): loaded without an id
+                # null, or an empty value under create (nothing to create a row from):
+                # loaded without an id
                 decision, decided_by = MatchDecision.REJECTED, ENGINE_ACTOR
+                without_id[output] = without_id.get(output, 0) + count
             by_type[found.match_type.value] += 1
             records.append(
                 (
@@ -1247,12 +1287,39 @@ def reconcile_staged(
         _apply_mapping(conn, db, spec, import_id, output, sources, mapping)
     rejected = _write_rejected_rows(conn, db, spec, import_id, reasons)
     review = load.held_rows(conn, db, spec, import_id)
+    _warn_without_id(conn, db, spec, import_id, without_id)
     return ReconcileOutcome(
         rows_review=review,
         rows_rejected=rejected,
         matches=dict(by_type),
         comparisons=comparisons,
+        rows_without_id=without_id,
     )
+
+
+_WITHOUT_ID = "loaded without "
+
+
+def _warn_without_id(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    import_id: int,
+    without_id: Mapping[str, int],
+) -> None:
+    """Say in the import's warnings how many rows load without an id, per reference."""
+    row = tracking.get_import(conn, db, import_id) or {}
+    # A re-run of the step replaces what the earlier run said.
+    warnings = [w for w in (row.get("warnings") or []) if _WITHOUT_ID not in w]
+    for output, count in without_id.items():
+        ref = spec.references[output]
+        warnings.append(
+            f"{count} row{'s' if count != 1 else ''} {_WITHOUT_ID}{output}: empty or matching no "
+            f"{ref.entity} row (on_unmatched: {ref.on_unmatched.value}); see `histimport "
+            f"review list --import {import_id} --all`"
+        )
+    if warnings != (row.get("warnings") or []):
+        tracking.update_import(conn, db, import_id, warnings=warnings)
 
 
 def _forget_earlier_run(
@@ -1369,6 +1436,12 @@ class ReviewError(HistimportError):
     """A review action that cannot be done as asked."""
 
 
+def _value_group(t: sa.Table) -> Any:
+    """What makes matches the same value to decide: the normalized input key (a match
+    recorded without one, by an early version, stands alone)."""
+    return sa.func.coalesce(t.c.input_key, sa.cast(t.c.match_id, sa.String))
+
+
 def list_matches(
     db: Database,
     import_id: int | None = None,
@@ -1378,19 +1451,90 @@ def list_matches(
 ) -> list[dict[str, Any]]:
     """Reconciliation matches, oldest first; by default those waiting for a decision.
 
+    Waiting matches are listed once per value: the matches of every import that wait on
+    the same entity and normalized input (``input_key``) are one item, shown by its oldest
+    match, and one decision (:func:`decide_match`) settles them all. ``import_id`` and
+    ``dataset`` pick the items with a waiting match there; the item still names every
+    import that waits on the value.
+
     Returns:
-        One dict per match: the ``import_reconciliation_matches`` row.
+        One dict per item: the oldest ``import_reconciliation_matches`` row, with
+        ``match_ids`` and ``import_ids`` of every match it stands for and ``rows_waiting``,
+        their rows in total (for decided matches: that match alone).
     """
     t = db.tables.import_reconciliation_matches
-    query = sa.select(t).order_by(t.c.match_id).limit(limit)
-    if import_id is not None:
-        query = query.where(t.c.import_id == import_id)
-    if dataset is not None:
-        query = query.where(t.c.dataset == dataset)
-    if decision is not None:
-        query = query.where(t.c.decision == decision.value)
     with db.reader() as conn:
-        return [dict(r) for r in conn.execute(query).mappings()]
+        if decision is not MatchDecision.NEEDS_REVIEW:
+            query = sa.select(t).order_by(t.c.match_id).limit(limit)
+            if import_id is not None:
+                query = query.where(t.c.import_id == import_id)
+            if dataset is not None:
+                query = query.where(t.c.dataset == dataset)
+            if decision is not None:
+                query = query.where(t.c.decision == decision.value)
+            return [
+                dict(r)
+                | {
+                    "match_ids": [r["match_id"]],
+                    "import_ids": [r["import_id"]],
+                    "rows_waiting": int(r["rows_affected"] or 0)
+                    if r["decision"] == MatchDecision.NEEDS_REVIEW.value
+                    else 0,
+                }
+                for r in conn.execute(query).mappings()
+            ]
+        group = _value_group(t)
+        first = sa.func.min(t.c.match_id)
+        query = (
+            sa.select(first)
+            .where(t.c.decision == MatchDecision.NEEDS_REVIEW.value)
+            .group_by(t.c.entity, t.c.id_column, group)
+            .order_by(first)
+            .limit(limit)
+        )
+        for column, wanted in ((t.c.import_id, import_id), (t.c.dataset, dataset)):
+            if wanted is not None:
+                query = query.having(sa.func.sum(sa.case((column == wanted, 1), else_=0)) > 0)
+        firsts = list(conn.execute(query).scalars())
+        if not firsts:
+            return []
+        heads = {
+            r["match_id"]: dict(r)
+            for r in conn.execute(sa.select(t).where(t.c.match_id.in_(firsts))).mappings()
+        }
+        keys = {
+            (h["entity"], h["id_column"], h["input_key"] or str(h["match_id"]))
+            for h in heads.values()
+        }
+        members = conn.execute(
+            sa.select(
+                t.c.entity, t.c.id_column, group, t.c.match_id, t.c.import_id, t.c.rows_affected
+            )
+            .where(
+                t.c.decision == MatchDecision.NEEDS_REVIEW.value,
+                group.in_(sorted({k[2] for k in keys})),
+            )
+            .order_by(t.c.match_id)
+        )
+        found: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {}
+        for entity, id_column, key, match_id, of_import, count in members:
+            if (entity, id_column, key) in keys:
+                found.setdefault((entity, id_column, key), []).append(
+                    (match_id, of_import, int(count or 0))
+                )
+    items = []
+    for match_id in firsts:
+        head = heads[match_id]
+        group_of = found[(head["entity"], head["id_column"], head["input_key"] or str(match_id))]
+        items.append(
+            head
+            | {
+                "match_ids": [m for m, _, _ in group_of],
+                "import_ids": sorted({i for _, i, _ in group_of}),
+                "rows_waiting": sum(c for _, _, c in group_of),
+            }
+        )
+    return items
 
 
 def decide_match(
@@ -1401,14 +1545,16 @@ def decide_match(
     entity_id: str | None = None,
     actor: str | None,
 ) -> dict[str, Any]:
-    """Accept or reject a match waiting for review.
+    """Accept or reject a value waiting for review, for every import that waits on it.
 
-    Accepting sets the matched id (``entity_id``, else the suggested candidate) and records
-    an alias, so the same normalized input matches exactly in later imports. Neither
-    decision loads anything: :func:`apply_review` does.
+    The decision is taken for the match ``match_id`` and for every other match waiting on
+    the same entity and normalized input (see :func:`list_matches`), whatever import it is
+    of. Accepting sets the matched id (``entity_id``, else the suggested candidate) and
+    records an alias, so the same normalized input matches exactly in later imports.
+    Neither decision loads anything: :func:`apply_review` does, per import.
 
     Returns:
-        The updated match row.
+        The updated match row, with ``match_ids`` and ``import_ids`` of every match decided.
 
     Raises:
         MatchNotFoundError: no match with that id.
@@ -1432,6 +1578,18 @@ def decide_match(
                 f"match {match_id} is already {row['decision']}{by}; only matches waiting "
                 "for review can be decided"
             )
+        siblings = conn.execute(
+            sa.select(t.c.match_id, t.c.import_id)
+            .where(
+                t.c.decision == MatchDecision.NEEDS_REVIEW.value,
+                t.c.entity == row["entity"],
+                t.c.id_column.is_not_distinct_from(row["id_column"]),
+                _value_group(t) == (row["input_key"] or str(match_id)),
+            )
+            .order_by(t.c.match_id)
+            .with_for_update()
+        ).all()
+        match_ids = [m for m, _ in siblings]
         stamp = tracking.utcnow()
         values: dict[str, Any] = {"decided_by": actor, "decided_at": stamp, "updated_at": stamp}
         if accept:
@@ -1447,50 +1605,69 @@ def decide_match(
                 )
             _check_entity_id(conn, row["entity"], row["id_column"] or "id", chosen)
             values |= {"decision": MatchDecision.ACCEPTED.value, "matched_id": str(chosen)}
-            conn.execute(sa.update(t).where(t.c.match_id == match_id).values(values))
-            key = row["input_key"] or ""
-            existing = conn.execute(
-                sa.select(aliases.c.alias_id).where(
-                    aliases.c.entity == row["entity"], aliases.c.input_key == key
-                )
-            ).scalar()
-            alias_values = {
-                "entity_id": str(chosen),
-                "input_values": row["input_values"],
-                "match_id": match_id,
-                "created_by": actor,
-                "updated_at": stamp,
-            }
-            if existing is None:
-                conn.execute(
-                    sa.insert(aliases).values(
-                        entity=row["entity"], input_key=key, created_at=stamp, **alias_values
-                    )
-                )
-            else:
-                conn.execute(
-                    sa.update(aliases).where(aliases.c.alias_id == existing).values(alias_values)
-                )
+            conn.execute(sa.update(t).where(t.c.match_id.in_(match_ids)).values(values))
+            given = row["input_values"] or {}
+            # An empty input is never looked up as an alias: nothing to remember.
+            if any(v is not None for v in given.values()):
+                _remember_alias(conn, aliases, dict(row), str(chosen), actor, stamp)
             action = "review_accepted"
         else:
             values |= {"decision": MatchDecision.REJECTED.value}
-            conn.execute(sa.update(t).where(t.c.match_id == match_id).values(values))
+            conn.execute(sa.update(t).where(t.c.match_id.in_(match_ids)).values(values))
             action = "review_rejected"
-        tracking.record_audit(
-            conn,
-            db,
-            row["import_id"],
-            action,
-            actor,
-            {
-                "match_id": match_id,
-                "reference_column": row["reference_column"],
-                "input_values": row["input_values"],
-                "entity_id": values.get("matched_id"),
-            },
-        )
+        by_import: dict[int, list[int]] = {}
+        for sibling, of_import in siblings:
+            by_import.setdefault(of_import, []).append(sibling)
+        for of_import, decided in by_import.items():
+            tracking.record_audit(
+                conn,
+                db,
+                of_import,
+                action,
+                actor,
+                {
+                    "match_id": decided[0],
+                    "match_ids": decided,
+                    "decided_as": match_id,
+                    "reference_column": row["reference_column"],
+                    "input_values": row["input_values"],
+                    "entity_id": values.get("matched_id"),
+                },
+            )
         updated = conn.execute(sa.select(t).where(t.c.match_id == match_id)).mappings().one()
-        return dict(updated)
+        return dict(updated) | {"match_ids": match_ids, "import_ids": sorted(by_import)}
+
+
+def _remember_alias(
+    conn: sa.Connection,
+    aliases: sa.Table,
+    match: Mapping[str, Any],
+    entity_id: str,
+    actor: str | None,
+    stamp: datetime,
+) -> None:
+    """Store (or move) the alias of an accepted match's normalized input."""
+    key = match["input_key"] or ""
+    existing = conn.execute(
+        sa.select(aliases.c.alias_id).where(
+            aliases.c.entity == match["entity"], aliases.c.input_key == key
+        )
+    ).scalar()
+    alias_values = {
+        "entity_id": entity_id,
+        "input_values": match["input_values"],
+        "match_id": match["match_id"],
+        "created_by": actor,
+        "updated_at": stamp,
+    }
+    if existing is None:
+        conn.execute(
+            sa.insert(aliases).values(
+                entity=match["entity"], input_key=key, created_at=stamp, **alias_values
+            )
+        )
+    else:
+        conn.execute(sa.update(aliases).where(aliases.c.alias_id == existing).values(alias_values))
 
 
 def _check_entity_id(conn: sa.Connection, entity: str, id_column: str, entity_id: str) -> None:

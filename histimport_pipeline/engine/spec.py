@@ -202,7 +202,10 @@ class MatchRule(_Strict):
     threshold: float = Field(default=90.0, ge=0, le=100)
     #: Below ``threshold`` but at or above this: send to review. Default: threshold - 15.
     review_threshold: float | None = Field(default=None, ge=0, le=100)
-    #: Two candidates whose scores are this close are ambiguous and go to review.
+    #: Two candidates whose scores are this close are ambiguous and go to review. In a rule
+    #: of several fields the candidates share one probability, so the best one reaches the
+    #: threshold only far ahead of the second (by 2 * threshold - 100 points or more): a
+    #: margin counts there only when it is wider than that.
     margin: float = Field(default=2.0, ge=0, le=100)
 
     @model_validator(mode="before")
@@ -392,6 +395,46 @@ def fold_header(text: str) -> str:
     return re.sub(r"[\s_\-.]+", "", text.strip().casefold())
 
 
+class _DuplicateKeyError(Exception):
+    """A mapping of a spec's YAML names a key twice."""
+
+    def __init__(self, key: str, line: int, first_line: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping at any depth.
+
+    Plain YAML keeps the last one silently, so a second ``references:`` would drop the first.
+    """
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        self._check_unique(node, "")
+        return super().construct_document(node)
+
+    def _check_unique(self, node: yaml.Node, where: str) -> None:
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._check_unique(item, f"{where}[{i}]")
+        elif isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in node.value:
+                # `<<` merges another mapping in; its keys may be overridden on purpose.
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                # Compared as constructed, so `yes` and `true` are the same key, as in YAML.
+                key = self.construct_object(key_node)
+                path = f"{where}.{key}" if where else str(key)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKeyError(path, line, seen[key])
+                seen[key] = line
+                self._check_unique(value_node, path)
+
+
 def load_spec(path: Path) -> DatasetSpec:
     """Read and validate one dataset spec.
 
@@ -399,7 +442,15 @@ def load_spec(path: Path) -> DatasetSpec:
         SpecError: the YAML is malformed or a key is invalid; names the file and key.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # A SafeLoader subclass: no arbitrary objects are built.
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except _DuplicateKeyError as dup:
+        raise SpecError(
+            path,
+            dup.key,
+            f"line {dup.line}: the key is given twice (first on line {dup.first_line}); YAML "
+            "would keep only the last one: merge the two or remove one",
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(path, "(yaml)", f"not valid YAML: {exc}") from None
     except OSError as exc:
