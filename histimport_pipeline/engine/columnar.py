@@ -49,7 +49,6 @@ import pyarrow.csv as pacsv
 from psycopg.pq import Format
 
 from histimport_pipeline.engine.models import FileInfo, RawRow, RowError
-from histimport_pipeline.engine.parse import csv_field_ceiling
 from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import ColumnSpec, ColumnType, DatasetSpec
 from histimport_pipeline.engine.validate import ColumnCoercer, Validator, column_coercer
@@ -138,8 +137,8 @@ def quoting_is_plain(
     glues it on), a quote left open, and a quote inside an unquoted field (``5'11"``, which
     both readers take as a character, but which would spoil the count). NUL bytes decline too
     (PostgreSQL cannot store them; the Python path makes their rows ``parse`` row errors).
-    ``max_field_bytes`` is the import's field limit: a quoted field longer than the ``csv``
-    module would read under it declines at once.
+    ``max_field_bytes`` is the import's field limit: a quoted field too long to hold a value
+    under it (or a quote never closed) declines once that much is scanned.
     """
     q = re.escape(quotechar.encode())
     d = re.escape(delimiter.encode())
@@ -150,8 +149,9 @@ def quoting_is_plain(
     token = rb"(?:" + not_quote + rb"++|(?<=" + boundary + rb")" + quoted
     token += rb"(?=" + boundary + rb"))"
     run = re.compile(rb"(?:" + token + rb")*+", re.DOTALL)
-    # A quoted field longer than this fails the Python reader anyway (UTF-8: <= 4 bytes/char).
-    limit = 4 * csv_field_ceiling(max_field_bytes) + 1024
+    # A quoted field this long holds a value over max_field_bytes even if every character
+    # were a doubled quote: ``blocks()`` would decline it anyway, so decline now.
+    limit = 2 * max_field_bytes + 1024
     has_quotes = False
     carry = b"\n"  # the file's start is a field boundary
     with path.open("rb") as fh:

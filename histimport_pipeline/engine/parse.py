@@ -724,7 +724,7 @@ def _open_delimited(
     return info, rows()
 
 
-def csv_field_ceiling(max_field_bytes: int) -> int:
+def _csv_field_ceiling(max_field_bytes: int) -> int:
     """The ``csv`` module's field size limit (characters) used with ``max_field_bytes``.
 
     A field between the two is read whole and becomes a row error; only a field past the
@@ -742,7 +742,7 @@ def _records(
     The flag is set on a record that may hold a NUL byte or a field over ``max_field_bytes``
     (a cheap test on the whole record; ``_Layout.field_error`` looks closer).
     """
-    ceiling = csv_field_ceiling(max_field_bytes)
+    ceiling = _csv_field_ceiling(max_field_bytes)
     # The limit is process-wide: only ever raise it, so concurrent imports never lower it
     # under each other. Each import checks its own ``max_field_bytes`` per field.
     if csv.field_size_limit() < ceiling:
