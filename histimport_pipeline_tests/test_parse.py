@@ -844,3 +844,14 @@ def test_an_unclosed_quote_still_fails_the_file_with_the_hint(tmp_path: Path) ->
     # The wording depends on whether an earlier test already raised the csv module's limit.
     with pytest.raises(FileError, match="never closed"):
         read_all(path, max_field_bytes=1000)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("f.csv", b"id,na\x00me\n1,a\n"), ("f.json", b'[{"id": "1", "na\\u0000me": "a"}]')],
+)
+def test_a_nul_byte_in_a_header_fails_the_file_naming_the_column(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    with pytest.raises(HeaderError, match=r"NUL byte \(0x00\) in the header of column\(s\) 2"):
+        open_file(write(tmp_path, name, data), make_spec())

@@ -684,13 +684,9 @@ def _open_delimited(
     first = next(records, None)
     if first is None:
         raise HeaderError(path, "the file is empty: no header row", hint="Check the export")
-    _, header_fields, header_suspect = first
+    _, header_fields, _ = first
     if isinstance(header_fields, str):
         raise HeaderError(path, f"cannot read the header row: {header_fields}", row=1)
-    if header_suspect and any("\x00" in h for h in header_fields):
-        raise HeaderError(
-            path, "the header row holds a NUL byte (0x00)", row=1, hint="Remove it from the file"
-        )
     layout = _Layout.build(path, spec, tuple(header_fields), header_row=1)
     info = FileInfo(
         path=str(path),
@@ -858,11 +854,17 @@ class _Layout:
         """Match headers to columns: exact name, then folded name or alias.
 
         Raises:
-            HeaderError: every empty header, duplicate and missing required column at once.
+            HeaderError: every empty header, NUL in a header, duplicate and missing required
+                column at once.
         """
         match = _header_matcher(spec)
         columns = tuple(match(h) for h in headers)
         problems: list[str] = []
+        nul = [i + 1 for i, h in enumerate(headers) if "\x00" in h]
+        if nul:
+            # Headers are recorded on the import, and database text cannot hold NUL.
+            problems.append(f"NUL byte (0x00) in the header of column(s) {_join(map(str, nul))}")
+            headers = tuple(h.replace("\x00", "\u2400") for h in headers)
         empty = [i + 1 for i, h in enumerate(headers) if not h.strip()]
         if empty:
             problems.append(f"empty header in column(s) {_join(map(str, empty))}")
