@@ -295,6 +295,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             max_error_ratio=config.max_error_ratio,
             retry_of=_retry_of(context, database),
             file_name=files.original_name(path) if not _in_inbox(path, settings) else None,
+            max_field_bytes=settings.max_field_bytes,
         )
         try:
             importer.ensure_schema(database.database)
@@ -337,7 +338,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             return handle
         settings, current = _spec(name)
         try:
-            staged = importer.stage_file(database.database, current, handle)
+            options = ImportOptions(max_field_bytes=settings.max_field_bytes)
+            staged = importer.stage_file(database.database, current, handle, options)
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
         context.add_output_metadata(

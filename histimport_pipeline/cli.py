@@ -120,6 +120,7 @@ def show_settings() -> None:
         "HISTIMPORT_QUARANTINE": str(settings.quarantine),
         "HISTIMPORT_LOOKBACK_DAYS": str(settings.lookback_days),
         "HISTIMPORT_PARTITION_RETENTION_DAYS": str(settings.partition_retention_days),
+        "HISTIMPORT_MAX_FIELD_BYTES": str(settings.max_field_bytes),
     }
     for name, (meaning, _default) in ENVIRONMENT_VARIABLES.items():
         table.add_row(name, values[name], meaning)
@@ -311,6 +312,7 @@ def import_file(
             import_type=ImportType.MANUAL,
             source=ImportSource.CLI,
             triggered_by=user(),
+            max_field_bytes=settings.max_field_bytes,
         )
         with _progress_bar(file) as progress:
             result = run_import(db, spec, file, options, progress)

@@ -378,3 +378,26 @@ def test_routing_and_engine_errors_exit_2(run: Run, tmp_path: Path) -> None:
     assert "success" in run("import", "--dataset", "signups", str(unrouted)).stdout
     run("import", str(tmp_path / "missing.csv"), code=2)  # a usage error, before any work
     assert "HISTIMPORT_HOME" in run("settings").stdout  # the existing commands still work
+
+
+def test_errors_csv_keeps_the_extra_values_of_ragged_rows(run: Run, tmp_path: Path) -> None:
+    text = (
+        "ID,email,amount\n"
+        "1,a@example.com,1\n"
+        "2,b@example.com,2,surplus,more surplus,=last\n"
+        "3,c@example.com,3\n"
+        "4,d@example.com\n"
+        "5,e@example.com,5\n"
+    )
+    run("import", str(write(tmp_path, "signups_1.csv", text)))
+    out = tmp_path / "errors.csv"
+    run("errors", "1", "-o", str(out))
+    with out.open(encoding="utf-8-sig", newline="") as fh:
+        got = list(csv.reader(fh))
+    assert got[0][:6] == ["ID", "email", "amount", "_extra_1", "_extra_2", "_extra_3"]
+    assert got[1][:6] == ["2", "b@example.com", "2", "surplus", "more surplus", "'=last"]
+    assert got[1][-1] == "row has 6 fields, header has 3"
+    assert got[2][:6] == ["4", "d@example.com", "", "", "", ""]
+    assert got[2][-1] == "row has 2 fields, header has 3"
+    shown = run("show", "1").stdout
+    assert "row has 6 fields, header has 3" in shown and "row has 2 fields" in shown

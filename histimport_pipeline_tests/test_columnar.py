@@ -98,9 +98,15 @@ def without_system(loaded: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def import_both(
-    db: Database, tmp_path: Path, data: bytes, suffix: str = ".csv", **overrides: Any
+    db: Database,
+    tmp_path: Path,
+    data: bytes,
+    suffix: str = ".csv",
+    options: ImportOptions | None = None,
+    **overrides: Any,
 ) -> tuple[ImportResult, ImportResult]:
     """Import ``data`` with the columnar reader allowed and with it off; assert equal outcomes."""
+    base = options or ImportOptions()
     results = []
     for reader in ("auto", "python"):
         spec = spec_for(f"t_{reader}", **overrides)
@@ -108,7 +114,7 @@ def import_both(
         folder.mkdir(exist_ok=True)
         path = folder / f"data{suffix}"
         path.write_bytes(data)
-        result = run_import(db, spec, path, ImportOptions(columnar=reader == "auto"))
+        result = run_import(db, spec, path, replace(base, columnar=reader == "auto"))
         # Messages name the file (the same name in another folder) and the import.
         message = (result.error_message or "").replace(str(folder), "<folder>")
         message = message.replace(f"errors {result.import_id} ", "errors <id> ")
@@ -192,6 +198,33 @@ def test_files_the_columnar_reader_declines_take_the_python_path(
                 )
             ).scalar_one()["reader_note"]
         assert reason in note
+
+
+def test_a_nul_byte_fails_its_row_alike_on_both_readers(pg_db: Database, tmp_path: Path) -> None:
+    auto, _ = import_both(pg_db, tmp_path, b"Code,qty,note\n007,1,a\x00b\n008,2,c\n")
+    assert (auto.status, auto.rows_created, auto.rows_failed) == (ImportStatus.PARTIAL, 1, 1)
+    (failed,) = failed_rows(pg_db, auto.import_id)
+    assert "NUL byte" in str(failed)
+
+
+def test_a_long_field_is_read_by_the_columnar_reader_exactly(
+    pg_db: Database, tmp_path: Path
+) -> None:
+    long = "é" * 800_000  # 1.6 MB of UTF-8, over the csv module's default 131,072 limit
+    auto, _ = import_both(pg_db, tmp_path, f'Code,qty,note\n007,1,"{long}"\n008,2,x\n'.encode())
+    assert reader_of(pg_db, auto) == "columnar"
+    assert [r["note"] for r in rows(pg_db, "t_auto")] == [long, "x"]
+
+
+def test_a_field_over_the_limit_is_the_same_row_error_on_both_readers(
+    pg_db: Database, tmp_path: Path
+) -> None:
+    data = f"Code,qty,note\n007,1,{'y' * 600}\n008,2,{'z' * 400}\n".encode()
+    auto, _ = import_both(pg_db, tmp_path, data, options=ImportOptions(max_field_bytes=500))
+    assert (auto.status, auto.rows_created, auto.rows_failed) == (ImportStatus.PARTIAL, 1, 1)
+    assert reader_of(pg_db, auto) == "python"  # the columnar reader declined
+    (failed,) = failed_rows(pg_db, auto.import_id)
+    assert "over the limit of 500 bytes" in str(failed)
 
 
 def test_invalid_utf8_late_in_the_file_fails_like_the_python_path(

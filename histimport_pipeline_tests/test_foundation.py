@@ -202,14 +202,21 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
     assert s.quarantine == s.home / "quarantine"
     assert s.datasets == s.home / "datasets"
     assert s.db_schema == "histimport"
+    assert s.max_field_bytes == 32 * 1024 * 1024
 
     s = Settings.from_env(
-        {"HISTIMPORT_HOME": "h", "HISTIMPORT_INBOX": "/srv/drop", "HISTIMPORT_DB_SCHEMA": "imp"},
+        {
+            "HISTIMPORT_HOME": "h",
+            "HISTIMPORT_INBOX": "/srv/drop",
+            "HISTIMPORT_DB_SCHEMA": "imp",
+            "HISTIMPORT_MAX_FIELD_BYTES": "1048576",
+        },
         cwd=tmp_path,
     )
     assert s.home == tmp_path / "h"
     assert s.inbox == Path("/srv/drop")
     assert s.db_schema == "imp"
+    assert s.max_field_bytes == 1024 * 1024
 
 
 @pytest.mark.parametrize(
@@ -217,6 +224,8 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
     [
         {"HISTIMPORT_DB_SCHEMA": "bad name; drop"},
         {"HISTIMPORT_DATABASE_URL": "not a url"},
+        {"HISTIMPORT_MAX_FIELD_BYTES": "64MiB"},
+        {"HISTIMPORT_MAX_FIELD_BYTES": "0"},
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], tmp_path: Path) -> None:

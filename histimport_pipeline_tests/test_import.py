@@ -371,3 +371,126 @@ def test_a_stale_running_import_is_failed_before_a_new_attempt(
     assert result.status is ImportStatus.SUCCESS
     assert history(db, dead)["status"] == "failed"
     assert "died" in history(db, dead)["error_message"]
+
+
+# Issue 10: Windows-1252 exports, NUL bytes, long fields, ragged rows
+
+
+def _failed_rows(db: Database, import_id: int) -> list[dict[str, object]]:
+    t = db.tables.import_failed_rows
+    with db.engine.connect() as conn:
+        query = sa.select(t).where(t.c.import_id == import_id).order_by(t.c.source_row)
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def test_windows_1252_export_loads_exactly_with_the_encoding_recorded(
+    db: Database, tmp_path: Path
+) -> None:
+    notes = [
+        "Café “quoted” €",
+        "Élodie à la crème brûlée \u2013 déjà vu",
+        "Straße Müller Größe Weiß",
+        "Søren Ødegård Blåbær",
+        "Niño España señor ¿qué? ¡olé!",
+        "\u2018single\u2019 — „low“ … \u201alow\u2018",
+    ]
+    body = "".join(f'{i},u{i}@example.com,,1,"{n}"\n' for i, n in enumerate(notes, start=1))
+    path = write(tmp_path / "s.csv", "ID,email,signed_up,amount,note\n" + body, "cp1252")
+    result = run_import(db, make_spec(), path)
+    assert result.status is ImportStatus.SUCCESS, result.error_message
+    assert [r["note"] for r in rows(db, "signups")] == notes
+    h = history(db, result.import_id)
+    assert h["file_metadata"]["encoding"] == "cp1252"
+    assert "0x80-0x9f are present" in h["file_metadata"]["encoding_decided_by"]
+    assert any("read as cp1252" in w for w in h["warnings"])
+
+
+def test_a_file_in_no_candidate_encoding_is_refused_and_loads_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    text = "ID,email,note\n1,a@example.com,Привет мир как дела\n"
+    result = run_import(db, make_spec(), write(tmp_path / "s.csv", text, "cp1251"))
+    assert result.status is ImportStatus.FAILED
+    assert "`encoding:`" in (result.error_message or "")
+    assert "Windows-1252" in (result.error_message or "")
+    with db.engine.connect() as conn:
+        assert not sa.inspect(conn).has_table("signups") or rows(db, "signups") == []
+
+
+def test_a_nul_byte_fails_its_row_only(db: Database, tmp_path: Path) -> None:
+    text = (
+        "ID,email,note\n"
+        "1,a@example.com,fine\n"
+        "2,b@example.com,bad\x00note\n"
+        "3,c@example.com,fine too\n"
+    )
+    result = run_import(db, make_spec(), write(tmp_path / "s.csv", text))
+    assert result.status is ImportStatus.PARTIAL, result.error_message
+    assert (result.rows_created, result.rows_failed) == (2, 1)
+    assert [r["signup_id"] for r in rows(db, "signups")] == ["1", "3"]
+    (failed,) = _failed_rows(db, result.import_id)
+    assert (failed["source_row"], failed["column_name"], failed["category"]) == (3, "note", "parse")
+    assert "NUL byte" in str(failed["message"])
+    assert failed["raw_values"] == {"ID": "2", "email": "b@example.com", "note": "bad\u2400note"}
+
+
+def test_a_field_of_one_and_a_half_mib_loads_exactly(db: Database, tmp_path: Path) -> None:
+    long = ("é“" + "x" * 98) * 15_000
+    text = f'ID,email,note\n1,a@example.com,"{long}"\n2,b@example.com,short\n'
+    result = run_import(db, make_spec(), write(tmp_path / "s.csv", text))
+    assert result.status is ImportStatus.SUCCESS, result.error_message
+    assert [r["note"] for r in rows(db, "signups")] == [long, "short"]
+    # PostgreSQL reads it with the columnar reader, SQLite with the Python one: both exact.
+    reader = history(db, result.import_id)["file_metadata"]["reader"]
+    assert reader == ("columnar" if db.dialect == "postgresql" else "python")
+
+
+def test_a_field_over_the_configured_limit_fails_its_row_only(db: Database, tmp_path: Path) -> None:
+    text = f"ID,email,note\n1,a@example.com,{'y' * 2000}\n2,b@example.com,{'z' * 900}\n"
+    options = ImportOptions(max_field_bytes=1000)
+    result = run_import(db, make_spec(), write(tmp_path / "s.csv", text), options)
+    assert result.status is ImportStatus.PARTIAL, result.error_message
+    assert [r["note"] for r in rows(db, "signups")] == ["z" * 900]
+    (failed,) = _failed_rows(db, result.import_id)
+    assert (failed["source_row"], failed["column_name"], failed["category"]) == (2, "note", "parse")
+    assert "2,000 bytes, over the limit of 1,000 bytes" in str(failed["message"])
+
+
+def test_ragged_rows_keep_every_value_and_their_own_message(db: Database, tmp_path: Path) -> None:
+    text = (
+        "ID,email,note\n"
+        "1,a@example.com,ok\n"
+        "2,b@example.com,x,extra one,extra two,extra three\n"
+        "3,c@example.com,y,more\n"
+        "4,d@example.com\n"
+        "5,e@example.com,ok\n"
+    )
+    result = run_import(db, make_spec(max_error_ratio=0.9), write(tmp_path / "s.csv", text))
+    assert result.status is ImportStatus.PARTIAL, result.error_message
+    failed = _failed_rows(db, result.import_id)
+    assert [(f["source_row"], f["category"], f["message"]) for f in failed] == [
+        (3, "parse", "row has 6 fields, header has 3"),
+        (4, "parse", "row has 4 fields, header has 3"),
+        (5, "parse", "row has 2 fields, header has 3"),
+    ]
+    assert failed[0]["raw_values"] == {
+        "ID": "2",
+        "email": "b@example.com",
+        "note": "x",
+        "_extra_1": "extra one",
+        "_extra_2": "extra two",
+        "_extra_3": "extra three",
+    }
+    assert failed[1]["raw_values"] == {
+        "ID": "3",
+        "email": "c@example.com",
+        "note": "y",
+        "_extra_1": "more",
+    }
+    assert failed[2]["raw_values"] == {"ID": "4", "email": "d@example.com"}
+    top = history(db, result.import_id)["error_summary"]["top_errors"]
+    assert sorted((e["example"], e["count"]) for e in top) == [
+        ("row has 2 fields, header has 3", 1),
+        ("row has 4 fields, header has 3", 1),
+        ("row has 6 fields, header has 3", 1),
+    ]

@@ -672,3 +672,186 @@ def test_other_zip_files_are_refused(tmp_path: Path) -> None:
         zf.writestr("data.csv", "id,name\n")
     with pytest.raises(UnsupportedFormatError, match="not an Excel workbook"):
         sniff_format(path)
+
+
+# Issue 10: Western single-byte files, NUL bytes, long fields
+
+#: Western-European text as exported in Windows-1252: accents, ß, ø, curly quotes, €, dashes.
+WESTERN_SAMPLES = {
+    "french": "Café “quoted” €",
+    "french_accents": "Élodie à la crème brûlée, déjà vu \u2013 ça va",
+    "german": "Straße Müller Größe Jürgen Weiß",
+    "danish_norwegian": "Søren Ødegård Blåbærsyltetøy",
+    "spanish": "Niño, España, señor ¿qué? ¡olé!",
+    "quotes_and_dashes": "\u2018single\u2019 “double” — em \u2013 en … „low“ \u201alow\u2018",
+    "money": "€ 1.234,56 £ 7 ¥ 8 ¢",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WESTERN_SAMPLES))
+def test_windows_1252_samples_read_exactly_and_say_how_the_encoding_was_chosen(
+    tmp_path: Path, name: str
+) -> None:
+    text = WESTERN_SAMPLES[name]
+    data = f'id,name\n1,"{text}"\n2,plain\n'.encode("cp1252")
+    info, rows = read_all(write(tmp_path, "f.csv", data))
+    assert info.encoding == "cp1252"
+    assert rows[0].values["name"] == text
+    assert info.as_metadata()["encoding_decided_by"] == info.encoding_decided_by
+    if any(0x80 <= b <= 0x9F for b in data):
+        assert "0x80-0x9f are present" in (info.encoding_decided_by or "")
+    else:
+        assert "read it alike" in (info.encoding_decided_by or "")
+    assert any("read as cp1252" in w and "encoding:" in w for w in info.warnings)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ÉTÉ À L'ÎLE D'OLÉRON; CRÈME BRÛLÉE",
+        "GROßE STRAßE MÜNCHEN ÄÖÜ",
+        "Réf. n°5 \u2013 5 µm ± 0,1 ° ½ ¼ ¾ \u00d7 ÷ © ® ™ §",
+        "São João, Conceição; AÇÃO",
+        "Þórður Ðóra Ýmir Ægir",
+        "O\u2019Brien col·lecció ¿AÑO? ¡SEÑOR!",
+    ],
+)
+def test_accent_and_symbol_heavy_western_text_is_still_windows_1252(
+    tmp_path: Path, text: str
+) -> None:
+    body = "".join(f'{i},"{text}"\n' for i in range(200))
+    info, rows = read_all(write(tmp_path, "f.csv", ("id,name\n" + body).encode("cp1252")))
+    assert info.encoding == "cp1252"
+    assert {r.values["name"] for r in rows} == {text}
+
+
+def test_every_western_sample_in_one_file_is_not_taken_for_another_code_page(
+    tmp_path: Path,
+) -> None:
+    body = "".join(f'{i},"{t}"\n' for i, t in enumerate(WESTERN_SAMPLES.values(), start=1))
+    info, rows = read_all(write(tmp_path, "f.csv", ("id,name\n" + body).encode("cp1252")))
+    assert info.encoding == "cp1252"
+    assert [r.values["name"] for r in rows] == list(WESTERN_SAMPLES.values())
+
+
+@pytest.mark.parametrize(
+    ("data", "decided_by"),
+    [
+        ("id,name\n1,café\n".encode(), "valid UTF-8"),
+        (b"\xef\xbb\xbf" + "id,name\n1,café\n".encode(), "byte order mark"),
+        ("id,name\n1,café\n".encode("utf-16-le"), "UTF-16 without BOM"),
+    ],
+)
+def test_the_way_the_encoding_was_decided_is_recorded(
+    tmp_path: Path, data: bytes, decided_by: str
+) -> None:
+    info, rows = read_all(write(tmp_path, "f.csv", data))
+    assert rows[0].values["name"] == "café"
+    assert decided_by in str(info.as_metadata()["encoding_decided_by"])
+    assert not any("encoding" in w for w in info.warnings)
+
+
+def test_a_declared_encoding_overrides_detection_and_is_recorded(tmp_path: Path) -> None:
+    # Valid UTF-8 bytes, declared Latin-1: the declaration wins.
+    path = write(tmp_path, "f.csv", "id,name\n1,café\n".encode())
+    info, rows = read_all(path, make_spec(encoding="latin-1"))
+    assert info.encoding == "iso8859-1" and rows[0].values["name"] == "cafÃ©"
+    assert info.encoding_decided_by == "declared in the dataset spec (encoding: latin-1)"
+
+
+def test_a_byte_undefined_in_cp1252_is_refused_naming_the_candidates(tmp_path: Path) -> None:
+    path = write(tmp_path, "f.csv", b"id,name\n1,caf\xe9 \x81\n")
+    with pytest.raises(EncodingError) as caught:
+        open_file(path, make_spec())
+    message = str(caught.value)
+    assert "0x81" in message and "Windows-1252" in message and "Latin-1" in message
+    assert "`encoding:`" in message and caught.value.offset == 15
+
+
+@pytest.mark.parametrize(
+    ("codec", "text"),
+    [
+        ("cp1251", "Привет мир, как дела; Москва и Санкт-Петербург"),
+        ("cp1251", "Привет мир"),
+        ("cp1253", "Καλημέρα κόσμε, τι κάνεις σήμερα"),
+        ("cp1250", "Zażółć gęślą jaźń, Łódź i Kraków"),
+    ],
+)
+def test_another_code_page_is_refused_rather_than_read_garbled(
+    tmp_path: Path, codec: str, text: str
+) -> None:
+    path = write(tmp_path, "f.csv", f'id,name\n1,"{text}"\n'.encode(codec))
+    with pytest.raises(EncodingError, match="probably in another encoding") as caught:
+        open_file(path, make_spec())
+    assert "`encoding:`" in str(caught.value)
+    _, rows = read_all(path, make_spec(encoding=codec))
+    assert rows[0].values["name"] == text
+
+
+def test_a_nul_byte_in_one_field_is_a_row_error_and_the_file_reads_on(tmp_path: Path) -> None:
+    path = write(tmp_path, "f.csv", b"id,name,other\n1,a,x\n2,b\x00c,y\n3,c,z\x00\n")
+    spec = make_spec({"id": {"required": True}, "name": {}})  # "other" is not loaded
+    info, rows = read_all(path, spec)
+    assert info.encoding == "utf-8"
+    assert [(r.source_row, r.error_column) for r in rows] == [(2, None), (3, "name"), (4, None)]
+    assert rows[0].error is None and rows[2].error is None
+    assert "NUL byte" in (rows[1].error or "") and "'name'" in (rows[1].error or "")
+    assert rows[1].raw == ("2", "b\x00c", "y")
+
+
+def test_a_nul_byte_in_a_json_value_is_a_row_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "f.json", '[{"id": "1", "name": "a\\u0000b"}, {"id": "2"}]')
+    _, rows = read_all(path)
+    assert rows[0].error_column == "name" and "NUL byte" in (rows[0].error or "")
+    assert rows[1].error is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        bytes(range(256)) * 16,
+        b"\x7fELF\x02\x01\x01\x00" + b"\x00" * 200 + b"text" * 10,
+    ],
+)
+def test_binary_is_told_by_its_share_of_control_bytes(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(UnsupportedFormatError, match="binary"):
+        open_file(write(tmp_path, "f.csv", data), make_spec())
+
+
+def test_a_field_of_one_and_a_half_mib_reads_exactly(tmp_path: Path) -> None:
+    long = ("é" + "x" * 99) * 15_000  # 1.5 M characters, over the csv module's default limit
+    path = write(tmp_path, "f.csv", f'id,name\n1,"{long}"\n2,b\n'.encode())
+    _, rows = read_all(path)
+    assert rows[0].error is None and rows[0].values["name"] == long
+    assert rows[1].values == {"id": "2", "name": "b"}
+
+
+def test_a_field_over_the_configured_limit_is_a_row_error_naming_column_and_limit(
+    tmp_path: Path,
+) -> None:
+    # 300 characters but 600 bytes: the limit counts UTF-8 bytes.
+    path = write(tmp_path, "f.csv", f"id,name\n1,{'é' * 300}\n2,{'é' * 250}\n3,c\n".encode())
+    _, rows = read_all(path, max_field_bytes=500)
+    assert rows[0].error_column == "name" and rows[0].source_row == 2
+    assert "600 bytes, over the limit of 500 bytes" in (rows[0].error or "")
+    assert "HISTIMPORT_MAX_FIELD_BYTES" in (rows[0].error or "")
+    assert [r.error for r in rows[1:]] == [None, None]
+    assert rows[1].values["name"] == "é" * 250
+
+
+def test_an_unclosed_quote_still_fails_the_file_with_the_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, "f.csv", 'id,name\n1,"never closed\n' + "2,x\n" * 2000)
+    # The wording depends on whether an earlier test already raised the csv module's limit.
+    with pytest.raises(FileError, match="never closed"):
+        read_all(path, max_field_bytes=1000)
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [("f.csv", b"id,na\x00me\n1,a\n"), ("f.json", b'[{"id": "1", "na\\u0000me": "a"}]')],
+)
+def test_a_nul_byte_in_a_header_fails_the_file_naming_the_column(
+    tmp_path: Path, name: str, data: bytes
+) -> None:
+    with pytest.raises(HeaderError, match=r"NUL byte \(0x00\) in the header of column\(s\) 2"):
+        open_file(write(tmp_path, name, data), make_spec())

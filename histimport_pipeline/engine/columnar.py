@@ -9,7 +9,7 @@ messages, the same counts. It gets there by construction, not by imitation:
 * records are split by pyarrow's C++ CSV reader, every value as text, and only files on which
   that reader provably agrees with the ``csv`` module get this far (see ``decline_reason``
   and ``quoting_is_plain``); anything unexpected on the way (a ragged row, invalid UTF-8, a
-  field over the ``csv`` module's size limit) raises :class:`Declined` and the caller starts
+  field over the import's ``max_field_bytes``) raises :class:`Declined` and the caller starts
   again on the Python path;
 * each column's *distinct* texts in a block go through the Validator's own column coercer
   (``validate.column_coercer``), so a value or a failure is whatever the Python path makes of
@@ -27,7 +27,6 @@ COPY to feed.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import queue
 import re
@@ -50,6 +49,7 @@ import pyarrow.csv as pacsv
 from psycopg.pq import Format
 
 from histimport_pipeline.engine.models import FileInfo, RawRow, RowError
+from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import ColumnSpec, ColumnType, DatasetSpec
 from histimport_pipeline.engine.validate import ColumnCoercer, Validator, column_coercer
 
@@ -124,7 +124,9 @@ class Quoting:
     reason: str | None = None
 
 
-def quoting_is_plain(path: Path, delimiter: str, quotechar: str) -> Quoting:
+def quoting_is_plain(
+    path: Path, delimiter: str, quotechar: str, max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+) -> Quoting:
     """Scan the file once: is every quote character part of a well-formed quoted field?
 
     Then the ``csv`` module and pyarrow split the records alike, and a line break is a record
@@ -134,7 +136,9 @@ def quoting_is_plain(path: Path, delimiter: str, quotechar: str) -> Quoting:
     declines: text after a closing quote (``"ab"c``: the ``csv`` module refuses it, pyarrow
     glues it on), a quote left open, and a quote inside an unquoted field (``5'11"``, which
     both readers take as a character, but which would spoil the count). NUL bytes decline too
-    (PostgreSQL cannot store them; the Python path reports them its own way).
+    (PostgreSQL cannot store them; the Python path makes their rows ``parse`` row errors).
+    ``max_field_bytes`` is the import's field limit: a quoted field too long to hold a value
+    under it (or a quote never closed) declines once that much is scanned.
     """
     q = re.escape(quotechar.encode())
     d = re.escape(delimiter.encode())
@@ -145,7 +149,9 @@ def quoting_is_plain(path: Path, delimiter: str, quotechar: str) -> Quoting:
     token = rb"(?:" + not_quote + rb"++|(?<=" + boundary + rb")" + quoted
     token += rb"(?=" + boundary + rb"))"
     run = re.compile(rb"(?:" + token + rb")*+", re.DOTALL)
-    limit = 4 * csv.field_size_limit() + 1024  # a quoted field longer than this fails anyway
+    # A quoted field this long holds a value over max_field_bytes even if every character
+    # were a doubled quote: ``blocks()`` would decline it anyway, so decline now.
+    limit = 2 * max_field_bytes + 1024
     has_quotes = False
     carry = b"\n"  # the file's start is a field boundary
     with path.open("rb") as fh:
@@ -259,6 +265,7 @@ class ColumnarFile:
         encode: bool,
         constants: Sequence[Constant] = (),
         block_bytes: int | None = None,
+        max_field_bytes: int | None = DEFAULT_MAX_FIELD_BYTES,
     ) -> None:
         """Prepare the reader.
 
@@ -273,6 +280,8 @@ class ColumnarFile:
                 ``constants``); without it the file is only validated.
             constants: columns with one value for every row, encoded after the others.
             block_bytes: bytes parsed per block (default ``BLOCK_BYTES``).
+            max_field_bytes: the import's field limit: a field over it declines (the Python
+                reader makes its row a row error); ``None`` for a file already checked.
         """
         self.path = path
         self.spec = spec
@@ -282,6 +291,7 @@ class ColumnarFile:
         self.constants = tuple(constants)
         self.has_quotes = has_quotes
         self.block_bytes = block_bytes or BLOCK_BYTES
+        self.max_field_bytes = max_field_bytes
         required = set(spec.required_columns)
         self._codecs = [
             _ColumnCodec(name, col, name in required) for name, col in spec.columns.items()
@@ -374,10 +384,10 @@ class ColumnarFile:
             yield from table.combine_chunks().to_batches()
 
     def _block(self, batch: pa.RecordBatch, pool: ThreadPoolExecutor) -> Block:
-        limit = csv.field_size_limit()
-        for column in batch.columns:
+        limit = self.max_field_bytes
+        for column in batch.columns if limit is not None else ():
             if len(column) and _ints(pc.binary_length(column)).max() > limit:
-                raise Declined("a field is over the csv module's size limit")
+                raise Declined(f"a field is over the limit of {limit:,} bytes")
         blank = _blank_rows(batch)
         if blank is not None:
             batch = batch.filter(_bool_array(~blank))

@@ -21,9 +21,12 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import load, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
-from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.models import ErrorCategory, ImportStatus
 from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.engine.tracking import EXTRA_VALUE_PREFIX
 from histimport_pipeline.engine.validate import CoercionError, coerce_value
+
+_EXTRA_KEY = re.compile(re.escape(EXTRA_VALUE_PREFIX) + r"[1-9][0-9]*")
 
 #: Columns of ``import_history`` shown in a listing (the full row is in :func:`get_import_detail`).
 LIST_COLUMNS = (
@@ -263,15 +266,33 @@ def neutralise_cell(value: object) -> str:
 
 def _export_headers(db: Database, import_id: int, metadata: Any) -> list[str]:
     """The original columns: the file's headers when recorded, else the keys seen in the rows
-    in order of first appearance (one extra streaming pass, holding only the key names)."""
+    in order of first appearance (one extra streaming pass, holding only the key names).
+    Values past the header of ragged rows (``_extra_1``...) follow the headers."""
     headers = metadata.get("headers") if isinstance(metadata, Mapping) else None
     if headers:
-        return [str(h) for h in headers]
+        known = [str(h) for h in headers]
+        extras = _extra_keys(db, import_id, set(known))
+        return known + sorted(extras, key=lambda k: int(k.removeprefix(EXTRA_VALUE_PREFIX)))
     seen: dict[str, None] = {}
     for row in iter_failed_rows(db, import_id):
         for key in row["raw_values"] or {}:
             seen.setdefault(str(key), None)
     return list(seen)
+
+
+def _extra_keys(db: Database, import_id: int, headers: set[str]) -> set[str]:
+    """The ``_extra_N`` keys of the import's failed rows (only parse errors can have them)."""
+    t = db.tables.import_failed_rows
+    query = sa.select(t.c.raw_values).where(
+        t.c.import_id == import_id, t.c.category == ErrorCategory.PARSE.value
+    )
+    found: set[str] = set()
+    with db.reader() as conn:
+        for (values,) in conn.execution_options(yield_per=1_000).execute(query):
+            for key in values or {}:
+                if key not in headers and _EXTRA_KEY.fullmatch(key):
+                    found.add(key)
+    return found
 
 
 def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:

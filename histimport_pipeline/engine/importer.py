@@ -44,6 +44,7 @@ from histimport_pipeline.engine.models import (
     RowError,
 )
 from histimport_pipeline.engine.parse import open_file
+from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, Strategy
 from histimport_pipeline.engine.validate import Validator
 
@@ -105,6 +106,8 @@ class ImportOptions:
     retry_of: int | None = None
     #: The name the file was dropped under, when it is read from the archive or quarantine.
     file_name: str | None = None
+    #: The largest field value loaded (``HISTIMPORT_MAX_FIELD_BYTES``); larger: a row error.
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
 
 
 @dataclass(frozen=True)
@@ -422,7 +425,9 @@ def _stage(
     _take_over(db, handle, conn)
     path = Path(handle.file_path)
     t0 = time.perf_counter()
-    with open_file(path, spec, batch_size=options.batch_size) as parsed:
+    with open_file(
+        path, spec, batch_size=options.batch_size, max_field_bytes=options.max_field_bytes
+    ) as parsed:
         info = parsed.info
     columnar_plan, note = _columnar_plan(db, spec, info, path, options)
     parse_seconds = time.perf_counter() - t0
@@ -556,7 +561,9 @@ def _columnar_plan(
     reason = columnar.decline_reason(spec, info, db.dialect)
     if reason is not None:
         return None, reason
-    quoting = columnar.quoting_is_plain(path, info.delimiter or ",", info.quotechar or '"')
+    quoting = columnar.quoting_is_plain(
+        path, info.delimiter or ",", info.quotechar or '"', options.max_field_bytes
+    )
     if not quoting.plain:
         return None, f"columnar reader declined: {quoting.reason}"
     return quoting, None
@@ -576,7 +583,12 @@ def _stage_python(
     seconds = staged.seconds
     t0 = time.perf_counter()
     with (
-        open_file(Path(handle.file_path), spec, batch_size=options.batch_size) as parsed,
+        open_file(
+            Path(handle.file_path),
+            spec,
+            batch_size=options.batch_size,
+            max_field_bytes=options.max_field_bytes,
+        ) as parsed,
         _fewer_collections(),
     ):
         headers = parsed.info.headers
@@ -666,6 +678,7 @@ def _stage_columnar(
         has_quotes=quoting.has_quotes,
         encode=not direct or into is not None,
         constants=_target_constants(into.table, handle) if into is not None else (),
+        max_field_bytes=options.max_field_bytes,
     )
     with ExitStack() as stack:
         stack.enter_context(_fewer_collections())
@@ -898,6 +911,8 @@ def _direct_write(
             has_quotes=quoting.has_quotes,
             encode=True,
             constants=constants,
+            # The validate step read this very file (its hash is checked) within the limit.
+            max_field_bytes=None,
         )
         read = written = failed = 0
         with _TargetSink(_IntoTarget(tx, target)) as sink:

@@ -148,13 +148,15 @@ class RawRow(_NamedCells[str | None]):
         raw: the record's original cells in the order of ``FileInfo.headers`` (extra columns
             included), for the failed-rows CSV.
         error: a row-level parse problem (e.g. wrong number of fields), else ``None``.
+        error_column: the spec column the parse problem is in, when it is in one field (a
+            NUL byte, a field over the size limit); ``None`` for whole-record problems.
         names, cells: the same values as two aligned tuples, when the parser made them so
             (one ``names`` tuple shared by every record of the file). ``values`` is then built
             only when asked for: the validator reads whole columns from ``cells``, which
             spares a dict per record on the hot path.
     """
 
-    __slots__ = ("error", "raw", "source_row")
+    __slots__ = ("error", "error_column", "raw", "source_row")
 
     def __init__(
         self,
@@ -165,6 +167,7 @@ class RawRow(_NamedCells[str | None]):
         *,
         names: tuple[str, ...] | None = None,
         cells: Sequence[str | None] | None = None,
+        error_column: str | None = None,
     ) -> None:
         if values is None and (names is None or cells is None):
             raise ValueError("RawRow needs values, or names and cells")
@@ -172,6 +175,7 @@ class RawRow(_NamedCells[str | None]):
         self._values = values
         self.raw = raw
         self.error = error
+        self.error_column = error_column
         self.names = names
         self.cells = cells
 
@@ -206,12 +210,16 @@ class FileInfo:
     mapping: dict[str, str]  # original header -> spec column
     extra_headers: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
+    #: How ``encoding`` was chosen: "declared in the dataset spec", "byte order mark",
+    #: "valid UTF-8", or the rule that picked a single-byte code page.
+    encoding_decided_by: str | None = None
 
     def as_metadata(self) -> dict[str, object]:
         """JSON-ready dict for ``import_history.file_metadata``."""
         return {
             "format": self.format,
             "encoding": self.encoding,
+            "encoding_decided_by": self.encoding_decided_by,
             "delimiter": self.delimiter,
             "quotechar": self.quotechar,
             "header_row": self.header_row,

@@ -22,7 +22,12 @@ Rules a caller can rely on:
   ignored like any extra column.
 * File-level problems raise ``FileError`` subclasses naming the file, the row, column or byte
   offset where known, and what to do. Row-level problems (a ragged row, a malformed quote, an
-  invalid NDJSON line) become ``RawRow.error`` and parsing goes on.
+  invalid NDJSON line, a NUL byte or a value over ``max_field_bytes`` in a mapped column)
+  become ``RawRow.error`` (with ``RawRow.error_column`` when one column is at fault) and
+  parsing goes on.
+* Encodings: the spec's ``encoding:``, else a BOM, UTF-16's NUL pattern, valid UTF-8, else
+  Windows-1252 under the rules of ``_western_single_byte``; anything else is refused rather
+  than guessed. ``FileInfo.encoding_decided_by`` says which rule decided.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import json
 import re
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta
 from operator import itemgetter
 from pathlib import Path
@@ -49,6 +54,7 @@ from histimport_pipeline.engine.errors import (
     UnsupportedFormatError,
 )
 from histimport_pipeline.engine.models import FileInfo, RawRow
+from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import DatasetSpec, fold_header
 
 #: Bytes read from the start of a file to detect its format, encoding and dialect.
@@ -66,6 +72,9 @@ RATIO_CHECK_MIN_BYTES = 1024 * 1024
 #: A single JSON array element larger than this is refused (it would have to sit in memory).
 MAX_JSON_RECORD_CHARS = 64 * 1024 * 1024
 
+#: A text sample with more than this share of control bytes (NUL and the like) is binary.
+MAX_CONTROL_SHARE = 0.08
+
 DELIMITERS = (",", "\t", ";", "|")
 QUOTECHARS = ('"', "'")
 
@@ -79,6 +88,7 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
     (codecs.BOM_UTF16_LE, "utf-16-le"),
     (codecs.BOM_UTF16_BE, "utf-16-be"),
 )
+_BINARY_CONTROLS = bytes(b for b in range(0x20) if b not in b"\t\n\x0b\x0c\r") + b"\x7f"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 #: Line breaks to str.splitlines that are not line breaks in a delimited file.
 _OTHER_BREAKS = ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
@@ -162,7 +172,13 @@ class ParsedFile:
         self.close()
 
 
-def open_file(path: Path, spec: DatasetSpec, *, batch_size: int = 10_000) -> ParsedFile:
+def open_file(
+    path: Path,
+    spec: DatasetSpec,
+    *,
+    batch_size: int = 10_000,
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES,
+) -> ParsedFile:
     """Open a data file for the dataset: detect its layout, map its headers, ready its rows.
 
     Args:
@@ -170,6 +186,9 @@ def open_file(path: Path, spec: DatasetSpec, *, batch_size: int = 10_000) -> Par
         spec: the dataset; ``spec.encoding``, ``spec.delimiter`` and ``spec.sheet`` override
             detection, and its columns drive the header mapping.
         batch_size: records per list yielded by ``ParsedFile.batches()``.
+        max_field_bytes: the largest value (UTF-8 bytes) of a mapped column in delimited text
+            or JSON; a larger one, or one holding a NUL byte, makes its row a ``parse`` row
+            error naming the column (``HISTIMPORT_MAX_FIELD_BYTES``).
 
     Returns:
         A ``ParsedFile`` with ``info`` filled in; its rows are read lazily.
@@ -182,6 +201,8 @@ def open_file(path: Path, spec: DatasetSpec, *, batch_size: int = 10_000) -> Par
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if max_field_bytes < 1:
+        raise ValueError(f"max_field_bytes must be at least 1, got {max_field_bytes}")
     fh = _open_binary(path)
     try:
         head = fh.read(SAMPLE_BYTES)
@@ -191,9 +212,9 @@ def open_file(path: Path, spec: DatasetSpec, *, batch_size: int = 10_000) -> Par
             return _open_xlsx(path, spec, batch_size, suffix_note)
         text = _TextSource.detect(path, fh, head, spec.encoding)
         if fmt == "csv":
-            info, rows = _open_delimited(path, spec, text, head)
+            info, rows = _open_delimited(path, spec, text, head, max_field_bytes)
         else:
-            info, rows = _open_json(path, spec, text, fmt)
+            info, rows = _open_json(path, spec, text, fmt, max_field_bytes)
     except BaseException:
         fh.close()
         raise
@@ -337,7 +358,7 @@ def _sniff_text(path: Path, head: bytes) -> str:
             raise UnsupportedFormatError(
                 path, "this is a gzip-compressed file", hint="Decompress it first"
             )
-        if head.startswith(b"%PDF") or b"\x00" in head:
+        if head.startswith(b"%PDF") or _control_share(head) > MAX_CONTROL_SHARE:
             raise UnsupportedFormatError(
                 path,
                 "this looks like a binary file, not text, XLSX or JSON",
@@ -371,6 +392,18 @@ def _sniff_text(path: Path, head: bytes) -> str:
     return "csv"
 
 
+def _control_share(head: bytes) -> float:
+    """The share of the sample's bytes that are control characters text does not use.
+
+    Tab, line feed, vertical tab, form feed and carriage return are left out. A stray NUL in
+    a text file is a fraction of a per cent of it (and a row error later); executables hold
+    such bytes by the tens of per cent, compressed or random data about 11 per cent.
+    """
+    if not head:
+        return 0.0
+    return sum(head.count(byte) for byte in _BINARY_CONTROLS) / len(head)
+
+
 def _bom_codec(head: bytes) -> tuple[str | None, int]:
     for bom, codec in _BOMS:
         if head.startswith(bom):
@@ -396,20 +429,30 @@ def _utf16_without_bom(head: bytes) -> str | None:
 class _TextSource:
     """A text file's bytes decoded strictly and incrementally, with absolute byte offsets."""
 
-    def __init__(self, path: Path, fh: IO[bytes], codec: str, start: int, name: str) -> None:
+    def __init__(
+        self, path: Path, fh: IO[bytes], codec: str, start: int, name: str, decided_by: str
+    ) -> None:
         self.path = path
         self.fh = fh
         self.codec = codec
         self.start = start
         self.name = name
+        #: How the encoding was chosen, recorded as ``FileInfo.encoding_decided_by``.
+        self.decided_by = decided_by
         self.warnings: list[str] = []
 
     @classmethod
     def detect(cls, path: Path, fh: IO[bytes], head: bytes, declared: str | None) -> _TextSource:
-        """Pick the encoding: ``declared`` (the spec's), else BOM, strict UTF-8, detection.
+        """Pick the encoding: ``declared`` (the spec's), else BOM, UTF-16's NUL pattern, strict
+        UTF-8, else Windows-1252 / Latin-1 by the rules of ``_western_single_byte``.
+
+        Real exports are UTF-8, UTF-16, Windows-1252 or Latin-1, so only those are candidates;
+        the way the encoding was chosen is kept as ``decided_by``, and a single-byte choice
+        also adds a warning.
 
         Raises:
-            EncodingError: the sample is invalid in the declared encoding, or fits none.
+            EncodingError: the sample is invalid in the declared encoding, or no candidate
+                decides it (the message names the candidates and the spec's ``encoding:``).
             FileError: the declared encoding is unknown.
         """
         eof = len(head) < SAMPLE_BYTES
@@ -423,37 +466,33 @@ class _TextSource:
                     f"unknown encoding {declared!r} in the dataset spec",
                     hint="Fix `encoding:` in the dataset spec (e.g. utf-8, cp1252, utf-16)",
                 ) from None
+            how = f"declared in the dataset spec (encoding: {declared})"
             if bom_codec is not None and bom_codec.removesuffix("-sig") == codec:
-                source = cls(path, fh, codec, bom_len, bom_codec)
+                source = cls(path, fh, codec, bom_len, bom_codec, how)
             else:
-                source = cls(path, fh, codec, 0, codec)
+                source = cls(path, fh, codec, 0, codec, how)
             source.check_sample(head, eof)
             return source
         if bom_codec is not None:
-            source = cls(path, fh, bom_codec.removesuffix("-sig"), bom_len, bom_codec)
+            codec = bom_codec.removesuffix("-sig")
+            source = cls(path, fh, codec, bom_len, bom_codec, "byte order mark")
             source.check_sample(head, eof)
             return source
         utf16 = _utf16_without_bom(head)
         if utf16 is not None:
-            source = cls(path, fh, utf16, 0, utf16)
+            how = "UTF-16 without BOM: every other byte of the ASCII text is NUL"
+            source = cls(path, fh, utf16, 0, utf16, how)
             source.check_sample(head, eof)
             return source
-        utf8 = cls(path, fh, "utf-8", 0, "utf-8")
+        utf8 = cls(path, fh, "utf-8", 0, "utf-8", "valid UTF-8")
         try:
             utf8.check_sample(head, eof)
         except EncodingError as not_utf8:
-            guessed = _guess_legacy_encoding(head, eof)
-            if guessed is None:
-                raise EncodingError(
-                    path,
-                    "the file is not valid UTF-8 and no other encoding fits it",
-                    offset=not_utf8.offset,
-                    hint="Re-save it as UTF-8, or set `encoding:` in the dataset spec",
-                ) from None
-            source = cls(path, fh, guessed, 0, guessed)
+            codec, decided_by = _western_single_byte(path, head, eof, not_utf8)
+            source = cls(path, fh, codec, 0, codec, decided_by)
             source.warnings.append(
-                f"the file is not UTF-8; it was read as {guessed} (detected). If accented "
-                "letters look wrong, set `encoding:` in the dataset spec"
+                f"the file is not UTF-8; it was read as {codec} ({decided_by}). If accented "
+                "letters look wrong, set `encoding:` in the dataset spec to the file's encoding"
             )
             return source
         return utf8
@@ -510,32 +549,104 @@ class _TextSource:
         )
 
 
-def _guess_legacy_encoding(head: bytes, eof: bool) -> str | None:
-    """charset-normalizer's guess, preferring cp1252 whenever it is about as plausible.
+#: Bytes Windows-1252 leaves undefined (Python's cp1252 refuses them; Latin-1 maps them to
+#: C1 control characters, which text never holds).
+_CP1252_UNDEFINED = frozenset(b"\x81\x8d\x8f\x90\x9d")
+#: Western words with accents have plain letters too; when more than this share of a
+#: sample's accented words have none (and three letters or more), it is another alphabet
+#: (Cyrillic, Greek...) misread.
+MAX_FOREIGN_WORDS = 0.3
+_WORD = re.compile(r"[^\W\d_]+")
+#: Symbols that Western text never puts between two letters, but that other code pages'
+#: letters turn into when read as Windows-1252 (Polish ą ł ż Ł Ą Ż read as ¹ ³ ¿ £ ¥ ¯).
+_SYMBOLS = "€†‡‰•™¡¢£¤¥¦§©¬®¯°±²³¶¹¼½¾¿\u00d7÷"
+_SYMBOL_IN_WORD = re.compile(f"(?<=[^\\W\\d_])[{_SYMBOLS}](?=[^\\W\\d_])")
 
-    On small samples the detector cannot tell the single-byte Western code pages apart;
-    cp1252 is by far the most common of them in spreadsheets and exports.
+
+def _western_single_byte(
+    path: Path, head: bytes, eof: bool, not_utf8: EncodingError
+) -> tuple[str, str]:
+    """Windows-1252 or refusal for a sample that is not UTF-8 (and has no BOM, no UTF-16).
+
+    Windows-1252 and Latin-1 give the same text except for bytes 0x80-0x9F, which are
+    letters and punctuation (the euro sign, curly quotes, dashes, Œ, Š...) in Windows-1252 and C1
+    control characters in Latin-1. So: without any such byte both read alike and
+    Windows-1252 is taken; with some, Windows-1252 reads them as text and Latin-1 as control
+    characters, so Windows-1252 wins. A byte Windows-1252 leaves undefined (0x81, 0x8D,
+    0x8F, 0x90, 0x9D) is a control character in Latin-1 too: no candidate fits, refused.
+    Finally the reading is checked: a file in another code page (Cyrillic, Greek, Polish)
+    decodes cleanly as Windows-1252 but reads as nonsense (see ``_misread_alphabet``), and is
+    refused rather than loaded garbled; charset-normalizer's guess is only named in the
+    message.
+
+    Returns:
+        The codec name and how it was decided.
+
+    Raises:
+        EncodingError: no candidate decides the file.
     """
-    results = from_bytes(head)
-    best = results.best()
-    if best is None:
-        return None
-    candidates = [best.encoding]
-    for match in results:
-        if (
-            "cp1252" in match.could_be_from_charset
-            and match.chaos <= best.chaos + 0.1
-            and match.coherence >= best.coherence - 0.1
-        ):
-            candidates.insert(0, "cp1252")
-            break
-    for name in candidates:
-        codec = codecs.lookup(name).name
-        try:
-            codecs.getincrementaldecoder(codec)(errors="strict").decode(head, eof)
-        except UnicodeDecodeError:
+    candidates = "UTF-8, UTF-16, Windows-1252 (cp1252) and Latin-1 (latin-1)"
+    hint = (
+        "Re-save the file as UTF-8, or set `encoding:` in the dataset spec to its real "
+        "encoding (e.g. `encoding: cp1252`, `encoding: latin-1`, `encoding: cp1250`)"
+    )
+    undefined = next((i for i, byte in enumerate(head) if byte in _CP1252_UNDEFINED), None)
+    if undefined is not None:
+        raise EncodingError(
+            path,
+            f"the file is not valid UTF-8 (byte offset {not_utf8.offset}) and no candidate "
+            f"encoding fits it: byte 0x{head[undefined]:02x} (at offset {undefined}) is "
+            "undefined in Windows-1252 and a control character in Latin-1. Candidates were "
+            + candidates,
+            offset=undefined,
+            hint=hint,
+        )
+    decoder = codecs.getincrementaldecoder("cp1252")(errors="strict")
+    text = decoder.decode(head, eof)
+    if any(0x80 <= byte <= 0x9F for byte in head):
+        decided_by = (
+            "not UTF-8; bytes 0x80-0x9f are present, which are text in cp1252 and control "
+            "characters in latin-1"
+        )
+    else:
+        decided_by = "not UTF-8; no byte in 0x80-0x9f, so cp1252 and latin-1 read it alike"
+    misread = _misread_alphabet(text)
+    if misread is not None:
+        best = from_bytes(head).best()
+        suggestion = f"; a detector suggests {best.encoding}" if best is not None else ""
+        raise EncodingError(
+            path,
+            f"the file is not valid UTF-8, and read as Windows-1252 or Latin-1 {misread}"
+            f"{suggestion}: it is probably in another encoding. Candidates were {candidates}",
+            offset=not_utf8.offset,
+            hint=hint,
+        )
+    return "cp1252", decided_by
+
+
+def _misread_alphabet(text: str) -> str | None:
+    """Why a Windows-1252 reading looks like another alphabet misread, or ``None``.
+
+    Western-European words mix accented letters with plain ones (``été``, ``Größe``), and
+    Western text puts no symbol such as ``¹ ³ ¿ £`` between two letters. Other alphabets read
+    as Windows-1252 become words made only of accented letters (Cyrillic ``мир`` reads
+    ``ìèð``, Greek likewise) or words with symbols inside (Polish ``ząb`` reads ``z¹b``).
+    """
+    accented = foreign = 0
+    for word in _WORD.findall(text):
+        if word.isascii():
             continue
-        return codec
+        accented += 1
+        if len(word) >= 3 and not any(char.isascii() for char in word):
+            foreign += 1
+    if foreign and foreign > MAX_FOREIGN_WORDS * accented:
+        return (
+            f"{foreign} of its {accented} words with accents would have no plain letter at "
+            "all, as when another alphabet is misread"
+        )
+    inside = len(_SYMBOL_IN_WORD.findall(text))
+    if inside and inside > 0.05 * accented:
+        return f"it would have symbols such as ¹ ³ ¿ inside {inside} words"
     return None
 
 
@@ -564,16 +675,16 @@ def _split_lines(chunks: Iterator[str]) -> Iterator[str]:
 
 
 def _open_delimited(
-    path: Path, spec: DatasetSpec, text: _TextSource, head: bytes
+    path: Path, spec: DatasetSpec, text: _TextSource, head: bytes, max_field_bytes: int
 ) -> tuple[FileInfo, Iterator[RawRow]]:
     delimiter, quotechar = _detect_dialect(
         text.sample_text(head), len(head) < SAMPLE_BYTES, spec.delimiter
     )
-    records = _records(path, text, delimiter, quotechar)
+    records = _records(path, text, delimiter, quotechar, max_field_bytes)
     first = next(records, None)
     if first is None:
         raise HeaderError(path, "the file is empty: no header row", hint="Check the export")
-    _, header_fields = first
+    _, header_fields, _ = first
     if isinstance(header_fields, str):
         raise HeaderError(path, f"cannot read the header row: {header_fields}", row=1)
     layout = _Layout.build(path, spec, tuple(header_fields), header_row=1)
@@ -581,6 +692,7 @@ def _open_delimited(
         path=str(path),
         format="csv",
         encoding=text.name,
+        encoding_decided_by=text.decided_by,
         delimiter=delimiter,
         quotechar=quotechar,
         header_row=1,
@@ -594,22 +706,44 @@ def _open_delimited(
     def rows() -> Iterator[RawRow]:
         # Layout.row inlined for the usual full-width record: this loop runs once per record.
         names, pick, width = layout._names, layout._pick, len(layout.headers)
-        for number, fields in records:
+        for number, fields, suspect in records:
             if isinstance(fields, str):
                 yield layout.error_row(number, (), fields)
-            elif len(fields) == width:
+            elif len(fields) != width:
+                yield layout.row(number, fields, pad=None)
+            elif suspect and (bad := layout.field_error(number, fields, max_field_bytes)):
+                yield bad
+            else:
                 raw = tuple(fields)
                 yield RawRow(number, None, raw, names=names, cells=pick(raw))
-            else:
-                yield layout.row(number, fields, pad=None)
 
     return info, rows()
 
 
+def _csv_field_ceiling(max_field_bytes: int) -> int:
+    """The ``csv`` module's field size limit (characters) used with ``max_field_bytes``.
+
+    A field between the two is read whole and becomes a row error; only a field past the
+    ceiling (most likely a quote never closed) stops the file, which bounds the memory an
+    unbalanced quote can take.
+    """
+    return 2 * max_field_bytes + 1024
+
+
 def _records(
-    path: Path, text: _TextSource, delimiter: str, quotechar: str
-) -> Iterator[tuple[int, list[str] | str]]:
-    """Number the non-blank records from 1; a record that cannot be split gives its error."""
+    path: Path, text: _TextSource, delimiter: str, quotechar: str, max_field_bytes: int
+) -> Iterator[tuple[int, list[str] | str, bool]]:
+    """Number the non-blank records from 1; a record that cannot be split gives its error.
+
+    The flag is set on a record that may hold a NUL byte or a field over ``max_field_bytes``
+    (a cheap test on the whole record; ``_Layout.field_error`` looks closer).
+    """
+    ceiling = _csv_field_ceiling(max_field_bytes)
+    # The limit is process-wide: only ever raise it, so concurrent imports never lower it
+    # under each other. Each import checks its own ``max_field_bytes`` per field.
+    if csv.field_size_limit() < ceiling:
+        csv.field_size_limit(ceiling)
+    long_record = max_field_bytes // 4  # characters; UTF-8 has at most 4 bytes per character
     reader = csv.reader(
         text.lines(), delimiter=delimiter, quotechar=quotechar, doublequote=True, strict=True
     )
@@ -619,15 +753,26 @@ def _records(
         # the reader resumes with the next line, so the loop simply starts again.
         try:
             for fields in reader:
+                joined = "".join(fields)
                 # Blank: every field empty or whitespace, i.e. no non-space character at all.
-                if "".join(fields).strip():
+                if joined.strip():
                     number += 1
-                    yield number, fields
+                    yield number, fields, len(joined) > long_record or "\x00" in joined
             return
         except csv.Error as exc:
             number += 1
             message = str(exc)
-            if "field larger than field limit" in message or "unexpected end of data" in message:
+            if "field larger than field limit" in message:
+                raise FileError(
+                    path,
+                    f"a field runs past {ceiling:,} characters near line {reader.line_num}, "
+                    f"far over the limit of {max_field_bytes:,} bytes per field",
+                    row=number,
+                    hint="Most likely a quote is never closed: look for an unbalanced "
+                    f"{quotechar} in this row or the ones just before it. If the field is "
+                    "genuine, raise HISTIMPORT_MAX_FIELD_BYTES",
+                ) from None
+            if "unexpected end of data" in message:
                 raise FileError(
                     path,
                     f"cannot split the file into records ({message}) near line {reader.line_num}",
@@ -635,7 +780,7 @@ def _records(
                     hint="A quote is probably never closed: look for an unbalanced "
                     f"{quotechar} in this row or the ones just before it",
                 ) from None
-            yield number, f"malformed quoting near line {reader.line_num}: {message}"
+            yield number, f"malformed quoting near line {reader.line_num}: {message}", False
 
 
 def _detect_dialect(sample: str, complete: bool, delimiter: str | None) -> tuple[str, str]:
@@ -709,11 +854,17 @@ class _Layout:
         """Match headers to columns: exact name, then folded name or alias.
 
         Raises:
-            HeaderError: every empty header, duplicate and missing required column at once.
+            HeaderError: every empty header, NUL in a header, duplicate and missing required
+                column at once.
         """
         match = _header_matcher(spec)
         columns = tuple(match(h) for h in headers)
         problems: list[str] = []
+        nul = [i + 1 for i, h in enumerate(headers) if "\x00" in h]
+        if nul:
+            # Headers are recorded on the import, and database text cannot hold NUL.
+            problems.append(f"NUL byte (0x00) in the header of column(s) {_join(map(str, nul))}")
+            headers = tuple(h.replace("\x00", "\u2400") for h in headers)
         empty = [i + 1 for i, h in enumerate(headers) if not h.strip()]
         if empty:
             problems.append(f"empty header in column(s) {_join(map(str, empty))}")
@@ -787,10 +938,46 @@ class _Layout:
         }
         return RawRow(number, values, raw, f"row has {len(raw)} fields, header has {width}")
 
-    def error_row(self, number: int, cells: Sequence[str | None], error: str) -> RawRow:
-        """A record that could not be read; its values are all ``None``."""
+    def error_row(
+        self,
+        number: int,
+        cells: Sequence[str | None],
+        error: str,
+        column: str | None = None,
+    ) -> RawRow:
+        """A record that could not be read (in ``column``, if one); its values are all
+        ``None``."""
         values: dict[str, str | None] = {c: None for c in self.columns if c is not None}
-        return RawRow(number, values, tuple(cells), error)
+        return RawRow(number, values, tuple(cells), error, error_column=column)
+
+    def field_error(
+        self, number: int, cells: Sequence[str | None], max_field_bytes: int
+    ) -> RawRow | None:
+        """The record as a row error if a mapped column's value holds a NUL byte or is over
+        ``max_field_bytes`` (UTF-8); ``None`` when every value is fine.
+
+        PostgreSQL text cannot store NUL, and SQLite is held to the same rule so that both
+        give one outcome. Columns the dataset does not map are not loaded and not checked.
+        """
+        for header, column, value in zip(self.headers, self.columns, cells, strict=False):
+            if column is None or not value:
+                continue
+            if "\x00" in value:
+                problem = (
+                    f"the value of column {column!r} (header {header!r}) holds a NUL byte "
+                    "(0x00), which a database text value cannot store; remove it from the file"
+                )
+                return self.error_row(number, cells, problem, column)
+            if len(value) > max_field_bytes // 4:
+                size = len(value.encode("utf-8", "surrogatepass"))
+                if size > max_field_bytes:
+                    problem = (
+                        f"the value of column {column!r} (header {header!r}) is {size:,} bytes, "
+                        f"over the limit of {max_field_bytes:,} bytes per field (raise "
+                        "HISTIMPORT_MAX_FIELD_BYTES to load it)"
+                    )
+                    return self.error_row(number, cells, problem, column)
+        return None
 
 
 def _header_matcher(spec: DatasetSpec) -> Callable[[str], str | None]:
@@ -829,23 +1016,11 @@ def _join(items: Iterator[str] | Sequence[str]) -> str:
 
 
 def _add_warnings(info: FileInfo, warnings: Sequence[str]) -> FileInfo:
-    return FileInfo(
-        path=info.path,
-        format=info.format,
-        encoding=info.encoding,
-        delimiter=info.delimiter,
-        quotechar=info.quotechar,
-        header_row=info.header_row,
-        sheet=info.sheet,
-        headers=info.headers,
-        mapping=info.mapping,
-        extra_headers=info.extra_headers,
-        warnings=(*info.warnings, *warnings),
-    )
+    return replace(info, warnings=(*info.warnings, *warnings))
 
 
 def _open_json(
-    path: Path, spec: DatasetSpec, text: _TextSource, fmt: str
+    path: Path, spec: DatasetSpec, text: _TextSource, fmt: str, max_field_bytes: int
 ) -> tuple[FileInfo, Iterator[RawRow]]:
     items = _JsonArray(path, text.chunks()).items() if fmt == "json" else _ndjson_items(text)
     first = next(items, None)
@@ -868,6 +1043,7 @@ def _open_json(
         path=str(path),
         format=fmt,
         encoding=text.name,
+        encoding_decided_by=text.decided_by,
         delimiter=None,
         quotechar=None,
         header_row=None,
@@ -895,7 +1071,9 @@ def _open_json(
                 f"key(s) {', '.join(map(repr, late))} name dataset columns but are not keys "
                 "of the first record, which set the headers",
             )
-        return layout.row(number, cells, pad=None)
+        return layout.field_error(number, cells, max_field_bytes) or layout.row(
+            number, cells, pad=None
+        )
 
     def rows() -> Iterator[RawRow]:
         yield row(number, value)

@@ -16,6 +16,8 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 DEFAULT_PG_SCHEMA = "histimport"
+#: The largest value of one field, in UTF-8 bytes, that an import loads (32 MiB).
+DEFAULT_MAX_FIELD_BYTES = 32 * 1024 * 1024
 
 #: name -> (meaning, default) for the README and ``histimport settings``.
 ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
@@ -43,6 +45,10 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
         "Days after which a file partition is removed from Dagster (history stays).",
         "90",
     ),
+    "HISTIMPORT_MAX_FIELD_BYTES": (
+        "Largest value of one field (UTF-8 bytes); a larger one is a row error.",
+        str(DEFAULT_MAX_FIELD_BYTES),
+    ),
 }
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -62,6 +68,7 @@ class Settings:
         db_schema: PostgreSQL schema of the tracking tables (``HISTIMPORT_DB_SCHEMA``);
             ignored on SQLite, which has no schemas.
         inbox, datasets, archive, quarantine: folders, each from its own variable.
+        max_field_bytes: the largest field value an import loads (``HISTIMPORT_MAX_FIELD_BYTES``).
     """
 
     home: Path
@@ -73,6 +80,7 @@ class Settings:
     quarantine: Path
     lookback_days: int = 7
     partition_retention_days: int = 90
+    max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
 
     @classmethod
     def from_env(
@@ -123,7 +131,14 @@ class Settings:
                 raise SettingsError(f"{name}={raw!r} must be a whole number of days")
             return int(raw)
 
+        raw_limit = env.get("HISTIMPORT_MAX_FIELD_BYTES", "").strip()
+        if raw_limit and not (raw_limit.isdigit() and int(raw_limit) > 0):
+            raise SettingsError(
+                f"HISTIMPORT_MAX_FIELD_BYTES={raw_limit!r} must be a whole number of bytes, "
+                "at least 1"
+            )
         return cls(
+            max_field_bytes=int(raw_limit) if raw_limit else DEFAULT_MAX_FIELD_BYTES,
             lookback_days=days("HISTIMPORT_LOOKBACK_DAYS", 7),
             partition_retention_days=days("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
             home=home,

@@ -250,6 +250,10 @@ def write_failed_rows(
 ) -> int:
     """Store failed rows with their original values keyed by original header.
 
+    Every value of the record is kept: those past the header (a ragged row with too many
+    fields) under ``_extra_1``, ``_extra_2``... A NUL character, which neither PostgreSQL
+    text nor JSONB can hold, is stored as U+2400 (the visible symbol for NUL).
+
     Returns:
         How many rows were written.
     """
@@ -259,15 +263,39 @@ def write_failed_rows(
             "source_row": err.source_row,
             "column_name": err.column,
             "category": err.category.value,
-            "message": err.message,
-            "raw_value": err.raw_value,
-            "raw_values": dict(zip(headers, raw.raw, strict=False)),
+            "message": _storable(err.message),
+            "raw_value": _storable(err.raw_value),
+            "raw_values": original_values(headers, raw.raw),
         }
         for raw, err in failures
     ]
     if records:
         conn.execute(sa.insert(db.tables.import_failed_rows), records)
     return len(records)
+
+
+#: Key prefix of a ragged row's values past the header in ``import_failed_rows.raw_values``.
+EXTRA_VALUE_PREFIX = "_extra_"
+
+
+def original_values(headers: Sequence[str], cells: Sequence[str | None]) -> dict[str, str | None]:
+    """A record's cells keyed by header; cells past the header as ``_extra_1``, ``_extra_2``...
+
+    A header that happens to be named like an extra key keeps its value; the extra then takes
+    the next free number, so no value is ever overwritten.
+    """
+    values = {h: _storable(c) for h, c in zip(headers, cells, strict=False)}
+    number = 0
+    for cell in cells[len(headers) :]:
+        number += 1
+        while f"{EXTRA_VALUE_PREFIX}{number}" in values:
+            number += 1
+        values[f"{EXTRA_VALUE_PREFIX}{number}"] = _storable(cell)
+    return values
+
+
+def _storable(text: str | None) -> str | None:
+    return text.replace("\x00", "\u2400") if text and "\x00" in text else text
 
 
 def error_summary(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any]:
@@ -282,14 +310,23 @@ def error_summary(conn: sa.Connection, db: Database, import_id: int) -> dict[str
             .order_by(t.c.category)
         )
     }
-    # Messages name the row's value; group by column and category for a readable top list.
+    # A column's messages name the row's value: grouped by column and category they make a
+    # readable top list. A whole-record problem (no column, e.g. "row has 6 fields, header
+    # has 3") is grouped by its exact message, so different problems never share an example.
+    whole_record = sa.case((t.c.column_name.is_(None), t.c.message), else_=None)
     top = [
         {"column": column, "category": category, "count": count, "example": example}
-        for column, category, count, example in conn.execute(
-            sa.select(t.c.column_name, t.c.category, sa.func.count(), sa.func.min(t.c.message))
+        for column, category, _, count, example in conn.execute(
+            sa.select(
+                t.c.column_name,
+                t.c.category,
+                whole_record,
+                sa.func.count(),
+                sa.func.min(t.c.message),
+            )
             .where(t.c.import_id == import_id)
-            .group_by(t.c.column_name, t.c.category)
-            .order_by(sa.func.count().desc(), t.c.column_name)
+            .group_by(t.c.column_name, t.c.category, whole_record)
+            .order_by(sa.func.count().desc(), t.c.column_name, sa.func.min(t.c.message))
             .limit(TOP_ERRORS)
         )
     ]

@@ -263,9 +263,8 @@ class Validator:
         index = -1
         for row in rows:
             if row.error is not None:
-                batch.failed.append(
-                    (row, RowError(row.source_row, None, ErrorCategory.PARSE, row.error))
-                )
+                error = RowError(row.source_row, row.error_column, ErrorCategory.PARSE, row.error)
+                batch.failed.append((row, error))
                 continue
             index += 1
             typed = next(typed_rows)
