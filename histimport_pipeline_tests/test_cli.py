@@ -10,6 +10,7 @@ import csv
 import getpass
 import json
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,23 @@ PARTIAL = (
     "104,f@example.com,-3\n"
     "105,g@example.com,5\n"
 )
+NOTES_SPEC = """\
+name: notes
+target_table: notes
+files: "notes_*.csv"
+strategy: upsert
+key: [id]
+max_error_ratio: 0.6
+columns:
+  id: {type: integer, required: true}
+  qty: {type: integer}
+  price: {type: decimal, scale: 2}
+  bonus: {type: integer}
+  formula: {type: string}
+  handle: {type: string}
+  flag: {type: string}
+  email: {type: email, required: true}
+"""
 BAD = "ID,email,amount\n1,nope,1\n2,nope,2\n3,c@example.com,3\n"
 
 Run = Callable[..., Result]
@@ -65,6 +83,7 @@ def run(db: Database, db_url: str, tmp_path: Path) -> Run:
     datasets.mkdir()
     (datasets / "signups.yaml").write_text(SIGNUPS_SPEC)
     (datasets / "trades.yml").write_text(TRADES_SPEC)
+    (datasets / "notes.yaml").write_text(NOTES_SPEC)
     env = {
         "HISTIMPORT_HOME": str(tmp_path / "home"),
         "HISTIMPORT_DATABASE_URL": db_url,
@@ -224,13 +243,43 @@ def test_errors_csv_is_safe_ordered_and_complete(run: Run, tmp_path: Path) -> No
     assert [r[3] for r in rows[1:]] == ["3", "5"]  # source rows, in order
     assert rows[1][:3] == ["102", "'=cmd()", "2"]  # formula neutralised
     assert rows[1][4:6] == ["email", "format"]
-    assert rows[2][:3] == ["104", "f@example.com", "'-3"]
+    assert rows[2][:3] == ["104", "f@example.com", "-3"]  # a plain number stays a number
     assert rows[2][4:6] == ["amount", "range"] and "-3" in rows[2][6]
 
     default = run("errors", "1")
     assert "import_1_errors.csv" in default.stdout
     assert (tmp_path / "home" / "errors" / "import_1_errors.csv").is_file()
     assert "no import with id 7" in run("errors", "7", "-o", str(out), code=2).stderr
+
+
+def test_errors_csv_round_trip_keeps_numbers_and_restores_neutralised_text(
+    run: Run, db: Database, tmp_path: Path
+) -> None:
+    original = (
+        "id,qty,price,bonus,formula,handle,flag,email\n"
+        "1,-5,-3.00,+1,=SUM(A1),@x,-cmd,nope\n"
+        "2,7,1.00,2,plain,text,here,a@example.com\n"
+    )
+    run("import", str(write(tmp_path, "notes_1.csv", original)))
+    out = tmp_path / "errors.csv"
+    run("errors", "1", "-o", str(out))
+    with out.open(encoding="utf-8-sig", newline="") as fh:
+        header, failed = list(csv.reader(fh))
+    assert failed[:8] == ["1", "-5", "-3.00", "+1", "'=SUM(A1)", "'@x", "'-cmd", "nope"]
+
+    # The user drops the _error_* columns, fixes the e-mail and imports the file again.
+    keep = [i for i, name in enumerate(header) if not name.startswith("_error_")]
+    fixed = [failed[i] for i in keep]
+    fixed[header.index("email")] = "b@example.com"
+    again = tmp_path / "notes_2.csv"
+    with again.open("w", encoding="utf-8-sig", newline="") as fh:
+        csv.writer(fh).writerows([[header[i] for i in keep], fixed])
+    assert "import 2: success" in run("import", str(again)).stdout
+
+    row = next(r for r in table_rows(db, "notes") if r["id"] == 1)
+    assert (row["qty"], row["price"], row["bonus"]) == (-5, Decimal("-3.00"), 1)
+    assert (row["formula"], row["handle"], row["flag"]) == ("=SUM(A1)", "@x", "-cmd")
+    assert row["email"] == "b@example.com"
 
 
 def test_stats_per_dataset(run: Run, tmp_path: Path) -> None:

@@ -577,7 +577,7 @@ class _ColumnCodec:
         if self.plain_text and not (encode or self.required):
             return None, None  # a rule-less optional text cannot fail
         data = _data_of(texts).tobytes()
-        if self.plain_text:
+        if self.plain_text and b"'" not in data:  # a quote may mark a neutralised formula
             return self._plain_text(texts, data, encode)
         if self.spec.type is ColumnType.INTEGER:
             fast = self._canonical_integers(texts, data, encode)
