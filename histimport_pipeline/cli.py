@@ -242,7 +242,9 @@ def _print_summary(result: ImportResult, detail: Mapping[str, Any] | None) -> No
             "rows",
             f"read {result.rows_read:,} | {verb}created {result.rows_created:,} | "
             f"{verb}updated {result.rows_updated:,} | unchanged {result.rows_unchanged:,} | "
-            f"failed {result.rows_failed:,} | duplicates {result.rows_duplicate:,}",
+            f"failed {result.rows_failed:,} | duplicates {result.rows_duplicate:,}"
+            # Rows a replace_date import removed before loading its day.
+            + (f" | {verb}deleted {result.rows_deleted:,}" if result.rows_deleted else ""),
         )
     seconds = dict(result.phase_seconds)
     if detail and detail.get("total_seconds") is not None:
@@ -417,6 +419,7 @@ _SHOW_COUNTS = (
     "rows_failed",
     "rows_duplicate",
     "rows_review",
+    "rows_deleted",
 )
 
 

@@ -71,6 +71,15 @@ columns:
   flag: {type: string}
   email: {type: email, required: true}
 """
+DAILY_SPEC = """\
+name: daily
+target_table: daily
+files: "daily_*.csv"
+partitioning: daily
+strategy: replace_date
+columns:
+  n: {type: integer}
+"""
 BAD = "ID,email,amount\n1,nope,1\n2,nope,2\n3,c@example.com,3\n"
 
 Run = Callable[..., Result]
@@ -84,6 +93,7 @@ def run(db: Database, db_url: str, tmp_path: Path) -> Run:
     (datasets / "signups.yaml").write_text(SIGNUPS_SPEC)
     (datasets / "trades.yml").write_text(TRADES_SPEC)
     (datasets / "notes.yaml").write_text(NOTES_SPEC)
+    (datasets / "daily.yaml").write_text(DAILY_SPEC)
     env = {
         "HISTIMPORT_HOME": str(tmp_path / "home"),
         "HISTIMPORT_DATABASE_URL": db_url,
@@ -219,6 +229,45 @@ def test_dry_run_prints_would_be_counts_and_keeps_nothing(
     assert as_json(run("history", "--json")) == []
     # And the real import afterwards is not taken for a duplicate of the dry run.
     assert "success" in run("import", str(tmp_path / "signups_1.csv")).stdout
+
+
+COUNTS = (
+    "rows_processed",
+    "rows_created",
+    "rows_updated",
+    "rows_unchanged",
+    "rows_failed",
+    "rows_duplicate",
+    "rows_review",
+    "rows_deleted",
+)
+
+
+def test_refused_and_duplicate_imports_record_zero_counts(run: Run, tmp_path: Path) -> None:
+    run("import", str(write(tmp_path, "signups_1.csv", GOOD)))
+    run("import", str(tmp_path / "signups_1.csv"))  # 2: duplicate
+    run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)  # 3: rejected
+    run("import", str(write(tmp_path, "signups_odd.csv", "who,what\n1,2\n")), code=1)  # 4: failed
+
+    statuses = {r["import_id"]: r["status"] for r in as_json(run("history", "--json"))}
+    assert statuses == {1: "success", 2: "duplicate", 3: "rejected", 4: "failed"}
+    for import_id in (2, 3, 4):
+        detail = as_json(run("show", str(import_id), "--json"))
+        known = {name: detail[name] for name in COUNTS}
+        assert None not in known.values(), (import_id, known)
+        assert (known["rows_created"], known["rows_updated"], known["rows_deleted"]) == (0, 0, 0)
+    assert as_json(run("show", "3", "--json"))["rows_failed"] == 2
+
+
+def test_rows_a_replace_date_import_deleted_are_shown(run: Run, tmp_path: Path) -> None:
+    run("import", str(write(tmp_path, "daily_2024-01-01.csv", "n\n1\n2\n3\n")))
+    redo = run("import", str(write(tmp_path, "daily_2024-01-01_v2.csv", "n\n4\n")))
+    assert "created 1 |" in redo.stdout and "deleted 3" in redo.stdout
+
+    assert as_json(run("history", "--json"))[0]["rows_deleted"] == 3
+    assert as_json(run("show", "2", "--json"))["rows_deleted"] == 3
+    assert "deleted 3" in run("show", "2").stdout
+    assert as_json(run("show", "1", "--json"))["rows_deleted"] == 0
 
 
 def test_errors_csv_is_safe_ordered_and_complete(run: Run, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ LIST_COLUMNS = (
     "rows_unchanged",
     "rows_failed",
     "rows_duplicate",
+    "rows_deleted",
     "total_seconds",
     "triggered_by",
     "started_at",

@@ -308,11 +308,8 @@ def start_import(
                 phase=ImportPhase.COMPLETE.value,
                 error_message=message,
                 finished_at=tracking.utcnow(),
-                rows_created=0,
-                rows_updated=0,
-                rows_unchanged=0,
-                rows_failed=0,
             )
+            tracking.record_nothing_loaded(tx, db, import_id)
             tracking.record_audit(
                 tx,
                 db,
@@ -1006,6 +1003,7 @@ def load_import(
                 error_message=message,
                 warnings=warnings,
             )
+            tracking.record_nothing_loaded(tx, db, handle.import_id)
             tracking.record_audit(
                 tx,
                 db,
@@ -1083,6 +1081,7 @@ def load_import(
             rows_created=counts.created,
             rows_updated=counts.updated,
             rows_unchanged=counts.unchanged,
+            rows_deleted=counts.deleted,
             rows_duplicate=duplicates,
         )
         tracking.record_audit(
@@ -1192,6 +1191,7 @@ def fail_import(
             heartbeat_at=finished,
             error_summary=tracking.error_summary(tx, db, handle.import_id),
         )
+        tracking.record_nothing_loaded(tx, db, handle.import_id)
         tracking.set_file_status(
             tx, db, spec.name, handle.sha256, handle.import_id, FileStatus.FAILED
         )

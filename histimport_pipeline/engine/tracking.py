@@ -79,6 +79,25 @@ def update_import(conn: sa.Connection, db: Database, import_id: int, **values: A
     )
 
 
+def record_nothing_loaded(conn: sa.Connection, db: Database, import_id: int) -> None:
+    """Record the counts of an import that wrote nothing to the target (refused, duplicate,
+    failed): rows created, updated, unchanged and deleted are 0, and the counts of rows
+    failed, duplicate, in review and processed stay as recorded or are 0 when never reached.
+    """
+    t = db.tables.import_history
+    kept = (t.c.rows_processed, t.c.rows_failed, t.c.rows_duplicate, t.c.rows_review)
+    update_import(
+        conn,
+        db,
+        import_id,
+        rows_created=0,
+        rows_updated=0,
+        rows_unchanged=0,
+        rows_deleted=0,
+        **{c.name: sa.func.coalesce(c, 0) for c in kept},
+    )
+
+
 def get_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any] | None:
     """One ``import_history`` row as a dict, or ``None``."""
     t = db.tables.import_history
@@ -329,6 +348,7 @@ def fail_stale_imports(db: Database, dataset: str, sha256: str) -> list[int]:
                 error_message="the process running this import died (found by a later attempt)",
                 finished_at=utcnow(),
             )
+            record_nothing_loaded(conn, db, import_id)
             set_file_status(conn, db, dataset, sha256, import_id, FileStatus.FAILED)
             record_audit(conn, db, import_id, "failed", "histimport", {"reason": "stale"})
     from histimport_pipeline.engine.load import drop_staging
@@ -400,6 +420,7 @@ def fail_unfinished_imports_of_run(db: Database, run_id: str, reason: str) -> li
                     updated_at=stamp,
                 )
             )
+            record_nothing_loaded(conn, db, row["import_id"])
             if row["file_sha256"]:
                 set_file_status(
                     conn,
