@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -96,6 +97,30 @@ def record_nothing_loaded(conn: sa.Connection, db: Database, import_id: int) -> 
         rows_deleted=0,
         **{c.name: sa.func.coalesce(c, 0) for c in kept},
     )
+
+
+def record_file_moved(db: Database, import_id: int, moved_to: Path, reason: str) -> None:
+    """Record that an import's file now lives at ``moved_to`` (archived or quarantined).
+
+    ``import_history.file_path`` follows the file, so ``show`` and ``lineage --key`` name
+    where it is now; the audit trail keeps where it was (``from``) and why it moved.
+
+    Args:
+        db: the target database.
+        import_id: the import whose file moved.
+        moved_to: the file's new path.
+        reason: what the move was, e.g. ``archived`` or ``quarantined``.
+    """
+    t = db.tables.import_history
+    with db.engine.begin() as conn:
+        before = conn.execute(
+            sa.select(t.c.file_path).where(t.c.import_id == import_id)
+        ).scalar_one_or_none()
+        path = str(moved_to.resolve())
+        update_import(conn, db, import_id, file_path=path)
+        record_audit(
+            conn, db, import_id, "moved", None, {"reason": reason, "from": before, "to": path}
+        )
 
 
 def get_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any] | None:
