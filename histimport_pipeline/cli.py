@@ -20,7 +20,16 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from histimport_pipeline.cli_common import err, out, print_json, session, tracked, user
+from histimport_pipeline.cli_common import (
+    CliState,
+    err,
+    fail_unexpected,
+    out,
+    print_json,
+    session,
+    tracked,
+    user,
+)
 from histimport_pipeline.cli_review import review_app
 from histimport_pipeline.engine import history, migrations
 from histimport_pipeline.engine.db import Database
@@ -50,6 +59,16 @@ app = typer.Typer(
 db_app = typer.Typer(help="Apply, roll back and inspect the tracking-schema migrations.")
 app.add_typer(db_app, name="db")
 app.add_typer(review_app, name="review")
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    CliState.debug = debug
+
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -811,8 +830,11 @@ def dagster_url() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: no traceback reaches a user (see ``fail_unexpected``)."""
+    try:
+        app()
+    except Exception as exc:
+        fail_unexpected(exc)
 
 
 if __name__ == "__main__":

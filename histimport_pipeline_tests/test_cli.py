@@ -9,6 +9,10 @@ from __future__ import annotations
 import csv
 import getpass
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -80,29 +84,56 @@ strategy: replace_date
 columns:
   n: {type: integer}
 """
+LOGS_SPEC = """\
+name: logs
+target_table: logs
+files: "logs_*.csv"
+strategy: append
+columns:
+  n: {type: integer}
+  text: {type: string}
+"""
 BAD = "ID,email,amount\n1,nope,1\n2,nope,2\n3,c@example.com,3\n"
 
 Run = Callable[..., Result]
 
 
-@pytest.fixture
-def run(db: Database, db_url: str, tmp_path: Path) -> Run:
-    """Invoke the CLI with this test's environment and check the exit code."""
+def cli_env(tmp_path: Path, db_url: str) -> dict[str, str]:
+    """The environment of a test's CLI: its database, home and datasets folder."""
     datasets = tmp_path / "datasets"
-    datasets.mkdir()
-    (datasets / "signups.yaml").write_text(SIGNUPS_SPEC)
-    (datasets / "trades.yml").write_text(TRADES_SPEC)
-    (datasets / "notes.yaml").write_text(NOTES_SPEC)
-    (datasets / "daily.yaml").write_text(DAILY_SPEC)
-    env = {
+    if not datasets.is_dir():
+        datasets.mkdir()
+        (datasets / "signups.yaml").write_text(SIGNUPS_SPEC)
+        (datasets / "trades.yml").write_text(TRADES_SPEC)
+        (datasets / "notes.yaml").write_text(NOTES_SPEC)
+        (datasets / "daily.yaml").write_text(DAILY_SPEC)
+        (datasets / "logs.yaml").write_text(LOGS_SPEC)
+    return {
         "HISTIMPORT_HOME": str(tmp_path / "home"),
         "HISTIMPORT_DATABASE_URL": db_url,
         "HISTIMPORT_DATASETS": str(datasets),
         "HISTIMPORT_INBOX": str(tmp_path / "inbox"),
         # No COLUMNS: output to a pipe must be wide enough to read without any help.
-        "COLUMNS": None,
         "NO_COLOR": "1",
     }
+
+
+def histimport(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The real ``histimport`` command in a process of its own."""
+    environ = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from histimport_pipeline.cli import main; main()", *args],
+        env={**environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def run(db: Database, db_url: str, tmp_path: Path) -> Run:
+    """Invoke the CLI with this test's environment and check the exit code."""
+    env: dict[str, str | None] = {**cli_env(tmp_path, db_url), "COLUMNS": None}
     runner = CliRunner()
 
     def invoke(*args: str, code: int = 0) -> Result:
@@ -476,3 +507,93 @@ def test_routing_and_engine_errors_exit_2(run: Run, tmp_path: Path) -> None:
     assert "success" in run("import", "--dataset", "signups", str(unrouted)).stdout
     run("import", str(tmp_path / "missing.csv"), code=2)  # a usage error, before any work
     assert "HISTIMPORT_HOME" in run("settings").stdout  # the existing commands still work
+
+
+ONE_LINE = ". Run again with --debug for the traceback."
+
+
+def error_message(db: Database, import_id: int) -> str | None:
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        query = sa.select(t.c.status, t.c.error_message).where(t.c.import_id == import_id)
+        status, message = conn.execute(query).one()
+    assert status == "failed"
+    return message  # type: ignore[no-any-return]
+
+
+def test_an_unexpected_error_is_one_line_recorded_on_the_import(
+    run: Run, db: Database, db_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, db_url)
+    path = write(tmp_path, "signups_1.csv", GOOD)
+    env |= {"HISTIMPORT_FAILPOINT": "write", "HISTIMPORT_FAILPOINT_RAISE": "disk on fire"}
+
+    child = histimport(env, "import", str(path))
+    _, err = child.communicate(timeout=300)
+
+    assert child.returncode == 2
+    assert "Traceback" not in err, err
+    cause = "RuntimeError: disk on fire"
+    assert err.splitlines() == [f"histimport: unexpected error in import 1: {cause}{ONE_LINE}"]
+    assert error_message(db, 1) == cause
+    assert table_rows(db, "signups") == []  # the load rolled back
+    # --debug is for a developer: the traceback, then the same line.
+    result = histimport(env, "--debug", "import", "--force", str(path))
+    _, debug_err = result.communicate(timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" in debug_err and "checkpoint" in debug_err
+    assert debug_err.splitlines()[-1] == f"histimport: unexpected error in import 2: {cause}"
+
+
+def test_a_statement_the_database_refuses_records_the_cause_not_the_sql(
+    run: Run, db: Database, tmp_path: Path
+) -> None:
+    run("import", str(write(tmp_path, "trades_1.csv", "account,trade_no,qty\nA,1,5\n")))
+    with db.engine.begin() as conn:  # a constraint added by hand, which the spec knows nothing of
+        conn.execute(sa.text("CREATE UNIQUE INDEX ux_trades_qty ON trades (qty)"))
+    clash = write(tmp_path, "trades_2.csv", "account,trade_no,qty\nB,1,5\n")
+
+    result = run("import", str(clash), code=2)
+
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("histimport: unexpected error in import 2: ") and line.endswith(ONE_LINE)
+    message = error_message(db, 2) or ""
+    assert "unique" in message.lower() and "qty" in message, message
+    assert "\n" not in message and "INSERT" not in message and "[SQL" not in message, message
+    assert message in line
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_during_a_copy_prints_no_stray_driver_line(
+    pg_db: Database, pg_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, pg_url)
+    path = tmp_path / "logs_1.csv"
+    with path.open("w") as fh:  # a few COPY blocks: the loss is seen while the COPY is open
+        fh.write("n,text\n" + "".join(f"{i},line {i}\n" for i in range(400_000)))
+    frozen, resume = tmp_path / "frozen", tmp_path / "resume"
+    env |= {
+        "HISTIMPORT_FAILPOINT": "copy",
+        "HISTIMPORT_FAILPOINT_FILE": str(frozen),
+        "HISTIMPORT_FAILPOINT_RESUME": str(resume),
+    }
+    child = histimport(env, "import", str(path))
+    while not frozen.exists():
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+    with pg_db.engine.connect() as conn:
+        cut = conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'COPY %' AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    assert cut
+    resume.touch()
+    _, err = child.communicate(timeout=300)
+
+    assert child.returncode == 2
+    assert "error ignored" not in err and "Traceback" not in err, err
+    assert "connection is lost" in err
+    assert error_message(pg_db, 1) == "the connection is lost"

@@ -26,12 +26,14 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from histimport_pipeline.engine import columnar, failpoints, load, migrations, reconcile, tracking
-from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     FileChangedError,
     FileError,
     HistimportError,
     StagingLostError,
+    UnexpectedImportError,
+    describe_cause,
 )
 from histimport_pipeline.engine.models import (
     FileInfo,
@@ -719,7 +721,11 @@ class _StagingSink:
         if self._outer is not None:
             raw = self._outer.connection.driver_connection
             sql = self._sql(self._outer, columns)
-            with raw.cursor() as cur, cur.copy(sql) as copy:  # type: ignore[union-attr]
+            with (
+                columnar.quiet_copy_abort(),
+                raw.cursor() as cur,  # type: ignore[union-attr]
+                cur.copy(sql) as copy,
+            ):
                 copy.write(columnar.COPY_HEADER)
                 copy.write(payload)
                 copy.write(columnar.COPY_TRAILER)
@@ -749,6 +755,7 @@ def _start_copy(stack: ExitStack, conn: sa.Connection, sql: str) -> columnar.Cop
     """Open ``sql`` (a ``COPY ... FROM STDIN``) on ``conn`` with a pump feeding it; ``stack``
     ends them (the COPY aborts when it is left with an exception)."""
     raw: Any = conn.connection.driver_connection
+    stack.enter_context(columnar.quiet_copy_abort())  # left last, after the COPY's abort
     cursor = stack.enter_context(raw.cursor())
     copy = stack.enter_context(cursor.copy(sql))
     return stack.enter_context(columnar.CopyPump(copy))
@@ -1177,7 +1184,7 @@ def fail_import(
     Args:
         keep_staging: keep the staging table so a retry can resume at the load step.
     """
-    message = str(error) or type(error).__name__
+    message = describe_cause(error)
     with db.engine.begin() as tx:
         row = tracking.get_import(tx, db, handle.import_id) or {}
         finished = tracking.utcnow()
@@ -1240,6 +1247,8 @@ def run_import(
 
     Raises:
         DatabaseUnavailableError: the database could not be reached (worth a retry).
+        UnexpectedImportError: any other error (a bug, a statement the database refused);
+            the import is recorded as failed with the error's cause, which is chained.
     """
     # Fewer garbage collections for the whole import: in a fresh process the first full
     # collection of everything imported cost about 0.1 s, whatever the file's size.
@@ -1262,7 +1271,9 @@ def run_import(
             return fail_import(db, spec, handle, exc)
         except BaseException as exc:
             fail_import(db, spec, handle, exc)
-            raise
+            if not isinstance(exc, Exception) or is_unavailable(exc):
+                raise  # an interrupt, or a lost database (retried as transient)
+            raise UnexpectedImportError(handle.import_id, describe_cause(exc)) from exc
 
 
 def _import_in_one_pass(
