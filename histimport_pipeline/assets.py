@@ -174,6 +174,7 @@ def _fail(
             handle.import_id,
             {"status": "failed", "error": str(exc)},
         )
+        tracking.record_file_moved(database.database, handle.import_id, moved, "quarantined")
         context.log.warning(f"moved {handle.file_name} to quarantine: {moved}")
     facts = exc.facts if isinstance(exc, HistimportError) else {}
     return dg.Failure(
@@ -420,6 +421,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                 {"status": result.status.value},
                 name=handle.file_name,
             )
+            reason = "archived" if folder == settings.archive else "quarantined"
+            tracking.record_file_moved(db, result.import_id, moved, reason)
             context.log.info(f"moved {handle.file_name} to {moved}")
         context.add_output_metadata(_metadata(current, result, csv))
         if result.status is ImportStatus.REJECTED:

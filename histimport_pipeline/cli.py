@@ -20,7 +20,16 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from histimport_pipeline.cli_common import err, out, print_json, session, tracked, user
+from histimport_pipeline.cli_common import (
+    CliState,
+    err,
+    fail_unexpected,
+    out,
+    print_json,
+    session,
+    tracked,
+    user,
+)
 from histimport_pipeline.cli_review import review_app
 from histimport_pipeline.engine import history, migrations
 from histimport_pipeline.engine.db import Database
@@ -50,6 +59,16 @@ app = typer.Typer(
 db_app = typer.Typer(help="Apply, roll back and inspect the tracking-schema migrations.")
 app.add_typer(db_app, name="db")
 app.add_typer(review_app, name="review")
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print the traceback of an unexpected error.")
+    ] = False,
+) -> None:
+    CliState.debug = debug
+
 
 F = TypeVar("F", bound=Callable[..., object])
 
@@ -243,7 +262,9 @@ def _print_summary(result: ImportResult, detail: Mapping[str, Any] | None) -> No
             "rows",
             f"read {result.rows_read:,} | {verb}created {result.rows_created:,} | "
             f"{verb}updated {result.rows_updated:,} | unchanged {result.rows_unchanged:,} | "
-            f"failed {result.rows_failed:,} | duplicates {result.rows_duplicate:,}",
+            f"failed {result.rows_failed:,} | duplicates {result.rows_duplicate:,}"
+            # Rows a replace_date import removed before loading its day.
+            + (f" | {verb}deleted {result.rows_deleted:,}" if result.rows_deleted else ""),
         )
     seconds = dict(result.phase_seconds)
     if detail and detail.get("total_seconds") is not None:
@@ -419,6 +440,7 @@ _SHOW_COUNTS = (
     "rows_failed",
     "rows_duplicate",
     "rows_review",
+    "rows_deleted",
 )
 
 
@@ -810,8 +832,11 @@ def dagster_url() -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: no traceback reaches a user (see ``fail_unexpected``)."""
+    try:
+        app()
+    except Exception as exc:
+        fail_unexpected(exc)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ import getpass
 import json
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -17,7 +18,11 @@ from rich.markup import escape
 
 from histimport_pipeline.engine import history
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
-from histimport_pipeline.engine.errors import HistimportError
+from histimport_pipeline.engine.errors import (
+    HistimportError,
+    UnexpectedImportError,
+    describe_cause,
+)
 from histimport_pipeline.engine.importer import ensure_schema
 from histimport_pipeline.engine.settings import Settings, SettingsError
 
@@ -48,6 +53,37 @@ class CliConsole(Console):
 out = CliConsole()
 err = CliConsole(stderr=True)
 
+#: Exit code of an engine error or an unexpected one.
+EXIT_ERROR = 2
+
+
+class CliState:
+    """Options of the whole command line (set by the ``histimport`` callback)."""
+
+    #: Print the traceback of an unexpected error.
+    debug: bool = False
+
+
+def fail_unexpected(exc: BaseException) -> NoReturn:
+    """Report an error the engine does not expect in one line (the traceback only with
+    ``--debug``: a user needs the cause, a developer the stack) and exit with code 2.
+
+    An import it stopped was recorded as failed with the same cause.
+    """
+    if isinstance(exc, UnexpectedImportError):
+        what = exc.message
+        original: BaseException = exc.__cause__ or exc
+    else:
+        what = f"unexpected error: {describe_cause(exc)}"
+        original = exc
+    if CliState.debug:
+        sys.stderr.write("".join(traceback.format_exception(original)))
+        hint = ""
+    else:
+        hint = ". Run again with --debug for the traceback."
+    err.print(f"histimport: {escape(what)}{hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_ERROR) from None
+
 
 @contextmanager
 def session() -> Iterator[tuple[Settings, Database]]:
@@ -61,9 +97,13 @@ def session() -> Iterator[tuple[Settings, Database]]:
     try:
         with unavailable_as_transient(db.engine.url):
             yield settings, db
+    except UnexpectedImportError as exc:
+        fail_unexpected(exc)
     except HistimportError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_ERROR) from None
+    except Exception as exc:
+        fail_unexpected(exc)
     finally:
         db.dispose()
 

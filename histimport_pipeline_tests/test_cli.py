@@ -9,7 +9,12 @@ from __future__ import annotations
 import csv
 import getpass
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +58,82 @@ PARTIAL = (
     "104,f@example.com,-3\n"
     "105,g@example.com,5\n"
 )
+NOTES_SPEC = """\
+name: notes
+target_table: notes
+files: "notes_*.csv"
+strategy: upsert
+key: [id]
+max_error_ratio: 0.6
+columns:
+  id: {type: integer, required: true}
+  qty: {type: integer}
+  price: {type: decimal, scale: 2}
+  bonus: {type: integer}
+  formula: {type: string}
+  handle: {type: string}
+  flag: {type: string}
+  email: {type: email, required: true}
+"""
+DAILY_SPEC = """\
+name: daily
+target_table: daily
+files: "daily_*.csv"
+partitioning: daily
+strategy: replace_date
+columns:
+  n: {type: integer}
+"""
+LOGS_SPEC = """\
+name: logs
+target_table: logs
+files: "logs_*.csv"
+strategy: append
+columns:
+  n: {type: integer}
+  text: {type: string}
+"""
 BAD = "ID,email,amount\n1,nope,1\n2,nope,2\n3,c@example.com,3\n"
 
 Run = Callable[..., Result]
 
 
-@pytest.fixture
-def run(db: Database, db_url: str, tmp_path: Path) -> Run:
-    """Invoke the CLI with this test's environment and check the exit code."""
+def cli_env(tmp_path: Path, db_url: str) -> dict[str, str]:
+    """The environment of a test's CLI: its database, home and datasets folder."""
     datasets = tmp_path / "datasets"
-    datasets.mkdir()
-    (datasets / "signups.yaml").write_text(SIGNUPS_SPEC)
-    (datasets / "trades.yml").write_text(TRADES_SPEC)
-    env = {
+    if not datasets.is_dir():
+        datasets.mkdir()
+        (datasets / "signups.yaml").write_text(SIGNUPS_SPEC)
+        (datasets / "trades.yml").write_text(TRADES_SPEC)
+        (datasets / "notes.yaml").write_text(NOTES_SPEC)
+        (datasets / "daily.yaml").write_text(DAILY_SPEC)
+        (datasets / "logs.yaml").write_text(LOGS_SPEC)
+    return {
         "HISTIMPORT_HOME": str(tmp_path / "home"),
         "HISTIMPORT_DATABASE_URL": db_url,
         "HISTIMPORT_DATASETS": str(datasets),
         "HISTIMPORT_INBOX": str(tmp_path / "inbox"),
         # No COLUMNS: output to a pipe must be wide enough to read without any help.
-        "COLUMNS": None,
         "NO_COLOR": "1",
     }
+
+
+def histimport(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The real ``histimport`` command in a process of its own."""
+    environ = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.Popen(
+        [sys.executable, "-c", "from histimport_pipeline.cli import main; main()", *args],
+        env={**environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.fixture
+def run(db: Database, db_url: str, tmp_path: Path) -> Run:
+    """Invoke the CLI with this test's environment and check the exit code."""
+    env: dict[str, str | None] = {**cli_env(tmp_path, db_url), "COLUMNS": None}
     runner = CliRunner()
 
     def invoke(*args: str, code: int = 0) -> Result:
@@ -202,6 +262,45 @@ def test_dry_run_prints_would_be_counts_and_keeps_nothing(
     assert "success" in run("import", str(tmp_path / "signups_1.csv")).stdout
 
 
+COUNTS = (
+    "rows_processed",
+    "rows_created",
+    "rows_updated",
+    "rows_unchanged",
+    "rows_failed",
+    "rows_duplicate",
+    "rows_review",
+    "rows_deleted",
+)
+
+
+def test_refused_and_duplicate_imports_record_zero_counts(run: Run, tmp_path: Path) -> None:
+    run("import", str(write(tmp_path, "signups_1.csv", GOOD)))
+    run("import", str(tmp_path / "signups_1.csv"))  # 2: duplicate
+    run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)  # 3: rejected
+    run("import", str(write(tmp_path, "signups_odd.csv", "who,what\n1,2\n")), code=1)  # 4: failed
+
+    statuses = {r["import_id"]: r["status"] for r in as_json(run("history", "--json"))}
+    assert statuses == {1: "success", 2: "duplicate", 3: "rejected", 4: "failed"}
+    for import_id in (2, 3, 4):
+        detail = as_json(run("show", str(import_id), "--json"))
+        known = {name: detail[name] for name in COUNTS}
+        assert None not in known.values(), (import_id, known)
+        assert (known["rows_created"], known["rows_updated"], known["rows_deleted"]) == (0, 0, 0)
+    assert as_json(run("show", "3", "--json"))["rows_failed"] == 2
+
+
+def test_rows_a_replace_date_import_deleted_are_shown(run: Run, tmp_path: Path) -> None:
+    run("import", str(write(tmp_path, "daily_2024-01-01.csv", "n\n1\n2\n3\n")))
+    redo = run("import", str(write(tmp_path, "daily_2024-01-01_v2.csv", "n\n4\n")))
+    assert "created 1 |" in redo.stdout and "deleted 3" in redo.stdout
+
+    assert as_json(run("history", "--json"))[0]["rows_deleted"] == 3
+    assert as_json(run("show", "2", "--json"))["rows_deleted"] == 3
+    assert "deleted 3" in run("show", "2").stdout
+    assert as_json(run("show", "1", "--json"))["rows_deleted"] == 0
+
+
 def test_errors_csv_is_safe_ordered_and_complete(run: Run, tmp_path: Path) -> None:
     run("import", str(write(tmp_path, "signups_1.csv", PARTIAL)))
     out = tmp_path / "out" / "errors.csv"
@@ -224,13 +323,43 @@ def test_errors_csv_is_safe_ordered_and_complete(run: Run, tmp_path: Path) -> No
     assert [r[3] for r in rows[1:]] == ["3", "5"]  # source rows, in order
     assert rows[1][:3] == ["102", "'=cmd()", "2"]  # formula neutralised
     assert rows[1][4:6] == ["email", "format"]
-    assert rows[2][:3] == ["104", "f@example.com", "'-3"]
+    assert rows[2][:3] == ["104", "f@example.com", "-3"]  # a plain number stays a number
     assert rows[2][4:6] == ["amount", "range"] and "-3" in rows[2][6]
 
     default = run("errors", "1")
     assert "import_1_errors.csv" in default.stdout
     assert (tmp_path / "home" / "errors" / "import_1_errors.csv").is_file()
     assert "no import with id 7" in run("errors", "7", "-o", str(out), code=2).stderr
+
+
+def test_errors_csv_round_trip_keeps_numbers_and_restores_neutralised_text(
+    run: Run, db: Database, tmp_path: Path
+) -> None:
+    original = (
+        "id,qty,price,bonus,formula,handle,flag,email\n"
+        "1,-5,-3.00,+1,=SUM(A1),@x,-cmd,nope\n"
+        "2,7,1.00,2,plain,text,here,a@example.com\n"
+    )
+    run("import", str(write(tmp_path, "notes_1.csv", original)))
+    out = tmp_path / "errors.csv"
+    run("errors", "1", "-o", str(out))
+    with out.open(encoding="utf-8-sig", newline="") as fh:
+        header, failed = list(csv.reader(fh))
+    assert failed[:8] == ["1", "-5", "-3.00", "+1", "'=SUM(A1)", "'@x", "'-cmd", "nope"]
+
+    # The user drops the _error_* columns, fixes the e-mail and imports the file again.
+    keep = [i for i, name in enumerate(header) if not name.startswith("_error_")]
+    fixed = [failed[i] for i in keep]
+    fixed[header.index("email")] = "b@example.com"
+    again = tmp_path / "notes_2.csv"
+    with again.open("w", encoding="utf-8-sig", newline="") as fh:
+        csv.writer(fh).writerows([[header[i] for i in keep], fixed])
+    assert "import 2: success" in run("import", str(again)).stdout
+
+    row = next(r for r in table_rows(db, "notes") if r["id"] == 1)
+    assert (row["qty"], row["price"], row["bonus"]) == (-5, Decimal("-3.00"), 1)
+    assert (row["formula"], row["handle"], row["flag"]) == ("=SUM(A1)", "@x", "-cmd")
+    assert row["email"] == "b@example.com"
 
 
 def test_stats_per_dataset(run: Run, tmp_path: Path) -> None:
@@ -401,3 +530,93 @@ def test_errors_csv_keeps_the_extra_values_of_ragged_rows(run: Run, tmp_path: Pa
     assert got[2][-1] == "row has 2 fields, header has 3"
     shown = run("show", "1").stdout
     assert "row has 6 fields, header has 3" in shown and "row has 2 fields" in shown
+
+
+ONE_LINE = ". Run again with --debug for the traceback."
+
+
+def error_message(db: Database, import_id: int) -> str | None:
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        query = sa.select(t.c.status, t.c.error_message).where(t.c.import_id == import_id)
+        status, message = conn.execute(query).one()
+    assert status == "failed"
+    return message  # type: ignore[no-any-return]
+
+
+def test_an_unexpected_error_is_one_line_recorded_on_the_import(
+    run: Run, db: Database, db_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, db_url)
+    path = write(tmp_path, "signups_1.csv", GOOD)
+    env |= {"HISTIMPORT_FAILPOINT": "write", "HISTIMPORT_FAILPOINT_RAISE": "disk on fire"}
+
+    child = histimport(env, "import", str(path))
+    _, err = child.communicate(timeout=300)
+
+    assert child.returncode == 2
+    assert "Traceback" not in err, err
+    cause = "RuntimeError: disk on fire"
+    assert err.splitlines() == [f"histimport: unexpected error in import 1: {cause}{ONE_LINE}"]
+    assert error_message(db, 1) == cause
+    assert table_rows(db, "signups") == []  # the load rolled back
+    # --debug is for a developer: the traceback, then the same line.
+    result = histimport(env, "--debug", "import", "--force", str(path))
+    _, debug_err = result.communicate(timeout=300)
+    assert result.returncode == 2
+    assert "Traceback" in debug_err and "checkpoint" in debug_err
+    assert debug_err.splitlines()[-1] == f"histimport: unexpected error in import 2: {cause}"
+
+
+def test_a_statement_the_database_refuses_records_the_cause_not_the_sql(
+    run: Run, db: Database, tmp_path: Path
+) -> None:
+    run("import", str(write(tmp_path, "trades_1.csv", "account,trade_no,qty\nA,1,5\n")))
+    with db.engine.begin() as conn:  # a constraint added by hand, which the spec knows nothing of
+        conn.execute(sa.text("CREATE UNIQUE INDEX ux_trades_qty ON trades (qty)"))
+    clash = write(tmp_path, "trades_2.csv", "account,trade_no,qty\nB,1,5\n")
+
+    result = run("import", str(clash), code=2)
+
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("histimport: unexpected error in import 2: ") and line.endswith(ONE_LINE)
+    message = error_message(db, 2) or ""
+    assert "unique" in message.lower() and "qty" in message, message
+    assert "\n" not in message and "INSERT" not in message and "[SQL" not in message, message
+    assert message in line
+
+
+@pytest.mark.postgres
+def test_a_connection_lost_during_a_copy_prints_no_stray_driver_line(
+    pg_db: Database, pg_url: str, tmp_path: Path
+) -> None:
+    env = cli_env(tmp_path, pg_url)
+    path = tmp_path / "logs_1.csv"
+    with path.open("w") as fh:  # a few COPY blocks: the loss is seen while the COPY is open
+        fh.write("n,text\n" + "".join(f"{i},line {i}\n" for i in range(400_000)))
+    frozen, resume = tmp_path / "frozen", tmp_path / "resume"
+    env |= {
+        "HISTIMPORT_FAILPOINT": "copy",
+        "HISTIMPORT_FAILPOINT_FILE": str(frozen),
+        "HISTIMPORT_FAILPOINT_RESUME": str(resume),
+    }
+    child = histimport(env, "import", str(path))
+    while not frozen.exists():
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+    with pg_db.engine.connect() as conn:
+        cut = conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE query LIKE 'COPY %' AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    assert cut
+    resume.touch()
+    _, err = child.communicate(timeout=300)
+
+    assert child.returncode == 2
+    assert "error ignored" not in err and "Traceback" not in err, err
+    assert "connection is lost" in err
+    assert error_message(pg_db, 1) == "the connection is lost"

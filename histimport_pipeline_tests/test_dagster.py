@@ -18,6 +18,7 @@ from histimport_pipeline.assets import build_dataset_asset
 from histimport_pipeline.checks import build_checks
 from histimport_pipeline.definitions import build_definitions
 from histimport_pipeline.engine import files, migrations, tracking
+from histimport_pipeline.engine import history as hist
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import dagster_instance_url
 from histimport_pipeline.engine.spec import DatasetSpec
@@ -397,4 +398,37 @@ def test_rerunning_a_partition_finds_its_archived_file(home: Path, db_url: str) 
     with db.engine.connect() as conn:
         names = conn.execute(sa.select(db.tables.import_history.c.file_name)).scalars().all()
     assert names == ["signups_again.csv", "signups_again.csv"]  # the dropped name, twice
+    db.dispose()
+
+
+def test_show_and_lineage_name_where_a_moved_file_is_now(home: Path, db_url: str) -> None:
+    spec = _spec(SIGNUPS)
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {"database": DatabaseResource(url=db_url)}
+    asset = build_dataset_asset(spec)
+    good = home / "inbox" / "signups_moved.csv"
+    good.write_text(GOOD)
+    bad = home / "inbox" / "signups_nokey.csv"
+    bad.write_text("email\nx@y.org\n")  # no ID column: quarantined
+    for path in (good, bad):
+        key = files.partition_key_for(path, files.sha256_of(path))
+        instance.add_dynamic_partitions("signups_files", [key])
+        dg.materialize(
+            [asset],
+            partition_key=key,
+            instance=instance,
+            resources=resources,
+            raise_on_error=False,
+        )
+    db = Database.connect(db_url)
+    [archived] = (home / "archive" / "signups").glob("*__signups_moved.csv")
+    [quarantined] = (home / "quarantine" / "signups").glob("*__signups_nokey.csv")
+    assert history(db, 1)["file_path"] == str(archived.resolve())
+    assert history(db, 2)["file_path"] == str(quarantined.resolve())
+    assert hist.get_import_detail(db, 1)["file_path"] == str(archived.resolve())
+    found = hist.lineage_of_key(db, spec, {"signup_id": "007"})
+    assert found is not None and found["import"]["file_path"] == str(archived.resolve())
+    moved = [e for e in hist.get_import_detail(db, 2)["audit_trail"] if e["action"] == "moved"]
+    assert moved[0]["details"]["from"] == str(bad.resolve())
+    assert moved[0]["details"]["reason"] == "quarantined"
     db.dispose()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from histimport_pipeline.engine.cells import neutralise, restore
 from histimport_pipeline.engine.models import ErrorCategory, RawRow, Value
 from histimport_pipeline.engine.spec import ColumnSpec, DatasetSpec
 from histimport_pipeline.engine.validate import CoercionError, Validator, coerce_value
@@ -627,3 +628,23 @@ def test_bulk_batch_keeps_first_failing_column_and_later_problems() -> None:
     ]
     assert len(batch.valid) == len(rows) - 2
     assert batch.valid[0].values == {"a": 2, "b": 2, "c": 1}
+
+
+@pytest.mark.parametrize(
+    ("value", "written"),
+    [
+        ("-5", "-5"),
+        ("-3.00", "-3.00"),
+        ("+1", "+1"),
+        ("=SUM(A1)", "'=SUM(A1)"),
+        ("@x", "'@x"),
+        ("-cmd", "'-cmd"),
+        ("\tx", "'\tx"),
+        ("'=x", "''=x"),  # a value that really starts with a quote survives too
+        ("'plain", "'plain"),
+    ],
+)
+def test_neutralised_cells_are_read_back_as_the_original(value: str, written: str) -> None:
+    assert neutralise(value) == written
+    assert coerce_value("note", column(type="string"), written) == value
+    assert restore(written) == value

@@ -28,13 +28,14 @@ COPY to feed.
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import re
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -587,7 +588,7 @@ class _ColumnCodec:
         if self.plain_text and not (encode or self.required):
             return None, None  # a rule-less optional text cannot fail
         data = _data_of(texts).tobytes()
-        if self.plain_text:
+        if self.plain_text and b"'" not in data:  # a quote may mark a neutralised formula
             return self._plain_text(texts, data, encode)
         if self.spec.type is ColumnType.INTEGER:
             fast = self._canonical_integers(texts, data, encode)
@@ -849,6 +850,32 @@ def _data_of(rows: pa.Array) -> memoryview:
 _EMPTY = _binary_array([b""])[0]
 _NULL_FIELD = _binary_array([_NULL])[0]
 _NULL_STRING = _string_array([None])[0]
+
+
+class _AbortNoteFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("error ignored terminating")
+
+
+_ABORT_NOTE_FILTER = _AbortNoteFilter()
+
+
+@contextmanager
+def quiet_copy_abort() -> Iterator[None]:
+    """While a COPY is open, drop psycopg's note that aborting it failed too.
+
+    A COPY left on an error is aborted by psycopg; when the connection is already gone
+    (``<psycopg.Copy [BAD]>``) the abort cannot be sent either, and psycopg logs "error
+    ignored terminating ..." before letting the original error through. That error is the
+    one reported (on the import and by the CLI); the log line would only reach the user as a
+    stray unformatted line on stderr.
+    """
+    logger = logging.getLogger("psycopg")
+    logger.addFilter(_ABORT_NOTE_FILTER)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_ABORT_NOTE_FILTER)
 
 
 class CopyPump:

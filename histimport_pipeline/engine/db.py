@@ -125,10 +125,18 @@ def unavailable_as_transient(url: str | sa.URL) -> Iterator[None]:
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        if not (exc.connection_invalidated or _is_connect_failure(exc)):
+        if not is_unavailable(exc):
             raise
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise DatabaseUnavailableError(mask_url(url), reason) from exc
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection-level failure :func:`unavailable_as_transient` turns
+    into :class:`DatabaseUnavailableError`."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and (
+        exc.connection_invalidated or _is_connect_failure(exc)
+    )
 
 
 def _is_connect_failure(exc: sa.exc.DBAPIError) -> bool:

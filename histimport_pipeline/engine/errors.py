@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: Longest cause kept for an unexpected error (a driver may quote a whole row or statement).
+CAUSE_LIMIT = 500
+#: Modules whose exceptions are the database driver's own (their first line is the cause).
+_DRIVERS = ("psycopg", "sqlite3")
+
 
 class HistimportError(Exception):
     """Base of every engine error."""
@@ -164,3 +169,35 @@ class FileChangedError(FileError):
             hint="Import the file again from the start (Dagster: re-execute the whole run)",
         )
         self.import_id = import_id
+
+
+class UnexpectedImportError(HistimportError):
+    """An import stopped on an error the engine does not expect (a bug, or the database
+    refusing a statement); it was recorded as failed and nothing was loaded.
+
+    The original exception is the ``__cause__``; ``cause`` is its one-line description.
+    """
+
+    def __init__(self, import_id: int, cause: str) -> None:
+        super().__init__(f"unexpected error in import {import_id}: {cause}")
+        self.import_id = import_id
+        self.cause = cause
+
+
+def describe_cause(error: BaseException) -> str:
+    """What went wrong, in one short line, as recorded on a failed import.
+
+    An engine error says it in its message. A database error says it in the driver's own
+    message, of which only the first line is kept: SQLAlchemy's text appends the whole SQL
+    statement and its parameters, and PostgreSQL's adds DETAIL lines quoting the row. Any other
+    exception is its type and first line (``KeyError: 'x'``). At most :data:`CAUSE_LIMIT`
+    characters.
+    """
+    if isinstance(error, HistimportError):
+        return str(error)
+    source: BaseException = getattr(error, "orig", None) or error  # SQLAlchemy's DBAPIError
+    lines = str(source).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    if type(source).__module__.split(".")[0] not in _DRIVERS or not first:
+        first = f"{type(source).__name__}: {first}" if first else type(source).__name__
+    return first if len(first) <= CAUSE_LIMIT else first[: CAUSE_LIMIT - 1] + "\u2026"

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import load, tracking
+from histimport_pipeline.engine import cells, load, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
 from histimport_pipeline.engine.models import ErrorCategory, ImportStatus
@@ -46,6 +46,7 @@ LIST_COLUMNS = (
     "rows_unchanged",
     "rows_failed",
     "rows_duplicate",
+    "rows_deleted",
     "total_seconds",
     "triggered_by",
     "started_at",
@@ -54,8 +55,6 @@ LIST_COLUMNS = (
 )
 #: Columns the failed-rows CSV adds after the file's own columns.
 ERROR_COLUMNS = ("_error_row", "_error_column", "_error_category", "_error_message")
-#: A cell starting with one of these is taken for a formula by spreadsheet programs.
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 #: Imports in these states may still be using their staging table.
 ACTIVE = (ImportStatus.RUNNING.value, ImportStatus.PENDING.value)
 LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
@@ -256,12 +255,14 @@ def neutralise_cell(value: object) -> str:
     """A cell's text, made safe to open in a spreadsheet.
 
     Text starting with ``= + - @``, a tab or a carriage return would be run as a formula
-    (CSV injection), so it gets a leading single quote; ``None`` becomes the empty string.
+    (CSV injection), so it gets a leading single quote -- unless it is a plain number such as
+    ``-5`` or ``-3.00``, which a spreadsheet reads as that number. Text columns read the quote
+    back off (:func:`cells.restore`), so the fixed file imports the original values. ``None``
+    becomes the empty string.
     """
     if value is None:
         return ""
-    text = value if isinstance(value, str) else str(value)
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    return cells.neutralise(value if isinstance(value, str) else str(value))
 
 
 def _export_headers(db: Database, import_id: int, metadata: Any) -> list[str]:

@@ -26,12 +26,14 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from histimport_pipeline.engine import columnar, failpoints, load, migrations, reconcile, tracking
-from histimport_pipeline.engine.db import Database, unavailable_as_transient
+from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     FileChangedError,
     FileError,
     HistimportError,
     StagingLostError,
+    UnexpectedImportError,
+    describe_cause,
 )
 from histimport_pipeline.engine.models import (
     FileInfo,
@@ -311,11 +313,8 @@ def start_import(
                 phase=ImportPhase.COMPLETE.value,
                 error_message=message,
                 finished_at=tracking.utcnow(),
-                rows_created=0,
-                rows_updated=0,
-                rows_unchanged=0,
-                rows_failed=0,
             )
+            tracking.record_nothing_loaded(tx, db, import_id)
             tracking.record_audit(
                 tx,
                 db,
@@ -735,7 +734,11 @@ class _StagingSink:
         if self._outer is not None:
             raw = self._outer.connection.driver_connection
             sql = self._sql(self._outer, columns)
-            with raw.cursor() as cur, cur.copy(sql) as copy:  # type: ignore[union-attr]
+            with (
+                columnar.quiet_copy_abort(),
+                raw.cursor() as cur,  # type: ignore[union-attr]
+                cur.copy(sql) as copy,
+            ):
                 copy.write(columnar.COPY_HEADER)
                 copy.write(payload)
                 copy.write(columnar.COPY_TRAILER)
@@ -765,6 +768,7 @@ def _start_copy(stack: ExitStack, conn: sa.Connection, sql: str) -> columnar.Cop
     """Open ``sql`` (a ``COPY ... FROM STDIN``) on ``conn`` with a pump feeding it; ``stack``
     ends them (the COPY aborts when it is left with an exception)."""
     raw: Any = conn.connection.driver_connection
+    stack.enter_context(columnar.quiet_copy_abort())  # left last, after the COPY's abort
     cursor = stack.enter_context(raw.cursor())
     copy = stack.enter_context(cursor.copy(sql))
     return stack.enter_context(columnar.CopyPump(copy))
@@ -1023,6 +1027,7 @@ def load_import(
                 error_message=message,
                 warnings=warnings,
             )
+            tracking.record_nothing_loaded(tx, db, handle.import_id)
             tracking.record_audit(
                 tx,
                 db,
@@ -1100,6 +1105,7 @@ def load_import(
             rows_created=counts.created,
             rows_updated=counts.updated,
             rows_unchanged=counts.unchanged,
+            rows_deleted=counts.deleted,
             rows_duplicate=duplicates,
         )
         tracking.record_audit(
@@ -1195,7 +1201,7 @@ def fail_import(
     Args:
         keep_staging: keep the staging table so a retry can resume at the load step.
     """
-    message = str(error) or type(error).__name__
+    message = describe_cause(error)
     with db.engine.begin() as tx:
         row = tracking.get_import(tx, db, handle.import_id) or {}
         finished = tracking.utcnow()
@@ -1209,6 +1215,7 @@ def fail_import(
             heartbeat_at=finished,
             error_summary=tracking.error_summary(tx, db, handle.import_id),
         )
+        tracking.record_nothing_loaded(tx, db, handle.import_id)
         tracking.set_file_status(
             tx, db, spec.name, handle.sha256, handle.import_id, FileStatus.FAILED
         )
@@ -1257,6 +1264,8 @@ def run_import(
 
     Raises:
         DatabaseUnavailableError: the database could not be reached (worth a retry).
+        UnexpectedImportError: any other error (a bug, a statement the database refused);
+            the import is recorded as failed with the error's cause, which is chained.
     """
     # Fewer garbage collections for the whole import: in a fresh process the first full
     # collection of everything imported cost about 0.1 s, whatever the file's size.
@@ -1279,7 +1288,9 @@ def run_import(
             return fail_import(db, spec, handle, exc)
         except BaseException as exc:
             fail_import(db, spec, handle, exc)
-            raise
+            if not isinstance(exc, Exception) or is_unavailable(exc):
+                raise  # an interrupt, or a lost database (retried as transient)
+            raise UnexpectedImportError(handle.import_id, describe_cause(exc)) from exc
 
 
 def _import_in_one_pass(

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from histimport_pipeline.engine import columnar
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import SchemaChangeError
 from histimport_pipeline.engine.models import ImageOperation, ValidRow
@@ -269,7 +270,7 @@ def stage_rows(
         raw: Any = conn.connection.driver_connection
         # Binary COPY: no text formatting of numbers and dates (2-3x faster than text COPY).
         sql = f"COPY {target} ({column_list}) FROM STDIN (FORMAT BINARY)"
-        with raw.cursor() as cur, cur.copy(sql) as copy:
+        with columnar.quiet_copy_abort(), raw.cursor() as cur, cur.copy(sql) as copy:
             copy.set_types(types)
             write = copy.write_row
             for row in rows:

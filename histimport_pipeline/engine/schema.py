@@ -111,6 +111,7 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Column("rows_failed", sa.BigInteger),
         sa.Column("rows_duplicate", sa.BigInteger),
         sa.Column("rows_review", sa.BigInteger),
+        sa.Column("rows_deleted", sa.BigInteger),
         sa.Column("phase_seconds", Json),
         sa.Column("total_seconds", sa.Float),
         sa.Column("forced", sa.Boolean, nullable=False, server_default=sa.false()),

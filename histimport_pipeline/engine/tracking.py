@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -77,6 +78,49 @@ def update_import(conn: sa.Connection, db: Database, import_id: int, **values: A
     conn.execute(
         sa.update(t).where(t.c.import_id == import_id).values(updated_at=utcnow(), **values)
     )
+
+
+def record_nothing_loaded(conn: sa.Connection, db: Database, import_id: int) -> None:
+    """Record the counts of an import that wrote nothing to the target (refused, duplicate,
+    failed): rows created, updated, unchanged and deleted are 0, and the counts of rows
+    failed, duplicate, in review and processed stay as recorded or are 0 when never reached.
+    """
+    t = db.tables.import_history
+    kept = (t.c.rows_processed, t.c.rows_failed, t.c.rows_duplicate, t.c.rows_review)
+    update_import(
+        conn,
+        db,
+        import_id,
+        rows_created=0,
+        rows_updated=0,
+        rows_unchanged=0,
+        rows_deleted=0,
+        **{c.name: sa.func.coalesce(c, 0) for c in kept},
+    )
+
+
+def record_file_moved(db: Database, import_id: int, moved_to: Path, reason: str) -> None:
+    """Record that an import's file now lives at ``moved_to`` (archived or quarantined).
+
+    ``import_history.file_path`` follows the file, so ``show`` and ``lineage --key`` name
+    where it is now; the audit trail keeps where it was (``from``) and why it moved.
+
+    Args:
+        db: the target database.
+        import_id: the import whose file moved.
+        moved_to: the file's new path.
+        reason: what the move was, e.g. ``archived`` or ``quarantined``.
+    """
+    t = db.tables.import_history
+    with db.engine.begin() as conn:
+        before = conn.execute(
+            sa.select(t.c.file_path).where(t.c.import_id == import_id)
+        ).scalar_one_or_none()
+        path = str(moved_to.resolve())
+        update_import(conn, db, import_id, file_path=path)
+        record_audit(
+            conn, db, import_id, "moved", None, {"reason": reason, "from": before, "to": path}
+        )
 
 
 def get_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any] | None:
@@ -366,6 +410,7 @@ def fail_stale_imports(db: Database, dataset: str, sha256: str) -> list[int]:
                 error_message="the process running this import died (found by a later attempt)",
                 finished_at=utcnow(),
             )
+            record_nothing_loaded(conn, db, import_id)
             set_file_status(conn, db, dataset, sha256, import_id, FileStatus.FAILED)
             record_audit(conn, db, import_id, "failed", "histimport", {"reason": "stale"})
     from histimport_pipeline.engine.load import drop_staging
@@ -437,6 +482,7 @@ def fail_unfinished_imports_of_run(db: Database, run_id: str, reason: str) -> li
                     updated_at=stamp,
                 )
             )
+            record_nothing_loaded(conn, db, row["import_id"])
             if row["file_sha256"]:
                 set_file_status(
                     conn,

@@ -38,6 +38,7 @@ from functools import lru_cache
 from itertools import repeat
 from operator import itemgetter
 
+from histimport_pipeline.engine.cells import QUOTE, restore
 from histimport_pipeline.engine.models import (
     ErrorCategory,
     RawRow,
@@ -146,6 +147,8 @@ def build_coercer(column: str, spec: ColumnSpec, *, required: bool) -> Coercer:
     nulls = frozenset(spec.null_values)
     convert = _converter(column, spec)
     checks = tuple(_checks(column, spec))
+    # Text columns read back the quote the failed-rows CSV puts before formula-looking text.
+    unquote = spec.type is ColumnType.STRING
 
     def missing() -> Value:
         if required:
@@ -161,6 +164,8 @@ def build_coercer(column: str, spec: ColumnSpec, *, required: bool) -> Coercer:
                 text = text.strip()
             if text in nulls:
                 return missing()
+            if unquote and text.startswith(QUOTE):
+                text = restore(text)
             value = convert(text)
             for check in checks:
                 check(text, value)
@@ -175,6 +180,8 @@ def build_coercer(column: str, spec: ColumnSpec, *, required: bool) -> Coercer:
                 text = text.strip()
             if text in nulls:
                 return missing()
+            if unquote and text.startswith(QUOTE):
+                text = restore(text)
             return convert(text)
 
     return coerce
@@ -496,6 +503,8 @@ def _bulk_strings(strip: bool, nulls: frozenset[str]) -> BulkConverter:
             texts = list(map(str.strip, texts))
             if not nulls.isdisjoint(texts):
                 return None
+        if "\n" + QUOTE in "\n" + "\n".join(texts):
+            return None  # maybe a neutralised formula: ``coerce`` restores it
         return list(texts)
 
     return convert
