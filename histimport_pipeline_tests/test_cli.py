@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from histimport_pipeline.cli import app
+from histimport_pipeline.engine import migrations
 from histimport_pipeline.engine.db import Database
 
 SIGNUPS_SPEC = """\
@@ -378,3 +379,24 @@ def test_routing_and_engine_errors_exit_2(run: Run, tmp_path: Path) -> None:
     assert "success" in run("import", "--dataset", "signups", str(unrouted)).stdout
     run("import", str(tmp_path / "missing.csv"), code=2)  # a usage error, before any work
     assert "HISTIMPORT_HOME" in run("settings").stdout  # the existing commands still work
+
+
+def test_demo_migrates_a_database_that_is_not_migrated(
+    empty_db: Database, db_url: str, tmp_path: Path
+) -> None:
+    """`histimport demo` on a fresh database (no `db upgrade` yet) migrates it, as run.sh
+    does, then writes the demo; on PostgreSQL it used to stop at "run histimport db upgrade"."""
+    env = {
+        "HISTIMPORT_HOME": str(tmp_path / "home"),
+        "HISTIMPORT_DATABASE_URL": db_url,
+        "NO_COLOR": "1",
+    }
+    result = CliRunner().invoke(app, ["demo"], env=env)
+    assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
+    assert migrations.current(empty_db) == migrations.head()
+    assert sorted(p.name for p in (tmp_path / "home" / "datasets").iterdir()) == [
+        "sessions.yaml",
+        "signups.yaml",
+    ]
+    assert any((tmp_path / "home" / "inbox").iterdir())
+    assert table_rows(empty_db, "ambassadors")
