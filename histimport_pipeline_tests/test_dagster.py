@@ -76,6 +76,9 @@ def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> N
     assert loaded.resolve_schedule_def("sessions_daily_schedule") is not None
     node_names = {n.name for n in loaded.resolve_job_def("signups_import_job").all_node_defs}
     assert {"signups_parse", "signups_validate", "signups_reconcile", "signups_load"} <= node_names
+    # backfill runs (of the implicit asset job) too run in one process, not one per step
+    jobs = loaded.get_repository_def().get_all_jobs()
+    assert {j.name: j.executor_def.name for j in jobs}["__ASSET_JOB"] == "in_process"
 
 
 def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
