@@ -160,6 +160,49 @@ def _group_members(pgid: int, zombies: bool = False) -> list[int]:
     return found
 
 
+def _processes() -> dict[int, tuple[int, int, int, str, str]]:
+    """Every process: pid -> (parent, process group, session, state, start time)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (
+            int(fields[1]),
+            int(fields[2]),
+            int(fields[3]),
+            fields[0],
+            fields[19],
+        )
+    return found
+
+
+def _tree(root: int) -> dict[int, str]:
+    """``root`` and its descendants that have not exited: pid -> start time."""
+    procs = _processes()
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs and procs[pid][3] not in ("Z", "X"):
+            tree[pid] = procs[pid][4]
+        todo += [child for child, info in procs.items() if info[0] == pid]
+    return tree
+
+
+def _still_running(started: dict[int, str]) -> list[int]:
+    """The processes of ``started`` (pid -> start time) that have not exited."""
+    procs = _processes()
+    return [
+        pid
+        for pid, start in started.items()
+        if pid in procs and procs[pid][4] == start and procs[pid][3] not in ("Z", "X")
+    ]
+
+
 class Progress:
     """A wait that fails only when what it watches stops changing for ``STALL_S`` (or after
     ``OVERALL_S`` in all): ``moved(mark)`` is called with a snapshot on every poll."""
@@ -249,15 +292,7 @@ class DagsterDev:
         )
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            payload: dict[str, Any] = json.load(response)
-        assert "errors" not in payload, payload["errors"]
-        data: dict[str, Any] = payload["data"]
-        return data
+        return _graphql(self.url, query, variables)
 
     def wait_until_up(self) -> None:
         wait_until_answers(self.url, self.proc, [self.stdout, self.stderr], self.tail)
@@ -347,6 +382,18 @@ class DagsterDev:
             if why:
                 pytest.fail(f"{why}\n{self.report()}")
             time.sleep(2)
+
+
+def _graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"{url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload: dict[str, Any] = json.load(response)
+    assert "errors" not in payload, payload["errors"]
+    data: dict[str, Any] = payload["data"]
+    return data
 
 
 def wait_until_answers(
@@ -654,3 +701,68 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
             }
     finally:
         db.dispose()
+
+
+def test_run_sh_stops_webserver_daemon_and_run_workers_on_sigterm(tmp_path: Path) -> None:
+    """`scripts/run.sh` started as a background job of a shell (SIGINT ignored, which made
+    `dagster dev` ignore SIGTERM as well), on a port of our choosing; once a run is under way,
+    SIGTERM to its process group stops every process it started within seconds."""
+    port = _free_port()
+    home = tmp_path / "home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HISTIMPORT_", "DAGSTER_"))},
+        "HISTIMPORT_HOME": str(home),
+        "HISTIMPORT_SKIP_BOOTSTRAP": "1",
+        "DAGSTER_PORT": str(port),
+        "PATH": f"{DAGSTER.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "run_sh.log"
+
+    def background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "run.sh")],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=background_job,
+        )
+    started: dict[int, str] = {}
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-6000:]
+
+    try:
+        wait_until_answers(url, proc, [log], tail)
+        # the demo files: wait for a run to be under way, so run workers are alive too
+        progress = Progress("a run of the demo files to start")
+        while True:
+            found = _graphql(url, RUNS_QUERY)["runsOrError"]["results"]
+            if any(r["status"] == "STARTED" for r in found):
+                break
+            why = progress.stuck((log.stat().st_size, sorted(r["status"] for r in found)))
+            if why:
+                pytest.fail(f"{why}\n{tail()}")
+            time.sleep(1)
+        started = _tree(proc.pid)
+        assert len(started) >= 5, started  # supervisor, dagster dev, webserver, daemon, ...
+        os.killpg(proc.pid, signal.SIGTERM)
+        stopping = time.monotonic()
+        while _still_running(started) and time.monotonic() - stopping < STOP_TIMEOUT_S:
+            time.sleep(0.5)
+        left = _still_running(started)
+        assert not left, f"still running {STOP_TIMEOUT_S} s after SIGTERM: {left}\n{tail()}"
+        assert proc.wait(timeout=5) != 0  # stopped by a signal, and says so
+    finally:
+        for pid in _still_running(started):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
