@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 import dagster as dg
-from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 
 DATASET_TAG = "histimport/dataset"
 TRIGGER_TAG = "histimport/trigger"
@@ -51,10 +50,10 @@ def missing_tags(
     return added
 
 
-class DatasetQueuedRunCoordinator(QueuedRunCoordinator):
+class DatasetQueuedRunCoordinator(dg.QueuedRunCoordinator):
     """``QueuedRunCoordinator`` that tags each run with its dataset before queueing it."""
 
-    def submit_run(self, context: SubmitRunContext) -> dg.DagsterRun:
+    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
         added = missing_tags(run.tags, run.asset_selection or (), run.job_name)
         if added:
