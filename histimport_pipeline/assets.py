@@ -17,11 +17,11 @@ from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
 from histimport_pipeline.partitions import dataset_partitions
 from histimport_pipeline.resources import DatabaseResource
+from histimport_pipeline.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
 
 #: Transient errors (database unreachable) are retried; terminal ones fail at once.
 RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL)
-DATASET_TAG = "histimport/dataset"
-TRIGGER_TAG = "histimport/trigger"
+FILE_TAG = "histimport/file"
 
 
 class ImportConfig(dg.Config):
@@ -140,6 +140,28 @@ def _find_file(
         "the archive or quarantine): drop the file into the inbox and re-run the partition",
         allow_retries=False,
     )
+
+
+def _source(context: dg.OpExecutionContext, settings: Settings, path: Path) -> ImportSource:
+    """Where the file was read from: a moved copy's folder, else how the run came about."""
+    if files.is_under(path, settings.quarantine):
+        return ImportSource.QUARANTINE
+    if files.is_under(path, settings.archive):
+        return ImportSource.ARCHIVE
+    if context.run.tags.get(TRIGGER_TAG) == "schedule":
+        return ImportSource.SCHEDULE
+    return ImportSource.INBOX
+
+
+def _tag_run(context: dg.OpExecutionContext, dataset: str, path: Path) -> None:
+    """Give the run the tags a sensor's run has: the queue adds the dataset and trigger to
+    runs built from an asset selection, but only the run knows which file it found."""
+    tags = context.run.tags
+    added = missing_tags(tags, [dg.AssetKey([dataset])], context.run.job_name)
+    if FILE_TAG not in tags:
+        added[FILE_TAG] = files.original_name(path)[:200]
+    if added:
+        context.instance.add_run_tags(context.run_id, added)
 
 
 def _retry_of(context: dg.OpExecutionContext, database: DatabaseResource) -> int | None:
@@ -280,15 +302,14 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         settings, current = _spec(name)
         key = context.partition_key
         path = _find_file(settings, current, key, config.path)
+        _tag_run(context, name, path)
         business_date = (
             dt.date.fromisoformat(key) if current.partitioning is Partitioning.DAILY else None
         )
         options = ImportOptions(
             force=config.force,
             import_type=_import_type(context, current),
-            source=ImportSource.SCHEDULE
-            if context.run.tags.get(TRIGGER_TAG) == "schedule"
-            else ImportSource.INBOX,
+            source=_source(context, settings, path),
             triggered_by=context.run.tags.get("user") or f"dagster:{getpass.getuser()}",
             partition_key=key,
             business_date=business_date,

@@ -734,9 +734,15 @@ def cleanup(
 
 @app.command("demo")
 def demo() -> None:
-    """Write demo dataset specs, a master table and messy sample files into HISTIMPORT_HOME."""
-    with tracked() as (settings, db):
+    """Write demo dataset specs, a master table and messy sample files into HISTIMPORT_HOME.
+
+    Migrates the database first (as scripts/run.sh does): the demo is a first start.
+    """
+    with session() as (settings, db):
+        applied = migrations.upgrade(db)
         result = write_demo(settings, db)
+    if applied:
+        out.print(f"migrated {db.masked_url} to {applied[-1]}", highlight=False)
     out.print(
         f"wrote {len(result.specs)} dataset specs to {settings.datasets}, "
         f"{len(result.files)} files to {settings.inbox}, "

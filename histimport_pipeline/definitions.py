@@ -39,9 +39,6 @@ def build_definitions(
             | dg.AssetSelection.checks_for_assets(asset),
             tags={DATASET_TAG: spec.name},
             description=f"Import one file (partition) of {spec.name}.",
-            # One process per run, not per step: the steps pass a tiny handle and the rows
-            # wait in the database, so separate processes only cost start-up time.
-            executor_def=dg.in_process_executor,
         )
         jobs.append(job)
         sensors.append(build_inbox_sensor(spec, job))
@@ -53,6 +50,10 @@ def build_definitions(
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,
+        # One process per run, not per step, for the dataset jobs and for the runs Dagster
+        # builds from an asset selection (a backfill): the steps pass a tiny handle and the
+        # rows wait in the database, so separate processes only cost start-up time.
+        executor=dg.in_process_executor,
         resources=resources
         or {"database": DatabaseResource(url=dg.EnvVar("HISTIMPORT_DATABASE_URL"))},
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.assets import DATASET_TAG, TRIGGER_TAG, parse_run_config
+from histimport_pipeline.assets import DATASET_TAG, FILE_TAG, TRIGGER_TAG, parse_run_config
 from histimport_pipeline.engine import files, tracking
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
@@ -71,7 +71,7 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any) -> dg.SensorDefinition:
                     tags={
                         DATASET_TAG: spec.name,
                         TRIGGER_TAG: "sensor",
-                        "histimport/file": ready.path.name[:200],
+                        FILE_TAG: ready.path.name[:200],
                     },
                 )
             )

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner, Result
 
 from histimport_pipeline.cli import app
+from histimport_pipeline.engine import migrations
 from histimport_pipeline.engine.db import Database
 
 SIGNUPS_SPEC = """\
@@ -620,3 +621,24 @@ def test_a_connection_lost_during_a_copy_prints_no_stray_driver_line(
     assert "error ignored" not in err and "Traceback" not in err, err
     assert "connection is lost" in err
     assert error_message(pg_db, 1) == "the connection is lost"
+
+
+def test_demo_migrates_a_database_that_is_not_migrated(
+    empty_db: Database, db_url: str, tmp_path: Path
+) -> None:
+    """`histimport demo` on a fresh database (no `db upgrade` yet) migrates it, as run.sh
+    does, then writes the demo; on PostgreSQL it used to stop at "run histimport db upgrade"."""
+    env = {
+        "HISTIMPORT_HOME": str(tmp_path / "home"),
+        "HISTIMPORT_DATABASE_URL": db_url,
+        "NO_COLOR": "1",
+    }
+    result = CliRunner().invoke(app, ["demo"], env=env)
+    assert result.exit_code == 0, f"{result.stdout}\n{result.stderr}"
+    assert migrations.current(empty_db) == migrations.head()
+    assert sorted(p.name for p in (tmp_path / "home" / "datasets").iterdir()) == [
+        "sessions.yaml",
+        "signups.yaml",
+    ]
+    assert any((tmp_path / "home" / "inbox").iterdir())
+    assert table_rows(empty_db, "ambassadors")

@@ -17,7 +17,7 @@ import yaml
 from histimport_pipeline.assets import build_dataset_asset
 from histimport_pipeline.checks import build_checks
 from histimport_pipeline.definitions import build_definitions
-from histimport_pipeline.engine import files, migrations, tracking
+from histimport_pipeline.engine import files, importer, migrations, tracking
 from histimport_pipeline.engine import history as hist
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import dagster_instance_url
@@ -77,6 +77,9 @@ def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> N
     assert loaded.resolve_schedule_def("sessions_daily_schedule") is not None
     node_names = {n.name for n in loaded.resolve_job_def("signups_import_job").all_node_defs}
     assert {"signups_parse", "signups_validate", "signups_reconcile", "signups_load"} <= node_names
+    # backfill runs (of the implicit asset job) too run in one process, not one per step
+    jobs = loaded.get_repository_def().get_all_jobs()
+    assert {j.name: j.executor_def.name for j in jobs}["__ASSET_JOB"] == "in_process"
 
 
 def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
@@ -320,7 +323,7 @@ def test_an_import_through_a_postgres_backed_instance(
         stored = instance.get_run_by_id(result.run_id)
         assert stored is not None and stored.is_success
         coordinator = instance.run_coordinator
-        assert type(coordinator).__name__ == "QueuedRunCoordinator"
+        assert type(coordinator).__name__ == "DatasetQueuedRunCoordinator"
     engine = sa.create_engine(pg_url)
     with engine.connect() as conn:
         runs = conn.exec_driver_sql("SELECT count(*) FROM runs").scalar_one()
@@ -395,9 +398,18 @@ def test_rerunning_a_partition_finds_its_archived_file(home: Path, db_url: str) 
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     assert meta["status"] == "duplicate" and "dagster/row_count" not in meta
     db = Database.connect(db_url)
+    t = db.tables.import_history
     with db.engine.connect() as conn:
-        names = conn.execute(sa.select(db.tables.import_history.c.file_name)).scalars().all()
-    assert names == ["signups_again.csv", "signups_again.csv"]  # the dropped name, twice
+        recorded = conn.execute(sa.select(t).order_by(t.c.import_id)).mappings().all()
+    # the dropped name, twice; the second time read from the archive, and recorded so
+    assert [r["file_name"] for r in recorded] == ["signups_again.csv", "signups_again.csv"]
+    assert [r["source"] for r in recorded] == ["inbox", "archive"]
+    assert Path(recorded[1]["file_path"]).parent == (home / "archive" / "signups").resolve()
+    # a run built from the asset selection carries the tags a sensor's run has
+    tags = instance.get_run_by_id(again.run_id).tags  # type: ignore[union-attr]
+    assert tags["histimport/dataset"] == "signups"
+    assert tags["histimport/trigger"] == "manual"
+    assert tags["histimport/file"] == "signups_again.csv"
     db.dispose()
 
 
@@ -432,3 +444,45 @@ def test_show_and_lineage_name_where_a_moved_file_is_now(home: Path, db_url: str
     assert moved[0]["details"]["from"] == str(bad.resolve())
     assert moved[0]["details"]["reason"] == "quarantined"
     db.dispose()
+
+
+def test_a_step_reexecuted_later_adds_its_own_time_not_the_wait(
+    tmp_path: Path, db: Database
+) -> None:
+    """The import's steps as the Dagster ops run them; the load fails (the database went
+    away), and the step is re-executed from the UI 800 s later. The recorded total is the
+    time spent in the steps, not the span from the first start to the end."""
+    spec = _spec(SIGNUPS)
+    path = tmp_path / "signups_slow.csv"
+    path.write_text(GOOD)
+    handle = importer.start_import(db, spec, path, importer.ImportOptions())
+    importer.inspect_file(db, spec, handle)
+    importer.stage_file(db, spec, handle)
+    importer.reconcile_import(db, spec, handle)
+    importer.fail_import(
+        db, spec, handle, RuntimeError("server closed the connection"), keep_staging=True
+    )
+    # The wait before the re-execution: every stamp of the first attempt moves 800 s back.
+    back = dt.timedelta(seconds=800)
+    h, a = db.tables.import_history, db.tables.import_audit_trail
+    stamps = ("started_at", "heartbeat_at", "finished_at")
+    with db.engine.begin() as conn:
+        first = conn.execute(sa.select(h).where(h.c.import_id == handle.import_id)).one()
+        conn.execute(
+            sa.update(h)
+            .where(h.c.import_id == handle.import_id)
+            .values({c: getattr(first, c) - back for c in stamps})
+        )
+        for audit_id, created in conn.execute(
+            sa.select(a.c.audit_id, a.c.created_at).where(a.c.import_id == handle.import_id)
+        ).all():
+            conn.execute(
+                sa.update(a).where(a.c.audit_id == audit_id).values(created_at=created - back)
+            )
+    result = importer.load_import(db, spec, handle)
+    assert result.status.value == "partial"
+    recorded = history(db, handle.import_id)
+    phases = sum(recorded["phase_seconds"].values())
+    assert set(recorded["phase_seconds"]) >= {"parse", "validate", "load"}
+    # the steps' own time, plus the bookkeeping around them; never the 800 s wait
+    assert phases <= recorded["total_seconds"] < phases + 5, recorded

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -29,16 +30,18 @@ import yaml
 
 from histimport_pipeline.engine import files
 from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.settings import dagster_instance_url
 from histimport_pipeline_tests.helpers import SIGNUPS, rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[1]
 DAGSTER = Path(sys.executable).parent / "dagster"
-#: Sensors tick every 10 s and a file must look the same on two ticks; runs queue one at a
-#: time per dataset. Generous, but bounded.
-SERVER_TIMEOUT_S = 90.0
-RUNS_TIMEOUT_S = 150.0
+#: A wait fails when nothing has moved for STALL_S (no new output while starting; no new
+#: run, status, run event or sensor tick while waiting for runs), or after OVERALL_S in all,
+#: well inside CI's limit: a loaded machine is slow, not stuck.
+STALL_S = 120.0
+OVERALL_S = 900.0
 STOP_TIMEOUT_S = 30.0
 SENSOR = "signups_inbox_sensor"
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
@@ -56,7 +59,9 @@ RUNS_QUERY = """
 query Runs {
   runsOrError {
     __typename
-    ... on Runs { results { runId status jobName parentRunId tags { key value } } }
+    ... on Runs { results {
+      runId status jobName parentRunId startTime endTime tags { key value }
+    } }
     ... on Error { message }
   }
 }"""
@@ -84,7 +89,15 @@ TICKS_QUERY = """
 query Ticks($selector: SensorSelector!) {
   sensorOrError(sensorSelector: $selector) {
     __typename
-    ... on Sensor { sensorState { ticks(limit: 5) { status error { message } } } }
+    ... on Sensor { sensorState { ticks(limit: 5) { tickId status error { message } } } }
+    ... on Error { message }
+  }
+}"""
+EVENTS_QUERY = """
+query Events($runId: ID!) {
+  logsForRun(runId: $runId) {
+    __typename
+    ... on EventConnection { cursor }
     ... on Error { message }
   }
 }"""
@@ -145,6 +158,70 @@ def _group_members(pgid: int, zombies: bool = False) -> list[int]:
         if (zombies or state != "Z") and pgid in (pgrp, session):
             found.append(int(entry.name))
     return found
+
+
+def _processes() -> dict[int, tuple[int, int, int, str, str]]:
+    """Every process: pid -> (parent, process group, session, state, start time)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        found[int(entry.name)] = (
+            int(fields[1]),
+            int(fields[2]),
+            int(fields[3]),
+            fields[0],
+            fields[19],
+        )
+    return found
+
+
+def _tree(root: int) -> dict[int, str]:
+    """``root`` and its descendants that have not exited: pid -> start time."""
+    procs = _processes()
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs and procs[pid][3] not in ("Z", "X"):
+            tree[pid] = procs[pid][4]
+        todo += [child for child, info in procs.items() if info[0] == pid]
+    return tree
+
+
+def _still_running(started: dict[int, str]) -> list[int]:
+    """The processes of ``started`` (pid -> start time) that have not exited."""
+    procs = _processes()
+    return [
+        pid
+        for pid, start in started.items()
+        if pid in procs and procs[pid][4] == start and procs[pid][3] not in ("Z", "X")
+    ]
+
+
+class Progress:
+    """A wait that fails only when what it watches stops changing for ``STALL_S`` (or after
+    ``OVERALL_S`` in all): ``moved(mark)`` is called with a snapshot on every poll."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.started = self.last_move = time.monotonic()
+        self.mark: object = None
+
+    def stuck(self, mark: object) -> str | None:
+        """Why the wait should give up now, or ``None`` to poll again."""
+        now = time.monotonic()
+        if mark != self.mark:
+            self.mark, self.last_move = mark, now
+        if now - self.last_move > STALL_S:
+            return f"nothing moved for {STALL_S:.0f} s while waiting for {self.what}"
+        if now - self.started > OVERALL_S:
+            return f"still waiting for {self.what} after {OVERALL_S:.0f} s"
+        return None
 
 
 class DagsterDev:
@@ -215,30 +292,10 @@ class DagsterDev:
         )
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(
-            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            payload: dict[str, Any] = json.load(response)
-        assert "errors" not in payload, payload["errors"]
-        data: dict[str, Any] = payload["data"]
-        return data
+        return _graphql(self.url, query, variables)
 
     def wait_until_up(self) -> None:
-        deadline = time.monotonic() + SERVER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"dagster dev exited with {self.proc.returncode}\n{self.tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"the webserver did not answer within {SERVER_TIMEOUT_S} s\n{self.tail()}")
+        wait_until_answers(self.url, self.proc, [self.stdout, self.stderr], self.tail)
         # the code location must have loaded, or no sensor will ever tick
         status = self.graphql(
             "{ workspaceOrError { ... on Workspace { locationEntries { name "
@@ -269,8 +326,8 @@ class DagsterDev:
             for e in events
         ) or json.dumps(logs)
 
-    def sensor_errors(self, sensor: str) -> list[str]:
-        """Errors of the sensor's latest ticks: a sensor that fails never requests a run."""
+    def sensor_ticks(self, sensor: str) -> list[dict[str, Any]]:
+        """The sensor's latest ticks, newest first."""
         selector = {
             "repositoryLocationName": "histimport",
             "repositoryName": "__repository__",
@@ -278,11 +335,14 @@ class DagsterDev:
         }
         found = self.graphql(TICKS_QUERY, {"selector": selector})["sensorOrError"]
         assert found["__typename"] == "Sensor", found
-        return [
-            t["error"]["message"]
-            for t in found["sensorState"]["ticks"]
-            if t["status"] == "FAILURE" and t["error"]
-        ]
+        ticks: list[dict[str, Any]] = found["sensorState"]["ticks"]
+        return ticks
+
+    def event_cursor(self, run_id: str) -> str | None:
+        """Where the run's event log ends: it moves with every event the run writes."""
+        logs = self.graphql(EVENTS_QUERY, {"runId": run_id})["logsForRun"]
+        cursor: str | None = logs.get("cursor")
+        return cursor
 
     def report(self) -> str:
         """What a failed wait prints: every run, the logs of unsuccessful ones, the output."""
@@ -299,19 +359,61 @@ class DagsterDev:
     def wait_for(
         self, what: str, done: Callable[[list[dict[str, Any]]], list[dict[str, Any]] | None]
     ) -> list[dict[str, Any]]:
-        """Poll the run list until ``done`` returns the runs it waited for."""
-        deadline = time.monotonic() + RUNS_TIMEOUT_S
-        while time.monotonic() < deadline:
+        """Poll the run list until ``done`` returns the runs it waited for. Runs appearing or
+        changing status, events of unfinished runs and sensor ticks count as progress."""
+        progress = Progress(what)
+        while True:
             if self.proc.poll() is not None:
                 pytest.fail(f"dagster dev exited while waiting for {what}\n{self.report()}")
-            found = done(self.runs())
+            runs = self.runs()
+            found = done(runs)
             if found is not None:
                 return found
-            errors = self.sensor_errors(SENSOR)
+            ticks = self.sensor_ticks(SENSOR)
+            errors = [t["error"]["message"] for t in ticks if t["status"] == "FAILURE"]
             if errors:
                 pytest.fail(f"{SENSOR} failed while waiting for {what}:\n{errors[0]}")
+            mark = (
+                sorted((r["runId"], r["status"]) for r in runs),
+                [self.event_cursor(r["runId"]) for r in runs if r["status"] not in TERMINAL],
+                ticks[0]["tickId"] if ticks else None,
+            )
+            why = progress.stuck(mark)
+            if why:
+                pytest.fail(f"{why}\n{self.report()}")
             time.sleep(2)
-        pytest.fail(f"timed out after {RUNS_TIMEOUT_S} s waiting for {what}\n{self.report()}")
+
+
+def _graphql(url: str, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(
+        f"{url}/graphql", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        payload: dict[str, Any] = json.load(response)
+    assert "errors" not in payload, payload["errors"]
+    data: dict[str, Any] = payload["data"]
+    return data
+
+
+def wait_until_answers(
+    url: str, proc: subprocess.Popen[bytes], logs: list[Path], tail: Callable[[], str]
+) -> None:
+    """Poll ``url``/server_info until the webserver answers; its output growing is progress."""
+    progress = Progress(f"the webserver at {url}")
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}\n{tail()}")
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        why = progress.stuck([p.stat().st_size if p.exists() else 0 for p in logs])
+        if why:
+            pytest.fail(f"{why}\n{tail()}")
+        time.sleep(1)
 
 
 def _finished_runs_of(
@@ -381,6 +483,27 @@ def e2e_home(tmp_path: Path, pg_url: str) -> tuple[Path, dict[str, str]]:
         timeout=120,
     )
     return tmp_path, env
+
+
+@pytest.fixture
+def pg_instance(
+    e2e_home: tuple[Path, dict[str, str]], pg_admin_url: str
+) -> Iterator[tuple[Path, dict[str, str]]]:
+    """``e2e_home`` with the production instance file: runs, events and schedules in a
+    PostgreSQL database of their own, and the queue of deploy/dagster.yaml."""
+    home, env = e2e_home
+    name = f"dagster_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    shutil.copy(REPO / "deploy" / "dagster.yaml", home / "dagster" / "dagster.yaml")
+    try:
+        yield home, {**env, "HISTIMPORT_DAGSTER_PG_URL": dagster_instance_url(url)}
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
@@ -502,12 +625,14 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
 
 
 def test_a_backfill_launched_through_graphql_reimports_the_dates(
-    e2e_home: tuple[Path, dict[str, str]], pg_url: str
+    pg_instance: tuple[Path, dict[str, str]], pg_url: str
 ) -> None:
     """A date range backfilled from the UI (an asset backfill run by the daemon) imports each
     date's file as BACKFILL, wherever the file now lies; content already loaded is a
-    duplicate, as with the schedule."""
-    home, env = e2e_home
+    duplicate, as with the schedule. On the production instance (PostgreSQL storage, the
+    queue's one run per dataset) the backfill's runs carry the dataset's tags and run one
+    date at a time."""
+    home, env = pg_instance
     spec_path = home / "datasets" / "sessions.yaml"
     spec_path.write_text(yaml.safe_dump(SESSIONS))
     db = Database.connect(pg_url)
@@ -542,6 +667,13 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
             runs = dagster.wait_for("the backfill", backfilled)
             assert {r["status"] for r in runs} == {"SUCCESS"}, dagster.report()
             assert sorted(r["tags"]["dagster/partition"] for r in runs) == dates
+            for run in runs:
+                day = run["tags"]["dagster/partition"]
+                assert run["tags"]["histimport/dataset"] == "sessions", run
+                assert run["tags"]["histimport/trigger"] == "backfill", run
+                assert run["tags"]["histimport/file"] == f"sessions_{day}.csv", run
+            first, second = sorted(runs, key=lambda r: r["startTime"])
+            assert first["endTime"] <= second["startTime"], (first, second)
 
             backfill = {
                 str(h["business_date"]): h for h in _history(db) if h["import_type"] == "BACKFILL"
@@ -549,6 +681,12 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
             assert sorted(backfill) == dates
             rerun = backfill["2024-01-02"]
             assert rerun["status"] == "partial", rerun
+            # read from where the first imports had moved the files
+            assert rerun["source"] == "quarantine", rerun
+            assert Path(rerun["file_path"]).parent == (home / "quarantine" / "sessions").resolve()
+            again = backfill["2024-01-01"]
+            assert again["source"] == "archive", again
+            assert Path(again["file_path"]).parent == (home / "archive" / "sessions").resolve()
             assert (rerun["rows_created"], rerun["rows_failed"]) == (1, 1)
             assert rerun["file_name"] == "sessions_2024-01-02.csv"
             # 01-01 was loaded by the sensor's run: the same content again is a duplicate
@@ -563,3 +701,68 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
             }
     finally:
         db.dispose()
+
+
+def test_run_sh_stops_webserver_daemon_and_run_workers_on_sigterm(tmp_path: Path) -> None:
+    """`scripts/run.sh` started as a background job of a shell (SIGINT ignored, which made
+    `dagster dev` ignore SIGTERM as well), on a port of our choosing; once a run is under way,
+    SIGTERM to its process group stops every process it started within seconds."""
+    port = _free_port()
+    home = tmp_path / "home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("HISTIMPORT_", "DAGSTER_"))},
+        "HISTIMPORT_HOME": str(home),
+        "HISTIMPORT_SKIP_BOOTSTRAP": "1",
+        "DAGSTER_PORT": str(port),
+        "PATH": f"{DAGSTER.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "run_sh.log"
+
+    def background_job() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            ["bash", str(REPO / "scripts" / "run.sh")],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=background_job,
+        )
+    started: dict[int, str] = {}
+
+    def tail() -> str:
+        return log.read_text(errors="replace")[-6000:]
+
+    try:
+        wait_until_answers(url, proc, [log], tail)
+        # the demo files: wait for a run to be under way, so run workers are alive too
+        progress = Progress("a run of the demo files to start")
+        while True:
+            found = _graphql(url, RUNS_QUERY)["runsOrError"]["results"]
+            if any(r["status"] == "STARTED" for r in found):
+                break
+            why = progress.stuck((log.stat().st_size, sorted(r["status"] for r in found)))
+            if why:
+                pytest.fail(f"{why}\n{tail()}")
+            time.sleep(1)
+        started = _tree(proc.pid)
+        assert len(started) >= 5, started  # supervisor, dagster dev, webserver, daemon, ...
+        os.killpg(proc.pid, signal.SIGTERM)
+        stopping = time.monotonic()
+        while _still_running(started) and time.monotonic() - stopping < STOP_TIMEOUT_S:
+            time.sleep(0.5)
+        left = _still_running(started)
+        assert not left, f"still running {STOP_TIMEOUT_S} s after SIGTERM: {left}\n{tail()}"
+        assert proc.wait(timeout=5) != 0  # stopped by a signal, and says so
+    finally:
+        for pid in _still_running(started):
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)

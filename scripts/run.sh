@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The run command: set up .venv, apply migrations to the target database (SQLite under
 # HISTIMPORT_HOME unless HISTIMPORT_DATABASE_URL says otherwise), and start `dagster dev`
-# (webserver + daemon) on http://127.0.0.1:${DAGSTER_PORT:-3000}. Ctrl-C stops it.
+# (webserver + daemon) on http://127.0.0.1:${DAGSTER_PORT:-3000}. Ctrl-C or SIGTERM stops
+# all of it (webserver, daemon, code servers, run workers) within HISTIMPORT_STOP_GRACE_S
+# seconds (20), killing what is left after that.
+# HISTIMPORT_SKIP_BOOTSTRAP=1 uses the histimport and dagster already on PATH instead of .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/bootstrap.sh
-export PATH="$PWD/.venv/bin:$PATH"
+if [ "${HISTIMPORT_SKIP_BOOTSTRAP:-}" != 1 ]; then
+    scripts/bootstrap.sh
+    export PATH="$PWD/.venv/bin:$PATH"
+fi
 
 export HISTIMPORT_HOME="${HISTIMPORT_HOME:-$PWD/.histimport}"
 mkdir -p "$HISTIMPORT_HOME"
@@ -21,4 +26,7 @@ datasets="${HISTIMPORT_DATASETS:-$HISTIMPORT_HOME/datasets}"
 if ! ls "$datasets"/*.yaml >/dev/null 2>&1; then
     histimport demo
 fi
-exec dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}"
+# Through supervise.py: `dagster dev` alone ignores SIGTERM when this script was started in
+# the background, and a stop signal must reach every process it starts.
+exec python scripts/supervise.py \
+    dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}"

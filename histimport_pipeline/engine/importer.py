@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -365,8 +365,23 @@ def _record_parsed(conn: sa.Connection, db: Database, import_id: int, info: File
 
 
 def _take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> None:
-    """Record this process as the import's worker: steps may run in different processes."""
+    """Record this process as the import's worker: steps may run in different processes.
+
+    Taking over a failed import (a retried or re-executed step) starts a new attempt: the
+    audit entry ``resumed`` records the seconds spent so far, so the wait between the
+    attempts does not count as import time (see :func:`_seconds_spent`).
+    """
     with _tx(db, conn) as tx:
+        row = tracking.get_import(tx, db, handle.import_id) or {}
+        if row.get("status") == ImportStatus.FAILED.value:
+            banked, began = _attempt(tx, db, handle.import_id, row)
+            # The failed attempt ended at its last sign of life: fail_import stamps the
+            # heartbeat, and a process that died left its last one.
+            ended = _aware(row["heartbeat_at"] or row["finished_at"] or began)
+            spent = banked + max((ended - began).total_seconds(), 0.0)
+            tracking.record_audit(
+                tx, db, handle.import_id, "resumed", None, {"seconds_before": round(spent, 4)}
+            )
         tracking.update_import(
             tx,
             db,
@@ -1150,8 +1165,7 @@ def _finish(
 ) -> None:
     """Final tracking rows of an import; the staging table goes in the same transaction."""
     finished = tracking.utcnow()
-    started = row["started_at"]
-    total = (finished - _aware(started)).total_seconds() if started else None
+    total = _seconds_spent(tx, db, handle.import_id, row, finished) if row["started_at"] else None
     file_status = {
         ImportStatus.SUCCESS: FileStatus.IMPORTED,
         ImportStatus.PARTIAL: FileStatus.PARTIAL,
@@ -1180,6 +1194,31 @@ def _finish(
         business_date=handle.business_date,
     )
     load.finish_staging(tx, db, spec, handle.import_id)
+
+
+def _attempt(
+    conn: sa.Connection, db: Database, import_id: int, row: dict[str, Any]
+) -> tuple[float, datetime]:
+    """Seconds spent in the import's earlier attempts, and when the current one began."""
+    t = db.tables.import_audit_trail
+    resumed = conn.execute(
+        sa.select(t.c.created_at, t.c.details)
+        .where(t.c.import_id == import_id, t.c.action == "resumed")
+        .order_by(t.c.audit_id.desc())
+        .limit(1)
+    ).first()
+    if resumed is None:
+        return 0.0, _aware(row["started_at"])
+    return float((resumed.details or {}).get("seconds_before") or 0.0), _aware(resumed.created_at)
+
+
+def _seconds_spent(
+    conn: sa.Connection, db: Database, import_id: int, row: dict[str, Any], now: datetime
+) -> float:
+    """Seconds the import's attempts took up to ``now``: the earlier attempts' time plus the
+    current one's, without the waits between them (a re-execution may come days later)."""
+    banked, began = _attempt(conn, db, import_id, row)
+    return banked + max((now - began).total_seconds(), 0.0)
 
 
 def _aware(stamp: Any) -> Any:

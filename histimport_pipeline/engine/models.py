@@ -54,6 +54,9 @@ class ImportSource(StrEnum):
     INBOX = "inbox"
     CLI = "cli"
     SCHEDULE = "schedule"
+    #: Read again from where an earlier import moved it (a re-run or backfill of a partition).
+    ARCHIVE = "archive"
+    QUARANTINE = "quarantine"
 
 
 class ErrorCategory(StrEnum):
