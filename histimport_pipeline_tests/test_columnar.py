@@ -24,7 +24,7 @@ from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import FileChangedError
 from histimport_pipeline.engine.importer import ImportOptions, ImportResult, run_import
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.parse import open_file
+from histimport_pipeline.engine.reading import open_file
 from histimport_pipeline.engine.spec import ColumnSpec, DatasetSpec
 from histimport_pipeline.engine.validate import Validator, column_coercer
 from histimport_pipeline_tests.helpers import assert_accounting, history, rows

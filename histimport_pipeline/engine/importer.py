@@ -45,7 +45,7 @@ from histimport_pipeline.engine.models import (
     RawRow,
     RowError,
 )
-from histimport_pipeline.engine.parse import open_file
+from histimport_pipeline.engine.reading import open_file
 from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, Strategy
 from histimport_pipeline.engine.validate import Validator
