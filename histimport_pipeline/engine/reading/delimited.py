@@ -11,10 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from histimport_pipeline.engine.errors import (
-    FileError,
-    HeaderError,
-)
+from histimport_pipeline.engine.errors import FileError, HeaderError
 from histimport_pipeline.engine.models import FileInfo, RawRow
 from histimport_pipeline.engine.reading.encoding import SAMPLE_BYTES, _split_lines, _TextSource
 from histimport_pipeline.engine.reading.layout import _Layout

@@ -12,10 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from histimport_pipeline.engine.errors import (
-    FileError,
-    UnsupportedFormatError,
-)
+from histimport_pipeline.engine.errors import FileError, UnsupportedFormatError
 from histimport_pipeline.engine.reading.encoding import (
     _LINE_BREAK,
     CHUNK_BYTES,

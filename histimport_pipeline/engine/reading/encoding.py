@@ -14,10 +14,7 @@ from typing import IO
 
 from charset_normalizer import from_bytes
 
-from histimport_pipeline.engine.errors import (
-    EncodingError,
-    FileError,
-)
+from histimport_pipeline.engine.errors import EncodingError, FileError
 
 #: Bytes read from the start of a file to detect its format, encoding and dialect.
 SAMPLE_BYTES = 64 * 1024

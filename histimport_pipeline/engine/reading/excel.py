@@ -12,11 +12,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from histimport_pipeline.engine.errors import (
-    FileError,
-    HeaderError,
-    UnsupportedFormatError,
-)
+from histimport_pipeline.engine.errors import FileError, HeaderError, UnsupportedFormatError
 from histimport_pipeline.engine.models import FileInfo, RawRow
 from histimport_pipeline.engine.reading.detect import _SAVE_AS_HINT, _open_binary
 from histimport_pipeline.engine.reading.encoding import CHUNK_BYTES

@@ -11,10 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from histimport_pipeline.engine.errors import (
-    FileError,
-    HeaderError,
-)
+from histimport_pipeline.engine.errors import FileError, HeaderError
 from histimport_pipeline.engine.models import FileInfo, RawRow
 from histimport_pipeline.engine.reading.encoding import CHUNK_BYTES, _TextSource
 from histimport_pipeline.engine.reading.layout import _header_matcher, _Layout
