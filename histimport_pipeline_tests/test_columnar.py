@@ -26,7 +26,7 @@ from histimport_pipeline.engine.importer import ImportOptions, ImportResult, run
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.reading import open_file
 from histimport_pipeline.engine.spec import ColumnSpec, DatasetSpec
-from histimport_pipeline.engine.validate import Validator, column_coercer
+from histimport_pipeline.engine.validation import Validator, column_coercer
 from histimport_pipeline_tests.helpers import assert_accounting, history, rows
 
 pytestmark = pytest.mark.postgres

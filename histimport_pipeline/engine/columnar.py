@@ -52,7 +52,7 @@ from psycopg.pq import Format
 from histimport_pipeline.engine.models import FileInfo, RawRow, RowError
 from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import ColumnSpec, ColumnType, DatasetSpec
-from histimport_pipeline.engine.validate import ColumnCoercer, Validator, column_coercer
+from histimport_pipeline.engine.validation import ColumnCoercer, Validator, column_coercer
 
 #: Bytes of the file parsed per block. A block is validated and encoded as a whole, so this
 #: bounds memory (a few dozen times it at the peak, read-ahead, allocator slack and COPY queue

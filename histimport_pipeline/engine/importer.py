@@ -48,7 +48,7 @@ from histimport_pipeline.engine.models import (
 from histimport_pipeline.engine.reading import open_file
 from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, Strategy
-from histimport_pipeline.engine.validate import Validator
+from histimport_pipeline.engine.validation import Validator
 
 T = TypeVar("T")
 
