@@ -19,14 +19,15 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from histimport_pipeline.engine import columnar, importer
+from histimport_pipeline.engine import importer
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import FileChangedError
 from histimport_pipeline.engine.importer import ImportOptions, ImportResult, run_import
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.parse import open_file
+from histimport_pipeline.engine.reading import columnar, open_file
+from histimport_pipeline.engine.reading.columnar import arrays, blocks, encoders
 from histimport_pipeline.engine.spec import ColumnSpec, DatasetSpec
-from histimport_pipeline.engine.validate import Validator, column_coercer
+from histimport_pipeline.engine.validation import Validator, column_coercer
 from histimport_pipeline_tests.helpers import assert_accounting, history, rows
 
 pytestmark = pytest.mark.postgres
@@ -259,16 +260,16 @@ def test_many_small_blocks_cut_only_between_records(
     pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Blocks of 64 bytes: every quoted line break and doubled quote sits near a cut."""
-    monkeypatch.setattr(columnar, "BLOCK_BYTES", 64)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 64)
     pieces: list[bytes] = []
-    cut = columnar._pieces
+    cut = blocks._pieces
 
     def counted(*args: Any) -> Any:
         for piece in cut(*args):
             pieces.append(piece)
             yield piece
 
-    monkeypatch.setattr(columnar, "_pieces", counted)
+    monkeypatch.setattr(blocks, "_pieces", counted)
     lines = [HEADER]
     for i in range(300):
         note = f'"line {i}\nnext ""{i}"", more\r\nend"' if i % 3 == 0 else f"plain {i}"
@@ -355,8 +356,8 @@ def _codec_outcome(
     name: str, col: ColumnSpec, texts: list[str]
 ) -> tuple[list[bytes | None], list[int]]:
     """What the columnar codec makes of ``texts``: each row's field bytes and failing rows."""
-    codec = columnar._ColumnCodec(name, col, required=False)
-    array = columnar._string_array(texts)
+    codec = encoders._ColumnCodec(name, col, required=False)
+    array = arrays._string_array(texts)
     column, bad = codec.process(array, len(texts), encode=True)
     assert column is not None
     fields = column.as_fields().to_pylist()
@@ -369,7 +370,7 @@ def _coercer_outcome(
 ) -> tuple[list[bytes | None], list[int]]:
     """The same through the Validator's coercer and psycopg's binary dumpers."""
     values, failing = column_coercer(name, col, required=False)(list(texts))
-    kinds = {"integer": columnar._int8_column, "string": columnar._str_column}
+    kinds = {"integer": encoders._int8_column, "string": encoders._str_column}
     encode = kinds[col.type.value]
     column = encode(values, list(range(len(values))))  # type: ignore[arg-type]
     return column.as_fields().to_pylist(), sorted(failing)
@@ -391,7 +392,7 @@ def test_plain_text_column_matches_the_coercer(texts: list[str], strip: bool) ->
 
 def test_whitespace_is_what_str_strip_removes() -> None:
     spaces = {chr(c) for c in range(0x110000) if chr(c).isspace()}
-    assert set(columnar.PY_WHITESPACE) == spaces
+    assert set(encoders.PY_WHITESPACE) == spaces
     col = ColumnSpec.model_validate({"type": "string"})
     texts = [f"{ch}a b{ch}" for ch in sorted(spaces)] + [ch for ch in sorted(spaces)]
     assert _codec_outcome("s", col, texts) == _coercer_outcome("s", col, texts)

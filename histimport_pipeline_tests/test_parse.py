@@ -12,7 +12,6 @@ from typing import Any
 import openpyxl
 import pytest
 
-from histimport_pipeline.engine import parse
 from histimport_pipeline.engine.errors import (
     EncodingError,
     FileError,
@@ -20,7 +19,7 @@ from histimport_pipeline.engine.errors import (
     UnsupportedFormatError,
 )
 from histimport_pipeline.engine.models import FileInfo, RawRow
-from histimport_pipeline.engine.parse import open_file, sniff_format
+from histimport_pipeline.engine.reading import detect, encoding, open_file, sniff_format
 from histimport_pipeline.engine.spec import DatasetSpec
 
 
@@ -115,7 +114,7 @@ def test_invalid_utf8_after_the_sample_fails_while_streaming_at_the_right_offset
     # Row 1 "id,name\n" is 8 bytes, each data row "00001,name\n" 11 bytes; the bad byte is a
     # lead byte at the very end of a decode chunk, so its offset must count the pending byte.
     body = b"id,name\n" + b"".join(b"%05d,name\n" % i for i in range(1, 20000))
-    bad_at = parse.CHUNK_BYTES * 2 - 1
+    bad_at = encoding.CHUNK_BYTES * 2 - 1
     data = body[:bad_at] + b"\xc3(" + body[bad_at + 2 :]
     path = write(tmp_path, "f.csv", data)
     with open_file(path, make_spec()) as parsed:
@@ -128,7 +127,7 @@ def test_invalid_utf8_after_the_sample_fails_while_streaming_at_the_right_offset
 
 def test_multibyte_characters_split_across_decode_chunks_are_fine(tmp_path: Path) -> None:
     head = b"id,name\n1,"
-    filler = b"x" * (parse.CHUNK_BYTES - len(head) - 1)
+    filler = b"x" * (encoding.CHUNK_BYTES - len(head) - 1)
     path = write(tmp_path, "f.csv", head + filler + "é\n2,b\n".encode())
     _, rows = read_all(path)
     assert rows[0].values["name"] == filler.decode() + "é"
@@ -245,7 +244,7 @@ def test_only_cr_and_lf_end_lines(tmp_path: Path, char: str) -> None:
 def test_line_breaks_across_decode_chunks(tmp_path: Path) -> None:
     # The first chunk ends in the "\r" of a "\r\n" and the next one in the middle of a record.
     head = "id,name\r\n1,"
-    filler = "x" * (parse.CHUNK_BYTES - len(head) - 1)
+    filler = "x" * (encoding.CHUNK_BYTES - len(head) - 1)
     tail = '\r\n2,"two\r\nlines"\r\n' + "".join(f"{n},n\n" for n in range(3, 20000))
     path = write(tmp_path, "f.csv", head + filler + tail)
     _, rows = read_all(path)
@@ -448,7 +447,7 @@ def test_large_json_array_streams_across_chunks(tmp_path: Path) -> None:
     count = 5000
     records = [{"id": i, "name": "x" * 30 + str(i)} for i in range(count)]
     path = write(tmp_path, "f.json", json.dumps(records, indent=1))
-    assert path.stat().st_size > 3 * parse.CHUNK_BYTES
+    assert path.stat().st_size > 3 * encoding.CHUNK_BYTES
     _, rows = read_all(path, batch_size=999)
     assert len(rows) == count
     assert rows[-1].values == {"id": str(count - 1), "name": "x" * 30 + str(count - 1)}
@@ -618,14 +617,14 @@ def test_xlsx_is_detected_by_content(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["old.xls", "renamed.xlsx"])
 def test_ole2_excel_files_are_refused(tmp_path: Path, name: str) -> None:
-    path = write(tmp_path, name, parse._OLE2_MAGIC + b"\x00" * 600)
+    path = write(tmp_path, name, detect._OLE2_MAGIC + b"\x00" * 600)
     with pytest.raises(UnsupportedFormatError) as caught:
         open_file(path, make_spec())
     assert ".xls" in str(caught.value) and "save it as .xlsx or as CSV" in str(caught.value)
 
 
 def test_encrypted_workbook_is_refused(tmp_path: Path) -> None:
-    data = parse._OLE2_MAGIC + b"\x00" * 2000 + "EncryptionInfo".encode("utf-16-le") + b"\0" * 9
+    data = detect._OLE2_MAGIC + b"\x00" * 2000 + "EncryptionInfo".encode("utf-16-le") + b"\0" * 9
     with pytest.raises(UnsupportedFormatError, match="encrypted"):
         open_file(write(tmp_path, "secret.xlsx", data), make_spec())
 
@@ -661,7 +660,7 @@ def test_workbook_over_the_size_limit_is_refused(
         wb.active.append(["id", "name"])
 
     path = save_workbook(tmp_path / "f.xlsx", build)
-    monkeypatch.setattr(parse, "MAX_XLSX_UNCOMPRESSED_BYTES", 1000)
+    monkeypatch.setattr(detect, "MAX_XLSX_UNCOMPRESSED_BYTES", 1000)
     with pytest.raises(UnsupportedFormatError, match="over the limit of 1000"):
         open_file(path, make_spec())
 

@@ -11,7 +11,7 @@ import pytest
 from histimport_pipeline.engine.cells import neutralise, restore
 from histimport_pipeline.engine.models import ErrorCategory, RawRow, Value
 from histimport_pipeline.engine.spec import ColumnSpec, DatasetSpec
-from histimport_pipeline.engine.validate import CoercionError, Validator, coerce_value
+from histimport_pipeline.engine.validation import CoercionError, Validator, coerce_value
 
 
 def column(**fields: Any) -> ColumnSpec:

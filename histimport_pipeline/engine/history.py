@@ -24,7 +24,7 @@ from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundErr
 from histimport_pipeline.engine.models import ErrorCategory, ImportStatus
 from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking import EXTRA_VALUE_PREFIX
-from histimport_pipeline.engine.validate import CoercionError, coerce_value
+from histimport_pipeline.engine.validation import CoercionError, coerce_value
 
 _EXTRA_KEY = re.compile(re.escape(EXTRA_VALUE_PREFIX) + r"[1-9][0-9]*")
 

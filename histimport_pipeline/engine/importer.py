@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import columnar, failpoints, load, migrations, reconcile, tracking
+from histimport_pipeline.engine import failpoints, load, migrations, reconcile, tracking
 from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     FileChangedError,
@@ -45,10 +45,10 @@ from histimport_pipeline.engine.models import (
     RawRow,
     RowError,
 )
-from histimport_pipeline.engine.parse import open_file
+from histimport_pipeline.engine.reading import columnar, open_file
 from histimport_pipeline.engine.settings import DEFAULT_MAX_FIELD_BYTES
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, Strategy
-from histimport_pipeline.engine.validate import Validator
+from histimport_pipeline.engine.validation import Validator
 
 T = TypeVar("T")
 

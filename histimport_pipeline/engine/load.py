@@ -17,10 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import columnar
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import SchemaChangeError
 from histimport_pipeline.engine.models import ImageOperation, ValidRow
+from histimport_pipeline.engine.reading import columnar
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, Strategy
 
 #: INSERT ... SELECT reports its row count only when asked to (SQLAlchemy 2.x).
