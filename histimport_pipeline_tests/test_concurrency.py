@@ -167,7 +167,7 @@ def test_cleanup_fails_a_killed_import_and_drops_its_staging(
 
     code, text = _finish(_cli(env, "cleanup"))
     assert code == 0, text
-    assert "marked 1 import(s) whose worker died as failed" in " ".join(text.split())
+    assert "failed 1 import(s) left running by a dead worker" in " ".join(text.split())
     assert "dropped 1 leftover staging table(s)" in text
     (dead,) = _imports(db)
     assert dead["status"] == "failed" and "died" in str(dead["error_message"])

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import columnar, failpoints, load, migrations, reconcile, tracking
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
+    ContentBusyError,
     FileChangedError,
     FileError,
     HistimportError,
@@ -51,6 +52,11 @@ T = TypeVar("T")
 
 #: Seconds between heartbeats written while a file is staged.
 HEARTBEAT_EVERY_S = 5.0
+#: Seconds an import waits at most for another live import of the same content to end
+#: (then it reports a duplicate, or loads the content if that import failed or died).
+HOLDER_WAIT_S = 600.0
+#: Seconds between two looks at that other import while waiting.
+HOLDER_POLL_S = 1.0
 #: Allocations between young garbage collections while rows stream through (Python's
 #: default is 700). A batch holds tens of thousands of live tuples; at the default, the
 #: collector rescans them so often that it took a third of parse and validate time.
@@ -105,6 +111,12 @@ class ImportOptions:
     retry_of: int | None = None
     #: The name the file was dropped under, when it is read from the archive or quarantine.
     file_name: str | None = None
+    #: How long another live import of the same content is waited for; 0: not at all (the
+    #: import then ends failed with ``ContentBusyError``'s message).
+    wait_for_holder_s: float = HOLDER_WAIT_S
+    #: How old a heartbeat may be before its import counts as dead (see
+    #: ``tracking.fail_dead_imports``).
+    stale_after: timedelta = tracking.STALE_AFTER
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,8 @@ class ImportResult:
 
 
 Progress = Callable[[int], None]
+#: Told the id of the import being waited for, each time the wait starts on a new one.
+OnWait = Callable[[int], None]
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -216,15 +230,23 @@ def start_import(
     path: Path,
     options: ImportOptions = ImportOptions(),
     conn: sa.Connection | None = None,
+    on_wait: OnWait | None = None,
 ) -> ImportHandle:
     """Record a new import of ``path`` and claim its content for it.
 
-    Stale ``running`` imports of the same content are marked failed first. When the content
-    was already imported (and ``force`` is off) the import is recorded as ``duplicate`` at
-    once and the handle says which import holds the content.
+    Imports of the dataset left ``running`` by a dead worker are marked failed first (see
+    ``tracking.fail_dead_imports``). While another live import holds the same content, this
+    one waits for it to end, at most ``options.wait_for_holder_s`` (not inside a caller's
+    transaction). When the content was already imported (and ``force`` is off) the import is
+    recorded as ``duplicate`` at once and the handle says which import holds the content.
+
+    Args:
+        on_wait: called with the holder's id when the wait for it begins.
 
     Raises:
         FileError: the file is missing, or a daily dataset's file name has no date.
+        ContentBusyError: the holder still runs after the wait; this import is recorded as
+            failed with that message and nothing was loaded.
     """
     path = Path(path)
     if not path.is_file():
@@ -241,8 +263,10 @@ def start_import(
                 f"{spec.date_from_name.regex!r}",
                 hint="Rename the file (e.g. signups_2024-01-31.csv) or pass the date",
             )
+    waited = 0.0
+    busy: ContentBusyError | None = None
     if conn is None:
-        tracking.fail_stale_imports(db, spec.name, sha)
+        waited = _wait_for_holder(db, spec, sha, options, on_wait)
     with _tx(db, conn) as tx:
         import_id = tracking.create_import(
             tx,
@@ -295,7 +319,27 @@ def start_import(
             file_size=size,
             business_date=business_date,
         )
-        if not claim.claimed:
+        if not claim.claimed and claim.holder_status == FileStatus.PROCESSING.value:
+            assert claim.holder_import_id is not None
+            busy = ContentBusyError(import_id, claim.holder_import_id, waited)
+            tracking.update_import(
+                tx,
+                db,
+                import_id,
+                status=ImportStatus.FAILED.value,
+                error_message=str(busy),
+                finished_at=tracking.utcnow(),
+                worker=None,
+            )
+            tracking.record_audit(
+                tx,
+                db,
+                import_id,
+                "failed",
+                options.triggered_by,
+                {"reason": "content busy", "holder_import_id": claim.holder_import_id},
+            )
+        elif not claim.claimed:
             message = (
                 f"this content was already imported by import {claim.holder_import_id} "
                 f"({claim.holder_status}); nothing loaded. Use --force to import it again"
@@ -322,9 +366,35 @@ def start_import(
                 {"holder_import_id": claim.holder_import_id},
             )
             return replace(handle, duplicate_of=claim.holder_import_id)
-        if not load.loads_directly(db, spec):
+        elif not load.loads_directly(db, spec):
             load.create_staging(tx, db, spec, import_id)
+    if busy is not None:
+        raise busy  # after the commit: the refused attempt stays on record
     return handle
+
+
+def _wait_for_holder(
+    db: Database, spec: DatasetSpec, sha: str, options: ImportOptions, on_wait: OnWait | None
+) -> float:
+    """Fail the dataset's dead imports; then, while a live import holds this content, wait
+    for it to end (at most ``options.wait_for_holder_s``), failing dead ones at each look.
+
+    Returns:
+        The seconds waited.
+    """
+    t0 = time.monotonic()
+    deadline = t0 + options.wait_for_holder_s
+    announced: int | None = None
+    while True:
+        tracking.fail_dead_imports(db, spec.name, stale_after=options.stale_after)
+        holder = None if options.force else tracking.running_holder(db, spec.name, sha)
+        now = time.monotonic()
+        if holder is None or now >= deadline:
+            return now - t0
+        if on_wait is not None and holder != announced:
+            on_wait(holder)
+        announced = holder
+        time.sleep(min(HOLDER_POLL_S, deadline - now))
 
 
 def inspect_file(
@@ -345,6 +415,7 @@ def inspect_file(
         info = parsed.info
     with _tx(db, conn) as tx:
         _record_parsed(tx, db, handle.import_id, info)
+        _release(tx, db, handle.import_id)
     return {**info.as_metadata(), "mapping": info.mapping, "warnings": list(info.warnings)}
 
 
@@ -360,6 +431,12 @@ def _record_parsed(conn: sa.Connection, db: Database, import_id: int, info: File
         warnings=list(info.warnings),
         phase=ImportPhase.VALIDATE.value,
     )
+
+
+def _release(tx: sa.Connection, db: Database, import_id: int) -> None:
+    """The step ended: no process works on the import until the next step takes it over, so
+    its liveness is its heartbeat's age (the next step may run in another process)."""
+    tracking.update_import(tx, db, import_id, worker=None, heartbeat_at=tracking.utcnow())
 
 
 def _take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> None:
@@ -486,8 +563,8 @@ def _stage(
             rows_duplicate=staged.duplicates,
             phase=ImportPhase.RECONCILE.value,
             phase_seconds=result.seconds,
-            heartbeat_at=tracking.utcnow(),
         )
+        _release(tx, db, handle.import_id)
         details: dict[str, Any] = {
             "rows_read": staged.read,
             "rows_valid": staged.valid,
@@ -826,6 +903,7 @@ def reconcile_import(
             phase_seconds=seconds,
             phase=ImportPhase.CONFIRM.value,
         )
+        _release(tx, db, handle.import_id)
         tracking.record_audit(
             tx,
             db,
@@ -1228,15 +1306,20 @@ def run_import(
     path: Path,
     options: ImportOptions = ImportOptions(),
     progress: Progress | None = None,
+    on_wait: OnWait | None = None,
 ) -> ImportResult:
     """Import one file from start to end.
 
     A dry run does everything, including the target write, inside one transaction that is
     rolled back: its counts are exactly what a real import would do, and nothing is kept.
 
+    Args:
+        on_wait: see ``start_import`` (another live import holds the same content).
+
     Returns:
         How the import ended. File-level errors end as ``failed`` with the error's message;
-        they are not raised.
+        they are not raised. So does an import of content that another live import still
+        holds after the wait (``ContentBusyError``): nothing was loaded.
 
     Raises:
         DatabaseUnavailableError: the database could not be reached (worth a retry).
@@ -1247,7 +1330,10 @@ def run_import(
         ensure_schema(db)
         if options.dry_run:
             return _dry_run(db, spec, Path(path), options, progress)
-        handle = start_import(db, spec, Path(path), options)
+        try:
+            handle = start_import(db, spec, Path(path), options, on_wait=on_wait)
+        except ContentBusyError as busy:
+            return _busy_result(spec, Path(path), options, busy)
         if handle.duplicate_of is not None:
             return _duplicate_result(spec, handle)
         try:
@@ -1295,6 +1381,20 @@ def _import_in_one_pass(
     return load_import(db, spec, handle, options)
 
 
+def _busy_result(
+    spec: DatasetSpec, path: Path, options: ImportOptions, busy: ContentBusyError
+) -> ImportResult:
+    return ImportResult(
+        import_id=busy.import_id,
+        dataset=spec.name,
+        status=ImportStatus.FAILED,
+        file_name=options.file_name or path.name,
+        sha256="",
+        error_message=str(busy),
+        dry_run=options.dry_run,
+    )
+
+
 def _duplicate_result(spec: DatasetSpec, handle: ImportHandle) -> ImportResult:
     return ImportResult(
         import_id=handle.import_id,
@@ -1313,7 +1413,10 @@ def _dry_run(
     with db.engine.connect() as conn:
         outer = conn.begin()
         try:
-            handle = start_import(db, spec, path, options, conn=conn)
+            try:
+                handle = start_import(db, spec, path, options, conn=conn)
+            except ContentBusyError as busy:
+                return _busy_result(spec, path, options, busy)
             if handle.duplicate_of is not None:
                 result = _duplicate_result(spec, handle)
             else:

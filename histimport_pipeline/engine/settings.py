@@ -43,6 +43,16 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
         "Days after which a file partition is removed from Dagster (history stays).",
         "90",
     ),
+    "HISTIMPORT_STALE_AFTER_SECONDS": (
+        "A running import whose worker on another host sent no heartbeat for this long is "
+        "taken for dead (on the same host a gone process decides at once).",
+        "600",
+    ),
+    "HISTIMPORT_WAIT_SECONDS": (
+        "How long `histimport import` waits for another running import of the same content "
+        "(0: not at all; the import then ends failed).",
+        "600",
+    ),
 }
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -73,6 +83,8 @@ class Settings:
     quarantine: Path
     lookback_days: int = 7
     partition_retention_days: int = 90
+    stale_after_seconds: int = 600
+    wait_seconds: int = 600
 
     @classmethod
     def from_env(
@@ -115,17 +127,19 @@ class Settings:
                 "(letters, digits, underscore; at most 63 characters)"
             )
 
-        def days(name: str, default: int) -> int:
+        def whole(name: str, default: int, unit: str = "days") -> int:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
             if not raw.isdigit():
-                raise SettingsError(f"{name}={raw!r} must be a whole number of days")
+                raise SettingsError(f"{name}={raw!r} must be a whole number of {unit}")
             return int(raw)
 
         return cls(
-            lookback_days=days("HISTIMPORT_LOOKBACK_DAYS", 7),
-            partition_retention_days=days("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
+            lookback_days=whole("HISTIMPORT_LOOKBACK_DAYS", 7),
+            partition_retention_days=whole("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
+            stale_after_seconds=whole("HISTIMPORT_STALE_AFTER_SECONDS", 600, "seconds"),
+            wait_seconds=whole("HISTIMPORT_WAIT_SECONDS", 600, "seconds"),
             home=home,
             database_url=url,
             db_schema=schema,
