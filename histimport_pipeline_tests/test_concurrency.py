@@ -229,3 +229,46 @@ def test_a_waiting_import_takes_over_when_the_holder_dies(
     assert code == 0, seen + text
     assert [str(i["status"]) for i in _imports(db)] == ["failed", "success"]
     assert _count(db, "signups") == ROWS
+
+
+def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path: Path) -> None:
+    """A worker on another host is dead once its heartbeat is older than the threshold; an
+    import between two steps (no worker, e.g. the next Dagster op is about to start) is alive
+    while its heartbeat is recent, and its steps go on to load."""
+    from datetime import timedelta
+
+    from histimport_pipeline.engine import history, importer, tracking
+    from histimport_pipeline_tests.helpers import make_spec
+
+    spec = make_spec()
+    silent = importer.start_import(db, spec, _csv(tmp_path / "signups_a.csv", 0, 10))
+    recent = importer.start_import(db, spec, _csv(tmp_path / "signups_b.csv", 10, 10))
+    between = importer.start_import(db, spec, _csv(tmp_path / "signups_c.csv", 20, 10))
+    importer.stage_file(db, spec, between)
+    now = tracking.utcnow()
+    with db.engine.begin() as conn:
+        for handle, age in ((silent, timedelta(minutes=11)), (recent, timedelta(seconds=5))):
+            tracking.update_import(
+                conn,
+                db,
+                handle.import_id,
+                worker="elsewhere.example:4242",
+                heartbeat_at=now - age,
+            )
+
+    counts = history.cleanup(db, stale_after=timedelta(minutes=10))
+    assert counts["dead_imports_failed"] == 1
+    statuses = {i["import_id"]: i["status"] for i in _imports(db)}
+    assert statuses == {
+        silent.import_id: "failed",
+        recent.import_id: "running",
+        between.import_id: "running",
+    }
+    assert f"hi_stage_{silent.import_id}" not in _staging_tables(db)
+    assert f"hi_stage_{recent.import_id}" in _staging_tables(db)
+
+    importer.reconcile_import(db, spec, between)
+    assert importer.load_import(db, spec, between).rows_created == 10
+    assert history.cleanup(db, stale_after=timedelta(minutes=1))["dead_imports_failed"] == 0
+    assert history.cleanup(db, stale_after=timedelta(seconds=1))["dead_imports_failed"] == 1
+    assert _staging_tables(db) == []

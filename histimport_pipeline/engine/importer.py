@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -263,134 +264,167 @@ def start_import(
                 f"{spec.date_from_name.regex!r}",
                 hint="Rename the file (e.g. signups_2024-01-31.csv) or pass the date",
             )
-    waited = 0.0
     busy: ContentBusyError | None = None
-    if conn is None:
-        waited = _wait_for_holder(db, spec, sha, options, on_wait)
-    with _tx(db, conn) as tx:
-        import_id = tracking.create_import(
-            tx,
-            db,
-            dataset=spec.name,
-            target_table=spec.target_table,
-            import_type=options.import_type.value,
-            source=options.source.value,
-            partition_key=options.partition_key,
-            business_date=business_date,
-            dagster_run_id=options.dagster_run_id,
-            file_name=name,
-            file_path=str(path.resolve()),
-            file_size=size,
-            file_sha256=sha,
-            strategy=spec.strategy.value,
-            status=ImportStatus.RUNNING.value,
-            phase=ImportPhase.PARSE.value,
-            forced=options.force,
-            retry_of=options.retry_of,
-            triggered_by=options.triggered_by,
-            worker=tracking.worker_id(),
-            heartbeat_at=tracking.utcnow(),
-            started_at=tracking.utcnow(),
-        )
-        tracking.record_audit(
-            tx,
-            db,
-            import_id,
-            "started",
-            options.triggered_by,
-            {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
-        )
-        claim = tracking.claim_file(
-            tx,
-            db,
-            dataset=spec.name,
-            sha256=sha,
-            file_name=name,
-            file_size=size,
-            import_id=import_id,
-            force=options.force,
-        )
-        handle = ImportHandle(
-            import_id=import_id,
-            dataset=spec.name,
-            file_path=str(path),
-            file_name=name,
-            sha256=sha,
-            file_size=size,
-            business_date=business_date,
-        )
-        if not claim.claimed and claim.holder_status == FileStatus.PROCESSING.value:
-            assert claim.holder_import_id is not None
-            busy = ContentBusyError(import_id, claim.holder_import_id, waited)
-            tracking.update_import(
-                tx,
-                db,
-                import_id,
-                status=ImportStatus.FAILED.value,
-                error_message=str(busy),
-                finished_at=tracking.utcnow(),
-                worker=None,
-            )
-            tracking.record_audit(
-                tx,
-                db,
-                import_id,
-                "failed",
-                options.triggered_by,
-                {"reason": "content busy", "holder_import_id": claim.holder_import_id},
-            )
-        elif not claim.claimed:
-            message = (
-                f"this content was already imported by import {claim.holder_import_id} "
-                f"({claim.holder_status}); nothing loaded. Use --force to import it again"
-            )
-            tracking.update_import(
-                tx,
-                db,
-                import_id,
-                status=ImportStatus.DUPLICATE.value,
-                phase=ImportPhase.COMPLETE.value,
-                error_message=message,
-                finished_at=tracking.utcnow(),
-                rows_created=0,
-                rows_updated=0,
-                rows_unchanged=0,
-                rows_failed=0,
-            )
-            tracking.record_audit(
-                tx,
-                db,
-                import_id,
-                "duplicate",
-                options.triggered_by,
-                {"holder_import_id": claim.holder_import_id},
-            )
-            return replace(handle, duplicate_of=claim.holder_import_id)
-        elif not load.loads_directly(db, spec):
-            load.create_staging(tx, db, spec, import_id)
+    t0 = time.monotonic()
+    deadline = t0 + options.wait_for_holder_s
+    while True:
+        if conn is None:
+            _wait_for_holder(db, spec, sha, options, on_wait, deadline)
+        try:
+            with _tx(db, conn) as tx:
+                handle, claim = _record_start(tx, db, spec, path, options, sha, size, business_date)
+                import_id = handle.import_id
+                if not claim.claimed and claim.holder_status == FileStatus.PROCESSING.value:
+                    assert claim.holder_import_id is not None
+                    if conn is None and time.monotonic() < deadline:
+                        # The holder claimed it after we looked: this attempt is rolled
+                        # back, and the next one waits for the holder first.
+                        raise _HolderAppeared
+                    waited = time.monotonic() - t0
+                    busy = ContentBusyError(import_id, claim.holder_import_id, waited)
+                    tracking.update_import(
+                        tx,
+                        db,
+                        import_id,
+                        status=ImportStatus.FAILED.value,
+                        error_message=str(busy),
+                        finished_at=tracking.utcnow(),
+                        worker=None,
+                    )
+                    tracking.record_audit(
+                        tx,
+                        db,
+                        import_id,
+                        "failed",
+                        options.triggered_by,
+                        {"reason": "content busy", "holder_import_id": claim.holder_import_id},
+                    )
+                elif not claim.claimed:
+                    message = (
+                        f"this content was already imported by import {claim.holder_import_id} "
+                        f"({claim.holder_status}); nothing loaded. Use --force to import it again"
+                    )
+                    tracking.update_import(
+                        tx,
+                        db,
+                        import_id,
+                        status=ImportStatus.DUPLICATE.value,
+                        phase=ImportPhase.COMPLETE.value,
+                        error_message=message,
+                        finished_at=tracking.utcnow(),
+                        rows_created=0,
+                        rows_updated=0,
+                        rows_unchanged=0,
+                        rows_failed=0,
+                    )
+                    tracking.record_audit(
+                        tx,
+                        db,
+                        import_id,
+                        "duplicate",
+                        options.triggered_by,
+                        {"holder_import_id": claim.holder_import_id},
+                    )
+                    return replace(handle, duplicate_of=claim.holder_import_id)
+                elif not load.loads_directly(db, spec):
+                    load.create_staging(tx, db, spec, import_id)
+        except _HolderAppeared:
+            time.sleep(min(HOLDER_POLL_S, max(0.0, deadline - time.monotonic())))
+            continue
+        break
     if busy is not None:
         raise busy  # after the commit: the refused attempt stays on record
     return handle
 
 
-def _wait_for_holder(
-    db: Database, spec: DatasetSpec, sha: str, options: ImportOptions, on_wait: OnWait | None
-) -> float:
-    """Fail the dataset's dead imports; then, while a live import holds this content, wait
-    for it to end (at most ``options.wait_for_holder_s``), failing dead ones at each look.
+def _record_start(
+    tx: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions,
+    sha: str,
+    size: int,
+    business_date: date | None,
+) -> tuple[ImportHandle, tracking.Claim]:
+    """The new import's history row and its claim on the content, in ``tx``."""
+    name = options.file_name or path.name
+    import_id = tracking.create_import(
+        tx,
+        db,
+        dataset=spec.name,
+        target_table=spec.target_table,
+        import_type=options.import_type.value,
+        source=options.source.value,
+        partition_key=options.partition_key,
+        business_date=business_date,
+        dagster_run_id=options.dagster_run_id,
+        file_name=name,
+        file_path=str(path.resolve()),
+        file_size=size,
+        file_sha256=sha,
+        strategy=spec.strategy.value,
+        status=ImportStatus.RUNNING.value,
+        phase=ImportPhase.PARSE.value,
+        forced=options.force,
+        retry_of=options.retry_of,
+        triggered_by=options.triggered_by,
+        worker=tracking.worker_id(),
+        heartbeat_at=tracking.utcnow(),
+        started_at=tracking.utcnow(),
+    )
+    tracking.record_audit(
+        tx,
+        db,
+        import_id,
+        "started",
+        options.triggered_by,
+        {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
+    )
+    claim = tracking.claim_file(
+        tx,
+        db,
+        dataset=spec.name,
+        sha256=sha,
+        file_name=name,
+        file_size=size,
+        import_id=import_id,
+        force=options.force,
+    )
+    handle = ImportHandle(
+        import_id=import_id,
+        dataset=spec.name,
+        file_path=str(path),
+        file_name=name,
+        sha256=sha,
+        file_size=size,
+        business_date=business_date,
+    )
+    return handle, claim
 
-    Returns:
-        The seconds waited.
-    """
-    t0 = time.monotonic()
-    deadline = t0 + options.wait_for_holder_s
+
+class _HolderAppeared(Exception):
+    """Another import claimed the content between the look for one and this claim."""
+
+
+def _wait_for_holder(
+    db: Database,
+    spec: DatasetSpec,
+    sha: str,
+    options: ImportOptions,
+    on_wait: OnWait | None,
+    deadline: float,
+) -> None:
+    """Fail the dataset's dead imports; then, while a live import holds this content, wait
+    for it to end (until ``deadline``, a ``time.monotonic()`` instant), failing dead ones at
+    each look."""
     announced: int | None = None
     while True:
         tracking.fail_dead_imports(db, spec.name, stale_after=options.stale_after)
         holder = None if options.force else tracking.running_holder(db, spec.name, sha)
         now = time.monotonic()
         if holder is None or now >= deadline:
-            return now - t0
+            return
         if on_wait is not None and holder != announced:
             on_wait(holder)
         announced = holder
@@ -433,9 +467,17 @@ def _record_parsed(conn: sa.Connection, db: Database, import_id: int, info: File
     )
 
 
+#: Set while ``run_import`` runs every step in this process: the worker stays recorded
+#: between steps, so a kill between them is seen at once (by the process id).
+_all_steps_here: ContextVar[bool] = ContextVar("histimport_all_steps_here", default=False)
+
+
 def _release(tx: sa.Connection, db: Database, import_id: int) -> None:
-    """The step ended: no process works on the import until the next step takes it over, so
-    its liveness is its heartbeat's age (the next step may run in another process)."""
+    """A step called on its own ended: no process works on the import until the next step
+    takes it over (perhaps in another process), so its liveness is its heartbeat's age."""
+    if _all_steps_here.get():
+        tracking.update_import(tx, db, import_id, heartbeat_at=tracking.utcnow())
+        return
     tracking.update_import(tx, db, import_id, worker=None, heartbeat_at=tracking.utcnow())
 
 
@@ -1336,6 +1378,7 @@ def run_import(
             return _busy_result(spec, Path(path), options, busy)
         if handle.duplicate_of is not None:
             return _duplicate_result(spec, handle)
+        all_steps_here = _all_steps_here.set(True)
         try:
             if load.loads_directly(db, spec) and spec.strategy is Strategy.APPEND:
                 return _import_in_one_pass(db, spec, handle, options, progress)
@@ -1349,6 +1392,8 @@ def run_import(
         except BaseException as exc:
             fail_import(db, spec, handle, exc)
             raise
+        finally:
+            _all_steps_here.reset(all_steps_here)
 
 
 def _import_in_one_pass(
