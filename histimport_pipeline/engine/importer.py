@@ -282,50 +282,9 @@ def start_import(
                         raise _HolderAppeared
                     waited = time.monotonic() - t0
                     busy = ContentBusyError(import_id, claim.holder_import_id, waited)
-                    tracking.update_import(
-                        tx,
-                        db,
-                        import_id,
-                        status=ImportStatus.FAILED.value,
-                        error_message=str(busy),
-                        finished_at=tracking.utcnow(),
-                        worker=None,
-                    )
-                    tracking.record_audit(
-                        tx,
-                        db,
-                        import_id,
-                        "failed",
-                        options.triggered_by,
-                        {"reason": "content busy", "holder_import_id": claim.holder_import_id},
-                    )
+                    _record_refusal(tx, db, busy, options)
                 elif not claim.claimed:
-                    message = (
-                        f"this content was already imported by import {claim.holder_import_id} "
-                        f"({claim.holder_status}); nothing loaded. Use --force to import it again"
-                    )
-                    tracking.update_import(
-                        tx,
-                        db,
-                        import_id,
-                        status=ImportStatus.DUPLICATE.value,
-                        phase=ImportPhase.COMPLETE.value,
-                        error_message=message,
-                        finished_at=tracking.utcnow(),
-                        rows_created=0,
-                        rows_updated=0,
-                        rows_unchanged=0,
-                        rows_failed=0,
-                    )
-                    tracking.record_audit(
-                        tx,
-                        db,
-                        import_id,
-                        "duplicate",
-                        options.triggered_by,
-                        {"holder_import_id": claim.holder_import_id},
-                    )
-                    return replace(handle, duplicate_of=claim.holder_import_id)
+                    return _record_duplicate(tx, db, handle, claim, options)
                 elif not load.loads_directly(db, spec):
                     load.create_staging(tx, db, spec, import_id)
         except _HolderAppeared:
@@ -401,6 +360,65 @@ def _record_start(
         business_date=business_date,
     )
     return handle, claim
+
+
+def _record_refusal(
+    tx: sa.Connection, db: Database, busy: ContentBusyError, options: ImportOptions
+) -> None:
+    """End an import that found its content held by another live import: failed."""
+    tracking.update_import(
+        tx,
+        db,
+        busy.import_id,
+        status=ImportStatus.FAILED.value,
+        error_message=str(busy),
+        finished_at=tracking.utcnow(),
+        worker=None,
+    )
+    tracking.record_audit(
+        tx,
+        db,
+        busy.import_id,
+        "failed",
+        options.triggered_by,
+        {"reason": "content busy", "holder_import_id": busy.holder_import_id},
+    )
+
+
+def _record_duplicate(
+    tx: sa.Connection,
+    db: Database,
+    handle: ImportHandle,
+    claim: tracking.Claim,
+    options: ImportOptions,
+) -> ImportHandle:
+    """End an import whose content was imported already: duplicate, nothing loaded."""
+    message = (
+        f"this content was already imported by import {claim.holder_import_id} "
+        f"({claim.holder_status}); nothing loaded. Use --force to import it again"
+    )
+    tracking.update_import(
+        tx,
+        db,
+        handle.import_id,
+        status=ImportStatus.DUPLICATE.value,
+        phase=ImportPhase.COMPLETE.value,
+        error_message=message,
+        finished_at=tracking.utcnow(),
+        rows_created=0,
+        rows_updated=0,
+        rows_unchanged=0,
+        rows_failed=0,
+    )
+    tracking.record_audit(
+        tx,
+        db,
+        handle.import_id,
+        "duplicate",
+        options.triggered_by,
+        {"holder_import_id": claim.holder_import_id},
+    )
+    return replace(handle, duplicate_of=claim.holder_import_id)
 
 
 class _HolderAppeared(Exception):

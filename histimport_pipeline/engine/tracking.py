@@ -310,9 +310,9 @@ def fail_dead_imports(
     """Mark imports left ``running`` (or ``pending``) by a dead worker as failed.
 
     An import's worker is recorded as ``host:pid`` while a step runs, and cleared between
-    steps (a Dagster run may run the next step in another process). It is dead when it ran
-    on this host and that process is gone (or a zombie); otherwise, when its heartbeat is
-    older than ``stale_after``. The dead ones are marked failed (the row is changed only if
+    steps run one by one (a Dagster run may run the next step in another process). It is
+    dead when it ran on this host and that process is gone (or a zombie); otherwise, when
+    its heartbeat is older than ``stale_after``. The dead ones are marked failed (the row is changed only if
     it is still active, so an import that finishes meanwhile keeps its outcome), their claim
     on the file is released, the dataset's process status records the error, and their
     staging tables are dropped.
