@@ -312,10 +312,10 @@ def fail_dead_imports(
     An import's worker is recorded as ``host:pid`` while a step runs, and cleared between
     steps run one by one (a Dagster run may run the next step in another process). It is
     dead when it ran on this host and that process is gone (or a zombie); otherwise, when
-    its heartbeat is older than ``stale_after``. The dead ones are marked failed (the row is changed only if
-    it is still active, so an import that finishes meanwhile keeps its outcome), their claim
-    on the file is released, the dataset's process status records the error, and their
-    staging tables are dropped.
+    its heartbeat is older than ``stale_after``. The dead ones are marked failed (the row is
+    changed only if it is still active, so an import that finishes meanwhile keeps its
+    outcome), their claim on the file is released, the dataset's process status records the
+    error, and their staging tables are dropped.
 
     Args:
         dataset: only this dataset's imports; ``None``: every dataset.
