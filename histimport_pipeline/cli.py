@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -140,6 +140,8 @@ def show_settings() -> None:
         "HISTIMPORT_LOOKBACK_DAYS": str(settings.lookback_days),
         "HISTIMPORT_PARTITION_RETENTION_DAYS": str(settings.partition_retention_days),
         "HISTIMPORT_MAX_FIELD_BYTES": str(settings.max_field_bytes),
+        "HISTIMPORT_STALE_AFTER_SECONDS": str(settings.stale_after_seconds),
+        "HISTIMPORT_WAIT_SECONDS": str(settings.wait_seconds),
     }
     for name, (meaning, _default) in ENVIRONMENT_VARIABLES.items():
         table.add_row(name, values[name], meaning)
@@ -323,10 +325,26 @@ def import_file(
         bool,
         typer.Option("--dry-run", help="Do everything but keep nothing; report what would happen."),
     ] = False,
+    wait: Annotated[
+        int | None,
+        typer.Option(
+            "--wait",
+            min=0,
+            metavar="SECONDS",
+            help="How long to wait for another running import of the same content "
+            "(default: HISTIMPORT_WAIT_SECONDS, 600).",
+        ),
+    ] = None,
+    no_wait: Annotated[
+        bool,
+        typer.Option("--no-wait", help="Do not wait for it: end failed at once (exit 1)."),
+    ] = False,
 ) -> None:
-    """Import FILE and print a summary. Exits 1 when the import failed or was rejected."""
+    """Import FILE and print a summary. Exits 1 when the import failed or was rejected, or
+    when another import of the same content still runs after the wait."""
     with tracked() as (settings, db):
         spec = _spec_for(settings, file, dataset)
+        wait_s = 0 if no_wait else settings.wait_seconds if wait is None else wait
         options = ImportOptions(
             force=force,
             dry_run=dry_run,
@@ -334,9 +352,19 @@ def import_file(
             source=ImportSource.CLI,
             triggered_by=user(),
             max_field_bytes=settings.max_field_bytes,
+            wait_for_holder_s=wait_s,
+            stale_after=timedelta(seconds=settings.stale_after_seconds),
         )
+
+        def waiting(holder: int) -> None:
+            err.print(
+                f"waiting for import {holder} (running) of the same content to end, at most "
+                f"{wait_s} s (--no-wait: don't wait)",
+                highlight=False,
+            )
+
         with _progress_bar(file) as progress:
-            result = run_import(db, spec, file, options, progress)
+            result = run_import(db, spec, file, options, progress, on_wait=waiting)
         detail = None if result.dry_run else history.get_import_detail(db, result.import_id)
         _print_summary(result, detail)
     if result.status in (ImportStatus.FAILED, ImportStatus.REJECTED):
@@ -720,10 +748,18 @@ def cleanup(
     ] = 30,
 ) -> None:
     """Remove failed-row records and error files past the retention period (history is kept),
-    and leftover staging tables of imports that are not running."""
+    mark imports whose worker died failed, and drop leftover staging tables of imports that
+    are not running."""
     with tracked() as (settings, db):
-        counts = history.cleanup(db, older_than, error_dir=settings.home / "errors", actor=user())
+        counts = history.cleanup(
+            db,
+            older_than,
+            error_dir=settings.home / "errors",
+            actor=user(),
+            stale_after=timedelta(seconds=settings.stale_after_seconds),
+        )
     out.print(
+        f"failed {counts['dead_imports_failed']:,} import(s) left running by a dead worker; "
         f"removed {counts['failed_rows_deleted']:,} failed-row record(s) and "
         f"{counts['error_files_deleted']:,} error file(s) older than {older_than} day(s); "
         f"dropped {counts['staging_tables_dropped']:,} leftover staging table(s). "

@@ -132,9 +132,11 @@ def _expired_partitions(
     description="Marks imports failed when their run died without recording it.",
 )
 def run_failure_sensor(context: dg.RunFailureSensorContext, database: DatabaseResource) -> None:
-    """Mark imports of a failed run that are still 'running' as failed."""
+    """Mark imports of a failed run that are still 'running', and any import whose worker died,
+    as failed."""
     run = context.dagster_run
     reason = f"Dagster run {run.run_id} failed: {context.failure_event.message or 'no message'}"
     marked = tracking.fail_unfinished_imports_of_run(database.database, run.run_id, reason[:2000])
+    marked += tracking.fail_dead_imports(database.database, found_by="the run-failure sensor")
     if marked:
         context.log.info(f"marked imports {marked} failed")

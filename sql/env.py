@@ -30,8 +30,8 @@ def run_online() -> None:
     db = config.attributes["histimport_db"]
     connection = config.attributes["connection"]
     if db.schema is not None:
-        with connection.begin():
-            connection.execute(CreateSchema(db.schema, if_not_exists=True))
+        # Inside the caller's transaction (engine.migrations), which holds the migration lock.
+        connection.execute(CreateSchema(db.schema, if_not_exists=True))
     context.configure(
         connection=connection,
         version_table=VERSION_TABLE,

@@ -20,8 +20,10 @@ from histimport_pipeline.engine.settings import Settings, mask_url, normalize_da
 
 #: Execution option marking a connection that only reads (SQLite: no write lock).
 READ_ONLY = "histimport_read_only"
-#: Seconds a SQLite writer waits for the lock before giving up.
-SQLITE_BUSY_TIMEOUT_S = 60
+#: Seconds a SQLite writer waits for the lock before giving up. Imports running at once take
+#: turns for it, and a big file's load holds it for its whole transaction: a minute was too
+#: short with several large imports queued.
+SQLITE_BUSY_TIMEOUT_S = 300
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:

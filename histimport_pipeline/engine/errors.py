@@ -201,3 +201,17 @@ def describe_cause(error: BaseException) -> str:
     if type(source).__module__.split(".")[0] not in _DRIVERS or not first:
         first = f"{type(source).__name__}: {first}" if first else type(source).__name__
     return first if len(first) <= CAUSE_LIMIT else first[: CAUSE_LIMIT - 1] + "\u2026"
+
+
+class ContentBusyError(TransientError):
+    """The same content is being imported right now by another import that is alive."""
+
+    def __init__(self, import_id: int, holder_import_id: int, waited_s: float) -> None:
+        waited = f" (waited {waited_s:.0f} s)" if waited_s >= 1 else ""
+        super().__init__(
+            f"this content is being imported by import {holder_import_id} (running){waited}; "
+            f"nothing loaded by import {import_id}. See `histimport show {holder_import_id}`; "
+            "if it ends failed, import the file again (or wait longer with --wait SECONDS)"
+        )
+        self.import_id = import_id
+        self.holder_import_id = holder_import_id

@@ -543,8 +543,12 @@ def cleanup(
     *,
     error_dir: Path | None = None,
     actor: str | None = None,
+    stale_after: timedelta = tracking.STALE_AFTER,
 ) -> dict[str, Any]:
     """Apply the retention period: remove what is only worth keeping for a while.
+
+    First, imports left ``running`` by a dead worker are marked failed and their staging
+    tables dropped (``tracking.fail_dead_imports`` with ``stale_after``), whatever their age.
 
     Removes the failed-row records (``import_failed_rows``) written at or before the
     cut-off, except those of imports still running; removes files in ``error_dir`` (exported
@@ -562,10 +566,12 @@ def cleanup(
         actor: who asked, for the audit entry.
 
     Returns:
-        ``failed_rows_deleted``, ``error_files_deleted``, ``staging_tables_dropped`` (counts)
-        and ``cutoff`` (the instant, ISO text).
+        ``dead_imports_failed``, ``failed_rows_deleted``, ``error_files_deleted``,
+        ``staging_tables_dropped`` (counts) and ``cutoff`` (the instant, ISO text).
     """
     cutoff = (now or tracking.utcnow()) - timedelta(days=older_than_days)
+    staged_before = set(_staging_tables(db))
+    dead = tracking.fail_dead_imports(db, stale_after=stale_after, found_by="histimport cleanup")
     h, failed = db.tables.import_history, db.tables.import_failed_rows
     active = sa.select(h.c.import_id).where(h.c.status.in_(ACTIVE))
     with db.engine.begin() as conn:
@@ -603,9 +609,10 @@ def cleanup(
     for import_id in dropped:
         load.drop_staging(db, import_id)
     counts: dict[str, Any] = {
+        "dead_imports_failed": len(dead),
         "failed_rows_deleted": int(deleted or 0),
         "error_files_deleted": files,
-        "staging_tables_dropped": len(dropped),
+        "staging_tables_dropped": len(dropped) + len(staged_before.intersection(dead)),
     }
     with db.engine.begin() as conn:
         tracking.record_audit(

@@ -18,8 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,6 +29,7 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import failpoints, load, migrations, reconcile, tracking
 from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
+    ContentBusyError,
     FileChangedError,
     FileError,
     HistimportError,
@@ -54,6 +56,11 @@ T = TypeVar("T")
 
 #: Seconds between heartbeats written while a file is staged.
 HEARTBEAT_EVERY_S = 5.0
+#: Seconds an import waits at most for another live import of the same content to end
+#: (then it reports a duplicate, or loads the content if that import failed or died).
+HOLDER_WAIT_S = 600.0
+#: Seconds between two looks at that other import while waiting.
+HOLDER_POLL_S = 1.0
 #: Allocations between young garbage collections while rows stream through (Python's
 #: default is 700). A batch holds tens of thousands of live tuples; at the default, the
 #: collector rescans them so often that it took a third of parse and validate time.
@@ -110,6 +117,12 @@ class ImportOptions:
     file_name: str | None = None
     #: The largest field value loaded (``HISTIMPORT_MAX_FIELD_BYTES``); larger: a row error.
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    #: How long another live import of the same content is waited for; 0: not at all (the
+    #: import then ends failed with ``ContentBusyError``'s message).
+    wait_for_holder_s: float = HOLDER_WAIT_S
+    #: How old a heartbeat may be before its import counts as dead (see
+    #: ``tracking.fail_dead_imports``).
+    stale_after: timedelta = tracking.STALE_AFTER
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,8 @@ class ImportResult:
 
 
 Progress = Callable[[int], None]
+#: Told the id of the import being waited for, each time the wait starts on a new one.
+OnWait = Callable[[int], None]
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -221,15 +236,23 @@ def start_import(
     path: Path,
     options: ImportOptions = ImportOptions(),
     conn: sa.Connection | None = None,
+    on_wait: OnWait | None = None,
 ) -> ImportHandle:
     """Record a new import of ``path`` and claim its content for it.
 
-    Stale ``running`` imports of the same content are marked failed first. When the content
-    was already imported (and ``force`` is off) the import is recorded as ``duplicate`` at
-    once and the handle says which import holds the content.
+    Imports of the dataset left ``running`` by a dead worker are marked failed first (see
+    ``tracking.fail_dead_imports``). While another live import holds the same content, this
+    one waits for it to end, at most ``options.wait_for_holder_s`` (not inside a caller's
+    transaction). When the content was already imported (and ``force`` is off) the import is
+    recorded as ``duplicate`` at once and the handle says which import holds the content.
+
+    Args:
+        on_wait: called with the holder's id when the wait for it begins.
 
     Raises:
         FileError: the file is missing, or a daily dataset's file name has no date.
+        ContentBusyError: the holder still runs after the wait; this import is recorded as
+            failed with that message and nothing was loaded.
     """
     path = Path(path)
     if not path.is_file():
@@ -246,87 +269,187 @@ def start_import(
                 f"{spec.date_from_name.regex!r}",
                 hint="Rename the file (e.g. signups_2024-01-31.csv) or pass the date",
             )
-    if conn is None:
-        tracking.fail_stale_imports(db, spec.name, sha)
-    with _tx(db, conn) as tx:
-        import_id = tracking.create_import(
-            tx,
-            db,
-            dataset=spec.name,
-            target_table=spec.target_table,
-            import_type=options.import_type.value,
-            source=options.source.value,
-            partition_key=options.partition_key,
-            business_date=business_date,
-            dagster_run_id=options.dagster_run_id,
-            file_name=name,
-            file_path=str(path.resolve()),
-            file_size=size,
-            file_sha256=sha,
-            strategy=spec.strategy.value,
-            status=ImportStatus.RUNNING.value,
-            phase=ImportPhase.PARSE.value,
-            forced=options.force,
-            retry_of=options.retry_of,
-            triggered_by=options.triggered_by,
-            worker=tracking.worker_id(),
-            heartbeat_at=tracking.utcnow(),
-            started_at=tracking.utcnow(),
-        )
-        tracking.record_audit(
-            tx,
-            db,
-            import_id,
-            "started",
-            options.triggered_by,
-            {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
-        )
-        claim = tracking.claim_file(
-            tx,
-            db,
-            dataset=spec.name,
-            sha256=sha,
-            file_name=name,
-            file_size=size,
-            import_id=import_id,
-            force=options.force,
-        )
-        handle = ImportHandle(
-            import_id=import_id,
-            dataset=spec.name,
-            file_path=str(path),
-            file_name=name,
-            sha256=sha,
-            file_size=size,
-            business_date=business_date,
-        )
-        if not claim.claimed:
-            message = (
-                f"this content was already imported by import {claim.holder_import_id} "
-                f"({claim.holder_status}); nothing loaded. Use --force to import it again"
-            )
-            tracking.update_import(
-                tx,
-                db,
-                import_id,
-                status=ImportStatus.DUPLICATE.value,
-                phase=ImportPhase.COMPLETE.value,
-                error_message=message,
-                finished_at=tracking.utcnow(),
-            )
-            tracking.record_nothing_loaded(tx, db, import_id)
-            tracking.record_audit(
-                tx,
-                db,
-                import_id,
-                "duplicate",
-                options.triggered_by,
-                {"holder_import_id": claim.holder_import_id},
-            )
-            return replace(handle, duplicate_of=claim.holder_import_id)
-        if not load.loads_directly(db, spec):
-            load.create_staging(tx, db, spec, import_id)
+    busy: ContentBusyError | None = None
+    t0 = time.monotonic()
+    deadline = t0 + options.wait_for_holder_s
+    while True:
+        if conn is None:
+            _wait_for_holder(db, spec, sha, options, on_wait, deadline)
+        try:
+            with _tx(db, conn) as tx:
+                handle, claim = _record_start(tx, db, spec, path, options, sha, size, business_date)
+                import_id = handle.import_id
+                if not claim.claimed and claim.holder_status == FileStatus.PROCESSING.value:
+                    assert claim.holder_import_id is not None
+                    if conn is None and time.monotonic() < deadline:
+                        # The holder claimed it after we looked: this attempt is rolled
+                        # back, and the next one waits for the holder first.
+                        raise _HolderAppeared
+                    waited = time.monotonic() - t0
+                    busy = ContentBusyError(import_id, claim.holder_import_id, waited)
+                    _record_refusal(tx, db, busy, options)
+                elif not claim.claimed:
+                    return _record_duplicate(tx, db, handle, claim, options)
+                elif not load.loads_directly(db, spec):
+                    load.create_staging(tx, db, spec, import_id)
+        except _HolderAppeared:
+            time.sleep(min(HOLDER_POLL_S, max(0.0, deadline - time.monotonic())))
+            continue
+        break
+    if busy is not None:
+        raise busy  # after the commit: the refused attempt stays on record
     return handle
+
+
+def _record_start(
+    tx: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions,
+    sha: str,
+    size: int,
+    business_date: date | None,
+) -> tuple[ImportHandle, tracking.Claim]:
+    """The new import's history row and its claim on the content, in ``tx``."""
+    name = options.file_name or path.name
+    import_id = tracking.create_import(
+        tx,
+        db,
+        dataset=spec.name,
+        target_table=spec.target_table,
+        import_type=options.import_type.value,
+        source=options.source.value,
+        partition_key=options.partition_key,
+        business_date=business_date,
+        dagster_run_id=options.dagster_run_id,
+        file_name=name,
+        file_path=str(path.resolve()),
+        file_size=size,
+        file_sha256=sha,
+        strategy=spec.strategy.value,
+        status=ImportStatus.RUNNING.value,
+        phase=ImportPhase.PARSE.value,
+        forced=options.force,
+        retry_of=options.retry_of,
+        triggered_by=options.triggered_by,
+        worker=tracking.worker_id(),
+        heartbeat_at=tracking.utcnow(),
+        started_at=tracking.utcnow(),
+    )
+    tracking.record_audit(
+        tx,
+        db,
+        import_id,
+        "started",
+        options.triggered_by,
+        {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
+    )
+    claim = tracking.claim_file(
+        tx,
+        db,
+        dataset=spec.name,
+        sha256=sha,
+        file_name=name,
+        file_size=size,
+        import_id=import_id,
+        force=options.force,
+    )
+    handle = ImportHandle(
+        import_id=import_id,
+        dataset=spec.name,
+        file_path=str(path),
+        file_name=name,
+        sha256=sha,
+        file_size=size,
+        business_date=business_date,
+    )
+    return handle, claim
+
+
+def _record_refusal(
+    tx: sa.Connection, db: Database, busy: ContentBusyError, options: ImportOptions
+) -> None:
+    """End an import that found its content held by another live import: failed."""
+    tracking.update_import(
+        tx,
+        db,
+        busy.import_id,
+        status=ImportStatus.FAILED.value,
+        error_message=str(busy),
+        finished_at=tracking.utcnow(),
+        worker=None,
+    )
+    tracking.record_nothing_loaded(tx, db, busy.import_id)
+    tracking.record_audit(
+        tx,
+        db,
+        busy.import_id,
+        "failed",
+        options.triggered_by,
+        {"reason": "content busy", "holder_import_id": busy.holder_import_id},
+    )
+
+
+def _record_duplicate(
+    tx: sa.Connection,
+    db: Database,
+    handle: ImportHandle,
+    claim: tracking.Claim,
+    options: ImportOptions,
+) -> ImportHandle:
+    """End an import whose content was imported already: duplicate, nothing loaded."""
+    message = (
+        f"this content was already imported by import {claim.holder_import_id} "
+        f"({claim.holder_status}); nothing loaded. Use --force to import it again"
+    )
+    tracking.update_import(
+        tx,
+        db,
+        handle.import_id,
+        status=ImportStatus.DUPLICATE.value,
+        phase=ImportPhase.COMPLETE.value,
+        error_message=message,
+        finished_at=tracking.utcnow(),
+    )
+    tracking.record_nothing_loaded(tx, db, handle.import_id)
+    tracking.record_audit(
+        tx,
+        db,
+        handle.import_id,
+        "duplicate",
+        options.triggered_by,
+        {"holder_import_id": claim.holder_import_id},
+    )
+    return replace(handle, duplicate_of=claim.holder_import_id)
+
+
+class _HolderAppeared(Exception):
+    """Another import claimed the content between the look for one and this claim."""
+
+
+def _wait_for_holder(
+    db: Database,
+    spec: DatasetSpec,
+    sha: str,
+    options: ImportOptions,
+    on_wait: OnWait | None,
+    deadline: float,
+) -> None:
+    """Fail the dataset's dead imports; then, while a live import holds this content, wait
+    for it to end (until ``deadline``, a ``time.monotonic()`` instant), failing dead ones at
+    each look."""
+    announced: int | None = None
+    while True:
+        tracking.fail_dead_imports(db, spec.name, stale_after=options.stale_after)
+        holder = None if options.force else tracking.running_holder(db, spec.name, sha)
+        now = time.monotonic()
+        if holder is None or now >= deadline:
+            return
+        if on_wait is not None and holder != announced:
+            on_wait(holder)
+        announced = holder
+        time.sleep(min(HOLDER_POLL_S, deadline - now))
 
 
 def inspect_file(
@@ -347,6 +470,7 @@ def inspect_file(
         info = parsed.info
     with _tx(db, conn) as tx:
         _record_parsed(tx, db, handle.import_id, info)
+        _release(tx, db, handle.import_id)
     return {**info.as_metadata(), "mapping": info.mapping, "warnings": list(info.warnings)}
 
 
@@ -362,6 +486,20 @@ def _record_parsed(conn: sa.Connection, db: Database, import_id: int, info: File
         warnings=list(info.warnings),
         phase=ImportPhase.VALIDATE.value,
     )
+
+
+#: Set while ``run_import`` runs every step in this process: the worker stays recorded
+#: between steps, so a kill between them is seen at once (by the process id).
+_all_steps_here: ContextVar[bool] = ContextVar("histimport_all_steps_here", default=False)
+
+
+def _release(tx: sa.Connection, db: Database, import_id: int) -> None:
+    """A step called on its own ended: no process works on the import until the next step
+    takes it over (perhaps in another process), so its liveness is its heartbeat's age."""
+    if _all_steps_here.get():
+        tracking.update_import(tx, db, import_id, heartbeat_at=tracking.utcnow())
+        return
+    tracking.update_import(tx, db, import_id, worker=None, heartbeat_at=tracking.utcnow())
 
 
 def _take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> None:
@@ -505,8 +643,8 @@ def _stage(
             rows_duplicate=staged.duplicates,
             phase=ImportPhase.RECONCILE.value,
             phase_seconds=result.seconds,
-            heartbeat_at=tracking.utcnow(),
         )
+        _release(tx, db, handle.import_id)
         details: dict[str, Any] = {
             "rows_read": staged.read,
             "rows_valid": staged.valid,
@@ -858,6 +996,7 @@ def reconcile_import(
             phase_seconds=seconds,
             phase=ImportPhase.CONFIRM.value,
         )
+        _release(tx, db, handle.import_id)
         tracking.record_audit(
             tx,
             db,
@@ -1291,15 +1430,20 @@ def run_import(
     path: Path,
     options: ImportOptions = ImportOptions(),
     progress: Progress | None = None,
+    on_wait: OnWait | None = None,
 ) -> ImportResult:
     """Import one file from start to end.
 
     A dry run does everything, including the target write, inside one transaction that is
     rolled back: its counts are exactly what a real import would do, and nothing is kept.
 
+    Args:
+        on_wait: see ``start_import`` (another live import holds the same content).
+
     Returns:
         How the import ended. File-level errors end as ``failed`` with the error's message;
-        they are not raised.
+        they are not raised. So does an import of content that another live import still
+        holds after the wait (``ContentBusyError``): nothing was loaded.
 
     Raises:
         DatabaseUnavailableError: the database could not be reached (worth a retry).
@@ -1312,9 +1456,13 @@ def run_import(
         ensure_schema(db)
         if options.dry_run:
             return _dry_run(db, spec, Path(path), options, progress)
-        handle = start_import(db, spec, Path(path), options)
+        try:
+            handle = start_import(db, spec, Path(path), options, on_wait=on_wait)
+        except ContentBusyError as busy:
+            return _busy_result(spec, Path(path), options, busy)
         if handle.duplicate_of is not None:
             return _duplicate_result(spec, handle)
+        all_steps_here = _all_steps_here.set(True)
         try:
             if load.loads_directly(db, spec) and spec.strategy is Strategy.APPEND:
                 return _import_in_one_pass(db, spec, handle, options, progress)
@@ -1330,6 +1478,8 @@ def run_import(
             if not isinstance(exc, Exception) or is_unavailable(exc):
                 raise  # an interrupt, or a lost database (retried as transient)
             raise UnexpectedImportError(handle.import_id, describe_cause(exc)) from exc
+        finally:
+            _all_steps_here.reset(all_steps_here)
 
 
 def _import_in_one_pass(
@@ -1362,6 +1512,20 @@ def _import_in_one_pass(
     return load_import(db, spec, handle, options)
 
 
+def _busy_result(
+    spec: DatasetSpec, path: Path, options: ImportOptions, busy: ContentBusyError
+) -> ImportResult:
+    return ImportResult(
+        import_id=busy.import_id,
+        dataset=spec.name,
+        status=ImportStatus.FAILED,
+        file_name=options.file_name or path.name,
+        sha256="",
+        error_message=str(busy),
+        dry_run=options.dry_run,
+    )
+
+
 def _duplicate_result(spec: DatasetSpec, handle: ImportHandle) -> ImportResult:
     return ImportResult(
         import_id=handle.import_id,
@@ -1380,7 +1544,10 @@ def _dry_run(
     with db.engine.connect() as conn:
         outer = conn.begin()
         try:
-            handle = start_import(db, spec, path, options, conn=conn)
+            try:
+                handle = start_import(db, spec, path, options, conn=conn)
+            except ContentBusyError as busy:
+                return _busy_result(spec, path, options, busy)
             if handle.duplicate_of is not None:
                 result = _duplicate_result(spec, handle)
             else:

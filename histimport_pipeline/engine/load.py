@@ -10,6 +10,7 @@ put them back exactly.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -165,6 +166,12 @@ def qualified_name(conn: sa.Connection, schema: str | None, name: str) -> str:
 def ensure_target(conn: sa.Connection, spec: DatasetSpec) -> sa.Table:
     """Create the target table if missing, or add new optional columns to it.
 
+    Concurrent imports may find the table missing (or short of a column) at the same moment:
+    a change is made only under a lock on the table's name held to the end of ``conn``'s
+    transaction (PostgreSQL: a transaction-scoped advisory lock; SQLite: the write lock its
+    ``BEGIN IMMEDIATE`` took already), after looking again. The one that waited finds the
+    table made and uses it. A table that needs no change takes no lock.
+
     Returns:
         The table as it is in the database after the change.
 
@@ -173,10 +180,49 @@ def ensure_target(conn: sa.Connection, spec: DatasetSpec) -> sa.Table:
             part of the key, or a system column is missing.
     """
     declared = target_table(spec)
-    inspector = sa.inspect(conn)
-    if not inspector.has_table(spec.target_table):
+    if _target_changes(conn, spec, declared) == []:
+        return sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+    lock_target(conn, spec.target_table)
+    to_add = _target_changes(conn, spec, declared)
+    if to_add is None:
         declared.create(conn)
         return declared
+    preparer = conn.dialect.identifier_preparer
+    for column in to_add:
+        ddl_type = column.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(spec.target_table)} "
+            f"ADD COLUMN {preparer.quote(column.name)} {ddl_type}"
+        )
+    return sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+
+
+def lock_target(conn: sa.Connection, table: str) -> None:
+    """Serialise schema changes of ``table`` until ``conn``'s transaction ends.
+
+    PostgreSQL: ``pg_advisory_xact_lock`` on a stable 64-bit hash of the schema-qualified
+    name (two imports into different tables do not wait for each other). SQLite: nothing to
+    do, every writing transaction holds the database's write lock from its ``BEGIN``.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+    name = f"histimport target {schema}.{table}".encode()
+    key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+
+def _target_changes(
+    conn: sa.Connection, spec: DatasetSpec, declared: sa.Table
+) -> list[sa.Column[Any]] | None:
+    """The columns to add to the existing target (``[]``: none), ``None`` if it is missing.
+
+    Raises:
+        SchemaChangeError: see ``ensure_target``.
+    """
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(spec.target_table):
+        return None
     existing = {c["name"]: c for c in inspector.get_columns(spec.target_table)}
     for system in ("_import_id", "_source_row", "_loaded_at"):
         if system not in existing:
@@ -199,14 +245,7 @@ def ensure_target(conn: sa.Connection, spec: DatasetSpec) -> sa.Table:
             problems.append(f"column {column.name!r} is {have} in the table but {want} in the spec")
     if problems:
         raise SchemaChangeError(spec.target_table, "; ".join(problems))
-    preparer = conn.dialect.identifier_preparer
-    for column in to_add:
-        ddl_type = column.type.compile(dialect=conn.dialect)
-        conn.exec_driver_sql(
-            f"ALTER TABLE {preparer.quote(spec.target_table)} "
-            f"ADD COLUMN {preparer.quote(column.name)} {ddl_type}"
-        )
-    return sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+    return to_add
 
 
 # Staging -------------------------------------------------------------------------------------

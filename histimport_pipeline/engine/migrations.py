@@ -1,8 +1,8 @@
 """Apply and roll back the versioned schema migrations kept under ``sql/``.
 
-Alembic runs them; each migration and its version bookkeeping commit in one transaction, on
-PostgreSQL and SQLite alike (SQLite's DDL is transactional once the driver stops managing
-transactions, see :mod:`histimport_pipeline.engine.db`).
+Alembic runs them; one upgrade or downgrade, each migration with its version bookkeeping,
+commits in one transaction, on PostgreSQL and SQLite alike (SQLite's DDL is transactional
+once the driver stops managing transactions, see :mod:`histimport_pipeline.engine.db`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -39,9 +40,22 @@ def _config(db: Database | None, sql_schema: str | None = None) -> Config:
     return cfg
 
 
+#: Key of the PostgreSQL advisory lock that serialises migrations of one database.
+_MIGRATION_LOCK = 0x68697374696D7072  # "histimpr"
+
+
 @contextmanager
 def _connected(db: Database) -> Iterator[Config]:
-    with db.engine.connect() as conn:
+    """A connection in one transaction that holds the migration lock, for Alembic.
+
+    Several processes may migrate a fresh database at once (the first imports into a new
+    SQLite file do): the lock (PostgreSQL: a transaction-scoped advisory lock; SQLite: the
+    write lock of ``BEGIN IMMEDIATE``) makes them take turns, and Alembic reads the current
+    revision only once it holds it, so the later ones find nothing left to do.
+    """
+    with db.engine.connect() as conn, conn.begin():
+        if db.dialect == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         cfg = _config(db)
         cfg.attributes["connection"] = conn
         yield cfg

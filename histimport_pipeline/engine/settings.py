@@ -49,6 +49,16 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
         "Largest value of one field (UTF-8 bytes); a larger one is a row error.",
         str(DEFAULT_MAX_FIELD_BYTES),
     ),
+    "HISTIMPORT_STALE_AFTER_SECONDS": (
+        "A running import whose worker on another host sent no heartbeat for this long is "
+        "taken for dead (on the same host a gone process decides at once).",
+        "600",
+    ),
+    "HISTIMPORT_WAIT_SECONDS": (
+        "How long `histimport import` waits for another running import of the same content "
+        "(0: not at all; the import then ends failed).",
+        "600",
+    ),
 }
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -81,6 +91,8 @@ class Settings:
     lookback_days: int = 7
     partition_retention_days: int = 90
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
+    stale_after_seconds: int = 600
+    wait_seconds: int = 600
 
     @classmethod
     def from_env(
@@ -123,12 +135,12 @@ class Settings:
                 "(letters, digits, underscore; at most 63 characters)"
             )
 
-        def days(name: str, default: int) -> int:
+        def whole(name: str, default: int, unit: str = "days") -> int:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
             if not raw.isdigit():
-                raise SettingsError(f"{name}={raw!r} must be a whole number of days")
+                raise SettingsError(f"{name}={raw!r} must be a whole number of {unit}")
             return int(raw)
 
         raw_limit = env.get("HISTIMPORT_MAX_FIELD_BYTES", "").strip()
@@ -139,8 +151,10 @@ class Settings:
             )
         return cls(
             max_field_bytes=int(raw_limit) if raw_limit else DEFAULT_MAX_FIELD_BYTES,
-            lookback_days=days("HISTIMPORT_LOOKBACK_DAYS", 7),
-            partition_retention_days=days("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
+            lookback_days=whole("HISTIMPORT_LOOKBACK_DAYS", 7),
+            partition_retention_days=whole("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
+            stale_after_seconds=whole("HISTIMPORT_STALE_AFTER_SECONDS", 600, "seconds"),
+            wait_seconds=whole("HISTIMPORT_WAIT_SECONDS", 600, "seconds"),
             home=home,
             database_url=url,
             db_schema=schema,

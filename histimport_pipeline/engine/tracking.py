@@ -25,8 +25,9 @@ from histimport_pipeline.engine.models import (
     RowError,
 )
 
-#: A running import whose worker on another host has not sent a heartbeat for this long is
-#: taken for dead. On the same host, a dead process id decides at once.
+#: A running import whose worker on another host (or, between steps, no worker) has not sent a
+#: heartbeat for this long is taken for dead. On the same host, a dead process id decides at
+#: once. ``HISTIMPORT_STALE_AFTER_SECONDS`` overrides it for the CLI.
 STALE_AFTER = timedelta(minutes=10)
 #: Failed-row messages kept in the error summary.
 TOP_ERRORS = 5
@@ -377,53 +378,126 @@ def error_summary(conn: sa.Connection, db: Database, import_id: int) -> dict[str
     return {"by_category": by_category, "top_errors": top}
 
 
-def fail_stale_imports(db: Database, dataset: str, sha256: str) -> list[int]:
-    """Mark imports of this content left ``running`` by a dead process as failed.
+_ACTIVE = (ImportStatus.RUNNING.value, ImportStatus.PENDING.value)
 
-    A worker on this host is dead when its process id is gone; on another host, when its
-    heartbeat is older than :data:`STALE_AFTER`. Their staging tables are dropped and their
-    claim on the file released.
+
+def fail_dead_imports(
+    db: Database,
+    dataset: str | None = None,
+    *,
+    stale_after: timedelta = STALE_AFTER,
+    found_by: str = "a later import",
+) -> list[int]:
+    """Mark imports left ``running`` (or ``pending``) by a dead worker as failed.
+
+    An import's worker is recorded as ``host:pid`` while a step runs, and cleared between
+    steps run one by one (a Dagster run may run the next step in another process). It is
+    dead when it ran on this host and that process is gone (or a zombie); otherwise, when
+    its heartbeat is older than ``stale_after``. The dead ones are marked failed (the row is
+    changed only if it is still active, so an import that finishes meanwhile keeps its
+    outcome), their claim on the file is released, the dataset's process status records the
+    error, and their staging tables are dropped.
+
+    Args:
+        dataset: only this dataset's imports; ``None``: every dataset.
+        stale_after: how old a heartbeat may be before its import counts as dead.
+        found_by: who noticed, for the error message and the audit trail.
 
     Returns:
         The ids of the imports marked failed.
     """
     t = db.tables.import_history
     here = socket.gethostname()
-    with db.engine.begin() as conn:
-        rows = conn.execute(
-            sa.select(t.c.import_id, t.c.worker, t.c.heartbeat_at).where(
-                t.c.dataset == dataset,
-                t.c.file_sha256 == sha256,
-                t.c.status.in_([ImportStatus.RUNNING.value, ImportStatus.PENDING.value]),
-            )
-        ).all()
-        stale: list[int] = []
-        for import_id, worker, heartbeat in rows:
-            if _is_dead(worker, heartbeat, here):
-                stale.append(import_id)
-        for import_id in stale:
-            update_import(
+    query = sa.select(
+        t.c.import_id,
+        t.c.dataset,
+        t.c.file_sha256,
+        t.c.business_date,
+        t.c.worker,
+        t.c.heartbeat_at,
+    ).where(t.c.status.in_(_ACTIVE))
+    if dataset is not None:
+        query = query.where(t.c.dataset == dataset)
+    with db.reader() as conn:
+        candidates = [
+            r for r in conn.execute(query) if _is_dead(r.worker, r.heartbeat_at, here, stale_after)
+        ]
+    marked: list[int] = []
+    for row in candidates:
+        last = (
+            row.heartbeat_at.isoformat(sep=" ", timespec="seconds") if row.heartbeat_at else "never"
+        )
+        message = (
+            f"the worker running this import ({row.worker or 'between steps'}) died or stopped "
+            f"sending heartbeats (last: {last}); found by {found_by}. Nothing was loaded: import "
+            "the file again"
+        )
+        with db.engine.begin() as conn:
+            stamp = utcnow()
+            changed = conn.execute(
+                sa.update(t)
+                .where(t.c.import_id == row.import_id, t.c.status.in_(_ACTIVE))
+                .values(
+                    status=ImportStatus.FAILED.value,
+                    error_message=message,
+                    finished_at=stamp,
+                    updated_at=stamp,
+                )
+            ).rowcount
+            if not changed:
+                continue
+            if row.file_sha256:
+                set_file_status(
+                    conn, db, row.dataset, row.file_sha256, row.import_id, FileStatus.FAILED
+                )
+            record_outcome(
                 conn,
                 db,
-                import_id,
-                status=ImportStatus.FAILED.value,
-                error_message="the process running this import died (found by a later attempt)",
-                finished_at=utcnow(),
+                dataset=row.dataset,
+                import_id=row.import_id,
+                ok=False,
+                error=message,
+                business_date=row.business_date,
             )
-            record_nothing_loaded(conn, db, import_id)
-            set_file_status(conn, db, dataset, sha256, import_id, FileStatus.FAILED)
-            record_audit(conn, db, import_id, "failed", "histimport", {"reason": "stale"})
+            record_nothing_loaded(conn, db, row.import_id)
+            record_audit(
+                conn,
+                db,
+                row.import_id,
+                "failed",
+                "histimport",
+                {"reason": "worker dead", "worker": row.worker, "found_by": found_by},
+            )
+        marked.append(int(row.import_id))
     from histimport_pipeline.engine.load import drop_staging
 
-    for import_id in stale:
+    for import_id in marked:
         drop_staging(db, import_id)
-    return stale
+    return marked
 
 
-def _is_dead(worker: str | None, heartbeat: datetime | None, here: str) -> bool:
-    if not worker or ":" not in worker:
-        return True
-    host, _, pid_text = worker.rpartition(":")
+def running_holder(db: Database, dataset: str, sha256: str) -> int | None:
+    """The import that is loading this content right now (its claim is ``processing`` and
+    it is still active), or ``None``."""
+    t, h = db.tables.processed_files, db.tables.import_history
+    with db.reader() as conn:
+        holder = conn.execute(
+            sa.select(h.c.import_id)
+            .select_from(t.join(h, h.c.import_id == t.c.last_import_id))
+            .where(
+                t.c.dataset == dataset,
+                t.c.sha256 == sha256,
+                t.c.status == FileStatus.PROCESSING.value,
+                h.c.status.in_(_ACTIVE),
+            )
+        ).scalar()
+    return int(holder) if holder is not None else None
+
+
+def _is_dead(
+    worker: str | None, heartbeat: datetime | None, here: str, stale_after: timedelta
+) -> bool:
+    host, _, pid_text = (worker or "").rpartition(":")
     if host == here and pid_text.isdigit():
         pid = int(pid_text)
         if pid == os.getpid():
@@ -439,7 +513,7 @@ def _is_dead(worker: str | None, heartbeat: datetime | None, here: str) -> bool:
         return True
     if heartbeat.tzinfo is None:
         heartbeat = heartbeat.replace(tzinfo=UTC)
-    return utcnow() - heartbeat > STALE_AFTER
+    return utcnow() - heartbeat > stale_after
 
 
 def _is_zombie(pid: int) -> bool:
