@@ -9,25 +9,27 @@ from histimport_pipeline.engine.reconciliation.apply import (
     ENGINE_ACTOR,
     TOP_CANDIDATES,
     MasterData,
-    MatchNotFoundError,
     ReconcileOutcome,
     ReconcileSettings,
     Resolution,
-    ReviewError,
-    apply_review,
     as_text,
-    decide_match,
     drop_created_masters,
     imports_using_created_masters,
     input_key,
     key_labels,
-    list_matches,
     normalize,
     read_aliases,
     read_master,
     reconcile_staged,
     reflect_master,
     resolve_values,
+)
+from histimport_pipeline.engine.reconciliation.review import (
+    MatchNotFoundError,
+    ReviewError,
+    apply_review,
+    decide_match,
+    list_matches,
 )
 
 __all__ = [
