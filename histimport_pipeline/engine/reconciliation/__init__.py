@@ -13,8 +13,6 @@ from histimport_pipeline.engine.reconciliation.apply import (
     ReconcileSettings,
     Resolution,
     as_text,
-    drop_created_masters,
-    imports_using_created_masters,
     input_key,
     key_labels,
     normalize,
@@ -23,6 +21,10 @@ from histimport_pipeline.engine.reconciliation.apply import (
     reconcile_staged,
     reflect_master,
     resolve_values,
+)
+from histimport_pipeline.engine.reconciliation.created import (
+    drop_created_masters,
+    imports_using_created_masters,
 )
 from histimport_pipeline.engine.reconciliation.review import (
     MatchNotFoundError,

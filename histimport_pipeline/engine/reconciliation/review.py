@@ -12,28 +12,20 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import load, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
-from histimport_pipeline.engine.models import (
-    FileStatus,
-    ImportStatus,
-    MatchDecision,
-)
+from histimport_pipeline.engine.models import FileStatus, ImportStatus, MatchDecision
 from histimport_pipeline.engine.reconciliation.apply import (
     HOLD_REJECT,
     HOLD_REVIEW,
     apply_mapping,
     as_text,
-    create_master_row,
     distinct_inputs,
     reflect_master,
     typed_id,
     values_text,
     write_rejected_rows,
 )
-from histimport_pipeline.engine.spec import (
-    DatasetSpec,
-    OnUnmatched,
-    Strategy,
-)
+from histimport_pipeline.engine.reconciliation.created import create_master_row
+from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched, Strategy
 
 
 class MatchNotFoundError(HistimportError):
