@@ -5,17 +5,9 @@ The names other modules use are re-exported here, so callers import them from
 """
 
 from histimport_pipeline.engine.reconciliation.apply import (
-    DEFAULT_SETTINGS,
     ENGINE_ACTOR,
-    TOP_CANDIDATES,
     MasterData,
     ReconcileOutcome,
-    ReconcileSettings,
-    Resolution,
-    as_text,
-    input_key,
-    key_labels,
-    normalize,
     read_aliases,
     read_master,
     reconcile_staged,
@@ -32,6 +24,16 @@ from histimport_pipeline.engine.reconciliation.review import (
     apply_review,
     decide_match,
     list_matches,
+)
+from histimport_pipeline.engine.reconciliation.rules import (
+    DEFAULT_SETTINGS,
+    TOP_CANDIDATES,
+    ReconcileSettings,
+    Resolution,
+    as_text,
+    input_key,
+    key_labels,
+    normalize,
 )
 
 __all__ = [
