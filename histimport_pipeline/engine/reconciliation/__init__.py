@@ -6,17 +6,19 @@ The names other modules use are re-exported here, so callers import them from
 
 from histimport_pipeline.engine.reconciliation.apply import (
     ENGINE_ACTOR,
-    MasterData,
     ReconcileOutcome,
-    read_aliases,
-    read_master,
     reconcile_staged,
-    reflect_master,
     resolve_values,
 )
 from histimport_pipeline.engine.reconciliation.created import (
     drop_created_masters,
     imports_using_created_masters,
+)
+from histimport_pipeline.engine.reconciliation.master import (
+    MasterData,
+    read_aliases,
+    read_master,
+    reflect_master,
 )
 from histimport_pipeline.engine.reconciliation.review import (
     MatchNotFoundError,

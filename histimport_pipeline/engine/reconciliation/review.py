@@ -19,12 +19,12 @@ from histimport_pipeline.engine.reconciliation.apply import (
     apply_mapping,
     as_text,
     distinct_inputs,
-    reflect_master,
     typed_id,
     values_text,
     write_rejected_rows,
 )
 from histimport_pipeline.engine.reconciliation.created import create_master_row
+from histimport_pipeline.engine.reconciliation.master import reflect_master
 from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched, Strategy
 
 
