@@ -31,7 +31,11 @@ reconciliation), ``null`` (loaded without an id) or ``create`` (a new master row
 Every decision is stored in ``import_reconciliation_matches``; accepting one in review stores
 an alias in ``reconciliation_aliases`` so the same input matches exactly next time.
 
-The stage's public names are re-exported here: import them from
+Modules: ``rules`` (settings, text normalisation, input keys, scorers), ``master`` (master
+data, aliases), ``blocking`` (candidate generation), ``evidence`` (multi-field evidence),
+``fuzzy`` (the fuzzy stage), ``matching`` (the matcher, :func:`resolve_values`), ``apply``
+(:func:`reconcile_staged`), ``created`` (master rows created by policy) and ``review`` (the
+review cycle). The stage's public names are re-exported here: import them from
 ``histimport_pipeline.engine.reconciliation``, whatever module of the stage they live in.
 """
 

@@ -317,6 +317,7 @@ def reconcile_staged(
     Raises:
         HistimportError: a master table or one of its columns is missing.
     """
+    # Long on purpose: each input's decision is written next to its match record, one loop.
     if not spec.references:
         return ReconcileOutcome(0, 0, {})
     stage = load.staging_table(db, spec, import_id)

@@ -68,6 +68,7 @@ def list_matches(
         ``match_ids`` and ``import_ids`` of every match it stands for and ``rows_waiting``,
         their rows in total (for decided matches: that match alone).
     """
+    # Long on purpose: the grouped and the plain listing share one reader transaction.
     t = db.tables.import_reconciliation_matches
     with db.reader() as conn:
         if decision is not MatchDecision.NEEDS_REVIEW:
@@ -168,6 +169,7 @@ def decide_match(
             ambiguous or unmatched value needs ``entity_id``), or the id is not in the
             master table.
     """
+    # Long on purpose: one transaction locks, decides, learns the alias and audits.
     t = db.tables.import_reconciliation_matches
     aliases = db.tables.reconciliation_aliases
     with db.engine.begin() as conn:
@@ -313,6 +315,7 @@ def apply_review(
         ImportNotFoundError: no import with that id.
         ReviewError: the import is of another dataset, or has no rows held for review.
     """
+    # Long on purpose: one transaction releases, loads and accounts for the held rows.
     matches = db.tables.import_reconciliation_matches
     with db.engine.begin() as conn:
         history = tracking.get_import(conn, db, import_id)
