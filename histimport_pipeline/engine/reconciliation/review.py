@@ -17,7 +17,6 @@ from histimport_pipeline.engine.reconciliation.apply import (
     HOLD_REJECT,
     HOLD_REVIEW,
     apply_mapping,
-    as_text,
     distinct_inputs,
     typed_id,
     values_text,
@@ -25,6 +24,7 @@ from histimport_pipeline.engine.reconciliation.apply import (
 )
 from histimport_pipeline.engine.reconciliation.created import create_master_row
 from histimport_pipeline.engine.reconciliation.master import reflect_master
+from histimport_pipeline.engine.reconciliation.rules import as_text
 from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched, Strategy
 
 
