@@ -35,7 +35,7 @@ from _reconcile_common import import_file
 
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.migrations import upgrade
-from histimport_pipeline.engine.reconcile import (
+from histimport_pipeline.engine.reconciliation import (
     MasterData,
     normalize,
     resolve_values,

@@ -1,6 +1,6 @@
 """``histimport review``: list, accept and reject reconciliation decisions, then apply them.
 
-A thin layer over :mod:`histimport_pipeline.engine.reconcile`; engine errors become a
+A thin layer over :mod:`histimport_pipeline.engine.reconciliation`; engine errors become a
 one-line message on stderr and exit code 2, as in :mod:`histimport_pipeline.cli`.
 """
 
@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from histimport_pipeline.cli_common import out, print_json, tracked, user
-from histimport_pipeline.engine import history, reconcile
+from histimport_pipeline.engine import history, reconciliation
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import MatchDecision
 from histimport_pipeline.engine.spec import load_specs
@@ -52,7 +52,7 @@ def list_reviews(
     """
     with tracked() as (_settings, db):
         decision = None if show_all else MatchDecision.NEEDS_REVIEW
-        rows = reconcile.list_matches(db, import_id, dataset, decision, limit)
+        rows = reconciliation.list_matches(db, import_id, dataset, decision, limit)
     if as_json:
         print_json(rows)
         return
@@ -106,7 +106,7 @@ def accept(
 ) -> None:
     """Accept a value for every import waiting on it; it is remembered as an alias."""
     with tracked() as (_settings, db):
-        row = reconcile.decide_match(db, match_id, accept=True, entity_id=entity, actor=user())
+        row = reconciliation.decide_match(db, match_id, accept=True, entity_id=entity, actor=user())
     out.print(
         f"match {match_id}: accepted {escape(_inputs(row['input_values']))} -> "
         f"{escape(row['entity'])} {escape(str(row['matched_id']))} (alias recorded)"
@@ -128,7 +128,7 @@ def reject(
 ) -> None:
     """Reject a value for every import waiting on it; apply then follows on_unmatched."""
     with tracked() as (_settings, db):
-        row = reconcile.decide_match(db, match_id, accept=False, actor=user())
+        row = reconciliation.decide_match(db, match_id, accept=False, actor=user())
     out.print(
         f"match {match_id}: rejected {escape(_inputs(row['input_values']))}{_settled(row)}",
         highlight=False,
@@ -151,7 +151,7 @@ def apply(
             spec = specs.get(detail["dataset"])
             if spec is None:
                 raise DatasetNotFoundError(f"dataset {detail['dataset']!r}", list(specs))
-            result = reconcile.apply_review(db, spec, import_id, actor=user())
+            result = reconciliation.apply_review(db, spec, import_id, actor=user())
             out.print(
                 f"import {import_id}: {result['status']} - loaded {result['rows_loaded']:,} "
                 f"(created {result['rows_created']:,}, updated {result['rows_updated']:,}), "

@@ -16,7 +16,7 @@ from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import RollbackConflictError, SpecError
 from histimport_pipeline.engine.importer import ImportResult, run_import
 from histimport_pipeline.engine.models import ImportStatus, MatchDecision
-from histimport_pipeline.engine.reconcile import (
+from histimport_pipeline.engine.reconciliation import (
     ReviewError,
     apply_review,
     as_text,
@@ -682,7 +682,7 @@ def test_learned_rates_do_not_depend_on_the_master_tables_row_order(
 ) -> None:
     from datetime import date, timedelta
 
-    from histimport_pipeline.engine.reconcile import MasterData, as_text, resolve_values
+    from histimport_pipeline.engine.reconciliation import MasterData, as_text, resolve_values
 
     rng = random.Random(11)
     records = [

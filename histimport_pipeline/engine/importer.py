@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import failpoints, load, migrations, reconcile, tracking
+from histimport_pipeline.engine import failpoints, load, migrations, reconciliation, tracking
 from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     ContentBusyError,
@@ -984,7 +984,7 @@ def reconcile_import(
     t0 = time.perf_counter()
     with _tx(db, conn) as tx:
         row = tracking.get_import(tx, db, handle.import_id) or {}
-        outcome = reconcile.reconcile_staged(tx, db, spec, handle.import_id)
+        outcome = reconciliation.reconcile_staged(tx, db, spec, handle.import_id)
         seconds = dict(row.get("phase_seconds") or {})
         seconds["reconcile"] = round(time.perf_counter() - t0, 4)
         tracking.update_import(
@@ -1168,7 +1168,7 @@ def load_import(
             )
             seconds["confirm"] = round(time.perf_counter() - t0, 4)
             # Nothing is loaded, so master rows its reconciliation created go too.
-            masters_deleted = reconcile.drop_created_masters(tx, db, handle.import_id)
+            masters_deleted = reconciliation.drop_created_masters(tx, db, handle.import_id)
             _finish(
                 tx,
                 db,

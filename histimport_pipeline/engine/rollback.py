@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import load, reconcile, tracking
+from histimport_pipeline.engine import load, reconciliation, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ImportNotFoundError, RollbackConflictError
 from histimport_pipeline.engine.models import FileStatus, ImportStatus
@@ -101,7 +101,7 @@ def _dependents(conn: sa.Connection, db: Database, import_id: int) -> list[int]:
     while todo:
         current = todo.pop()
         later_ones = later_imports_touching(conn, db, current)
-        later_ones += reconcile.imports_using_created_masters(conn, db, current)
+        later_ones += reconciliation.imports_using_created_masters(conn, db, current)
         for later in later_ones:
             if later not in seen:
                 seen.add(later)
@@ -125,7 +125,7 @@ def _undo(
             conn.execute(sa.delete(target).where(target.c._import_id == import_id)).rowcount
         )
         restored = load.restore_images(conn, db, info.target_table, import_id)
-    masters_deleted = reconcile.drop_created_masters(conn, db, import_id)
+    masters_deleted = reconciliation.drop_created_masters(conn, db, import_id)
     tracking.update_import(conn, db, import_id, status=ImportStatus.ROLLED_BACK.value)
     tracking.set_file_status(
         conn, db, info.dataset, info.file_sha256, import_id, FileStatus.ROLLED_BACK

@@ -194,7 +194,7 @@ class MatchRule(_Strict):
 
     The short form ``{source: a, field: b, method: fuzzy, threshold: 90}`` is a rule of one
     field. A rule of one field scores a candidate by that field's similarity; a rule of
-    several fields scores it by the evidence of all its fields (see ``engine.reconcile``).
+    several fields scores it by the evidence of all its fields (see ``engine.reconciliation``).
     """
 
     fields: tuple[MatchField, ...] = Field(min_length=1)
