@@ -85,6 +85,31 @@ def cleanup(
     for path in _old_files(error_dir, cutoff):
         path.unlink(missing_ok=True)
         files += 1
+    dropped = _expired_staging(db, cutoff)
+    for import_id in dropped:
+        load.drop_staging(db, import_id)
+    counts: dict[str, Any] = {
+        "dead_imports_failed": len(dead),
+        "failed_rows_deleted": int(deleted or 0),
+        "error_files_deleted": files,
+        "staging_tables_dropped": len(dropped) + len(staged_before.intersection(dead)),
+    }
+    with db.engine.begin() as conn:
+        records.record_audit(
+            conn,
+            db,
+            None,
+            "cleanup",
+            actor,
+            {**counts, "older_than_days": older_than_days, "cutoff": cutoff.isoformat()},
+        )
+    return {**counts, "cutoff": cutoff.isoformat()}
+
+
+def _expired_staging(db: Database, cutoff: datetime) -> list[int]:
+    """The staging tables to drop: of imports that ended at or before ``cutoff`` with no rows
+    in review, and those no history row knows."""
+    h = db.tables.import_history
     staged = _staging_tables(db)
     expired: set[int] = set()
     if staged:
@@ -106,22 +131,4 @@ def cleanup(
             if staged
             else set()
         )
-    dropped = [i for i in staged if i in expired or i not in known]
-    for import_id in dropped:
-        load.drop_staging(db, import_id)
-    counts: dict[str, Any] = {
-        "dead_imports_failed": len(dead),
-        "failed_rows_deleted": int(deleted or 0),
-        "error_files_deleted": files,
-        "staging_tables_dropped": len(dropped) + len(staged_before.intersection(dead)),
-    }
-    with db.engine.begin() as conn:
-        records.record_audit(
-            conn,
-            db,
-            None,
-            "cleanup",
-            actor,
-            {**counts, "older_than_days": older_than_days, "cutoff": cutoff.isoformat()},
-        )
-    return {**counts, "cutoff": cutoff.isoformat()}
+    return [i for i in staged if i in expired or i not in known]

@@ -70,58 +70,60 @@ def fail_dead_imports(
         candidates = [
             r for r in conn.execute(query) if _is_dead(r.worker, r.heartbeat_at, here, stale_after)
         ]
-    marked: list[int] = []
-    for row in candidates:
-        last = (
-            row.heartbeat_at.isoformat(sep=" ", timespec="seconds") if row.heartbeat_at else "never"
-        )
-        message = (
-            f"the worker running this import ({row.worker or 'between steps'}) died or stopped "
-            f"sending heartbeats (last: {last}); found by {found_by}. Nothing was loaded: import "
-            "the file again"
-        )
-        with db.engine.begin() as conn:
-            stamp = utcnow()
-            changed = conn.execute(
-                sa.update(t)
-                .where(t.c.import_id == row.import_id, t.c.status.in_(_ACTIVE))
-                .values(
-                    status=ImportStatus.FAILED.value,
-                    error_message=message,
-                    finished_at=stamp,
-                    updated_at=stamp,
-                )
-            ).rowcount
-            if not changed:
-                continue
-            if row.file_sha256:
-                set_file_status(
-                    conn, db, row.dataset, row.file_sha256, row.import_id, FileStatus.FAILED
-                )
-            record_outcome(
-                conn,
-                db,
-                dataset=row.dataset,
-                import_id=row.import_id,
-                ok=False,
-                error=message,
-                business_date=row.business_date,
-            )
-            record_nothing_loaded(conn, db, row.import_id)
-            record_audit(
-                conn,
-                db,
-                row.import_id,
-                "failed",
-                "histimport",
-                {"reason": "worker dead", "worker": row.worker, "found_by": found_by},
-            )
-        marked.append(int(row.import_id))
+    marked = [int(row.import_id) for row in candidates if _fail_dead(db, row, found_by)]
     from histimport_pipeline.engine.load import drop_staging
 
     for import_id in marked:
         drop_staging(db, import_id)
     return marked
+
+
+def _fail_dead(db: Database, row: Any, found_by: str) -> bool:
+    """Mark one dead import failed in one transaction; ``False`` if it ended meanwhile."""
+    t = db.tables.import_history
+    last = row.heartbeat_at.isoformat(sep=" ", timespec="seconds") if row.heartbeat_at else "never"
+    message = (
+        f"the worker running this import ({row.worker or 'between steps'}) died or stopped "
+        f"sending heartbeats (last: {last}); found by {found_by}. Nothing was loaded: import "
+        "the file again"
+    )
+    with db.engine.begin() as conn:
+        stamp = utcnow()
+        changed = conn.execute(
+            sa.update(t)
+            .where(t.c.import_id == row.import_id, t.c.status.in_(_ACTIVE))
+            .values(
+                status=ImportStatus.FAILED.value,
+                error_message=message,
+                finished_at=stamp,
+                updated_at=stamp,
+            )
+        ).rowcount
+        if not changed:
+            return False
+        if row.file_sha256:
+            set_file_status(
+                conn, db, row.dataset, row.file_sha256, row.import_id, FileStatus.FAILED
+            )
+        record_outcome(
+            conn,
+            db,
+            dataset=row.dataset,
+            import_id=row.import_id,
+            ok=False,
+            error=message,
+            business_date=row.business_date,
+        )
+        record_nothing_loaded(conn, db, row.import_id)
+        record_audit(
+            conn,
+            db,
+            row.import_id,
+            "failed",
+            "histimport",
+            {"reason": "worker dead", "worker": row.worker, "found_by": found_by},
+        )
+    return True
 
 
 def running_holder(db: Database, dataset: str, sha256: str) -> int | None:
