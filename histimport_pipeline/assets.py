@@ -9,12 +9,13 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.engine import files, history, importer, tracking
+from histimport_pipeline.engine import files, importer, tracking
 from histimport_pipeline.engine.errors import FileError, HistimportError
 from histimport_pipeline.engine.importer import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
+from histimport_pipeline.engine.tracking import history
 from histimport_pipeline.partitions import dataset_partitions
 from histimport_pipeline.resources import DatabaseResource
 from histimport_pipeline.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags

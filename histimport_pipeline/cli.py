@@ -31,7 +31,7 @@ from histimport_pipeline.cli_common import (
     user,
 )
 from histimport_pipeline.cli_review import review_app
-from histimport_pipeline.engine import history, migrations
+from histimport_pipeline.engine import migrations
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.demo import write_demo
 from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
@@ -49,6 +49,7 @@ from histimport_pipeline.engine.settings import (
     dagster_instance_url,
 )
 from histimport_pipeline.engine.spec import DatasetSpec, load_specs, route_file
+from histimport_pipeline.engine.tracking import history
 
 app = typer.Typer(
     name="histimport",

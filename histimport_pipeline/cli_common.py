@@ -16,7 +16,6 @@ import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
-from histimport_pipeline.engine import history
 from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     HistimportError,
@@ -25,6 +24,7 @@ from histimport_pipeline.engine.errors import (
 )
 from histimport_pipeline.engine.importer import ensure_schema
 from histimport_pipeline.engine.settings import Settings, SettingsError
+from histimport_pipeline.engine.tracking import history
 
 #: Width of tables written to a pipe or file, where there is no terminal to measure.
 PIPE_WIDTH = 200

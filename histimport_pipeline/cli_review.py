@@ -13,10 +13,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from histimport_pipeline.cli_common import out, print_json, tracked, user
-from histimport_pipeline.engine import history, reconciliation
+from histimport_pipeline.engine import reconciliation
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import MatchDecision
 from histimport_pipeline.engine.spec import load_specs
+from histimport_pipeline.engine.tracking import history
 
 review_app = typer.Typer(
     help="Review reconciliation decisions: list them, accept or reject, then apply.",

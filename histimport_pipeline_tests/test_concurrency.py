@@ -237,7 +237,8 @@ def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path:
     while its heartbeat is recent, and its steps go on to load."""
     from datetime import timedelta
 
-    from histimport_pipeline.engine import history, importer, tracking
+    from histimport_pipeline.engine import importer, tracking
+    from histimport_pipeline.engine.tracking import history
     from histimport_pipeline_tests.helpers import make_spec
 
     spec = make_spec()

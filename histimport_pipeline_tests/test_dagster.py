@@ -18,10 +18,10 @@ from histimport_pipeline.assets import build_dataset_asset
 from histimport_pipeline.checks import build_checks
 from histimport_pipeline.definitions import build_definitions
 from histimport_pipeline.engine import files, importer, migrations, tracking
-from histimport_pipeline.engine import history as hist
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import dagster_instance_url
 from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.engine.tracking import history as hist
 from histimport_pipeline.resources import DatabaseResource
 from histimport_pipeline.schedules import build_daily_schedule
 from histimport_pipeline.sensors import build_inbox_sensor

@@ -8,7 +8,9 @@ with one day missing (the schedule's gap backfill).
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +114,18 @@ def _signup_rows(start: int, count: int) -> list[list[str]]:
     return rows
 
 
+#: The sign-up files' header: the spec's aliases and column names, as a partner writes them.
+SIGNUP_HEADER = [
+    "ID",
+    "E-mail",
+    "signed_up",
+    "plan",
+    "amount",
+    "ambassador_email",
+    "ambassador_name",
+]
+
+
 def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -> DemoResult:
     """Write the demo specs, master table and inbox files (idempotent for the specs/master).
 
@@ -125,15 +139,28 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
     """
     today = today or dt.date.today()
     result = DemoResult()
-    settings.datasets.mkdir(parents=True, exist_ok=True)
+    _write_specs(settings.datasets, today, result)
+    result.master_rows = _write_master(db)
+    inbox = settings.inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    _write_signup_files(inbox, result)
+    _write_session_files(inbox, today, result)
+    return result
+
+
+def _write_specs(folder: Path, today: dt.date, result: DemoResult) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
     for name, spec in (
         ("signups", SIGNUPS_SPEC),
         ("sessions", sessions_spec(today - dt.timedelta(days=14))),
     ):
-        path = settings.datasets / f"{name}.yaml"
+        path = folder / f"{name}.yaml"
         path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         result.specs.append(path)
 
+
+def _write_master(db: Database) -> int:
+    """Create the ``ambassadors`` master table and add the rows it lacks; returns how many."""
     md = sa.MetaData()
     ambassadors = sa.Table(
         "ambassadors",
@@ -148,22 +175,20 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
         new = [{"id": i, "email": e, "full_name": n} for i, e, n in AMBASSADORS if i not in present]
         if new:
             conn.execute(sa.insert(ambassadors), new)
-        result.master_rows = len(new)
+        return len(new)
 
-    inbox = settings.inbox
-    inbox.mkdir(parents=True, exist_ok=True)
-    header = ["ID", "E-mail", "signed_up", "plan", "amount", "ambassador_email", "ambassador_name"]
 
-    def csv_text(rows: list[list[str]]) -> str:
-        import csv
-        import io
+def _csv_text(rows: list[list[str]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SIGNUP_HEADER)
+    writer.writerows(rows)
+    return buf.getvalue()
 
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(header)
-        writer.writerows(rows)
-        return buf.getvalue()
 
+def _write_signup_files(inbox: Path, result: DemoResult) -> None:
+    """The sign-up exports: a messy CSV, its duplicate, a corrected copy, JSON and Excel."""
+    header = SIGNUP_HEADER
     january = _signup_rows(1, 40)
     # messy rows: a bad email, an impossible date, a negative amount, an unknown plan,
     # a misspelled ambassador (fuzzy match), an ambassador nobody knows (review)
@@ -176,13 +201,13 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
     january[13][5], january[13][6] = "", "Zed Unknown"
     january[15][0] = "007"  # leading zeros survive
     files = {
-        "signups_2024-01.csv": csv_text(january),
+        "signups_2024-01.csv": _csv_text(january),
         # the same content again under another name: recorded as a duplicate
-        "signups_2024-01_resent.csv": csv_text(january),
+        "signups_2024-01_resent.csv": _csv_text(january),
     }
     near = [row[:] for row in january[:30]]
     near[0][4] = "99.00"  # one row changed: the upsert updates it, the rest are unchanged
-    files["signups_2024-01_corrected.csv"] = csv_text(near)
+    files["signups_2024-01_corrected.csv"] = _csv_text(near)
     for name, text in files.items():
         path = inbox / name
         path.write_text(text, encoding="utf-8")
@@ -201,6 +226,9 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
     _write_xlsx(xlsx_path, header, _signup_rows(200, 10))
     result.files.append(xlsx_path)
 
+
+def _write_session_files(inbox: Path, today: dt.date, result: DemoResult) -> None:
+    """A week of daily session files up to ``today``, one day missing and one rejected."""
     missing = today - dt.timedelta(days=4)
     for back in range(7, 0, -1):
         day = today - dt.timedelta(days=back)
@@ -215,7 +243,6 @@ def write_demo(settings: Settings, db: Database, today: dt.date | None = None) -
         path = inbox / f"sessions_{day.isoformat()}.csv"
         path.write_text("\n".join(lines) + "\n")
         result.files.append(path)
-    return result
 
 
 def _write_xlsx(path: Path, header: list[str], rows: list[list[str]]) -> None:

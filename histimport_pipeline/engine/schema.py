@@ -78,8 +78,31 @@ def tracking_tables(schema: str | None) -> TrackingTables:
     """
     md = sa.MetaData(schema=schema)
     fk_import = f"{schema}.import_history.import_id" if schema else "import_history.import_id"
+    # The tables join ``md`` in this order, as they always did (aliases reference matches).
+    import_history = _import_history(md, fk_import)
+    processed_files = _processed_files(md, fk_import)
+    processing_status = _processing_status(md, fk_import)
+    import_failed_rows = _import_failed_rows(md, fk_import)
+    import_reconciliation_matches = _import_reconciliation_matches(md, fk_import)
+    reconciliation_aliases = _reconciliation_aliases(md, schema)
+    import_audit_trail = _import_audit_trail(md, fk_import)
+    import_row_images = _import_row_images(md, fk_import)
+    return TrackingTables(
+        metadata=md,
+        import_history=import_history,
+        processed_files=processed_files,
+        processing_status=processing_status,
+        import_failed_rows=import_failed_rows,
+        import_reconciliation_matches=import_reconciliation_matches,
+        import_audit_trail=import_audit_trail,
+        import_row_images=import_row_images,
+        reconciliation_aliases=reconciliation_aliases,
+    )
 
-    import_history = sa.Table(
+
+def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """One row per import: what was imported, how it went, its counts and timings."""
+    return sa.Table(
         "import_history",
         md,
         sa.Column("import_id", BigId, primary_key=True, autoincrement=True),
@@ -133,7 +156,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Index("ix_import_history_target_table", "target_table"),
     )
 
-    processed_files = sa.Table(
+
+def _processed_files(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """One row per file content (``dataset`` + ``sha256``): the claim that stops a re-import."""
+    return sa.Table(
         "processed_files",
         md,
         sa.Column("file_id", BigId, primary_key=True, autoincrement=True),
@@ -154,7 +180,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Index("ix_processed_files_last_import_id", "last_import_id"),
     )
 
-    processing_status = sa.Table(
+
+def _processing_status(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """One row per process (a dataset, a sensor): its last run, success and error."""
+    return sa.Table(
         "processing_status",
         md,
         sa.Column("process_name", sa.String(200), primary_key=True),
@@ -174,7 +203,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Index("ix_processing_status_dataset", "dataset"),
     )
 
-    import_failed_rows = sa.Table(
+
+def _import_failed_rows(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """Rows that failed validation, with their original values."""
+    return sa.Table(
         "import_failed_rows",
         md,
         sa.Column("failed_row_id", BigId, primary_key=True, autoincrement=True),
@@ -196,7 +228,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Index("ix_import_failed_rows_created_at", "created_at"),
     )
 
-    import_reconciliation_matches = sa.Table(
+
+def _import_reconciliation_matches(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """Reconciliation decisions of an import, per distinct input value."""
+    return sa.Table(
         "import_reconciliation_matches",
         md,
         sa.Column("match_id", BigId, primary_key=True, autoincrement=True),
@@ -234,12 +269,15 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         ),
     )
 
+
+def _reconciliation_aliases(md: sa.MetaData, schema: str | None) -> sa.Table:
+    """Confirmed input values of an entity: the alias cache of reconciliation."""
     fk_match = (
         f"{schema}.import_reconciliation_matches.match_id"
         if schema
         else "import_reconciliation_matches.match_id"
     )
-    reconciliation_aliases = sa.Table(
+    return sa.Table(
         "reconciliation_aliases",
         md,
         sa.Column("alias_id", BigId, primary_key=True, autoincrement=True),
@@ -254,7 +292,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.UniqueConstraint("entity", "input_key", name="uq_reconciliation_aliases_entity_key"),
     )
 
-    import_audit_trail = sa.Table(
+
+def _import_audit_trail(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """Who did what to an import, and when."""
+    return sa.Table(
         "import_audit_trail",
         md,
         sa.Column("audit_id", BigId, primary_key=True, autoincrement=True),
@@ -267,7 +308,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         sa.Index("ix_import_audit_trail_created_at", "created_at"),
     )
 
-    import_row_images = sa.Table(
+
+def _import_row_images(md: sa.MetaData, fk_import: str) -> sa.Table:
+    """Before-images of target rows an import changed or deleted, for rollback."""
+    return sa.Table(
         "import_row_images",
         md,
         sa.Column("image_id", BigId, primary_key=True, autoincrement=True),
@@ -285,18 +329,6 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         _check_in("operation", ImageOperation, "ck_import_row_images_operation"),
         sa.Index("ix_import_row_images_import_id", "import_id"),
         sa.Index("ix_import_row_images_target_table", "target_table"),
-    )
-
-    return TrackingTables(
-        metadata=md,
-        import_history=import_history,
-        processed_files=processed_files,
-        processing_status=processing_status,
-        import_failed_rows=import_failed_rows,
-        import_reconciliation_matches=import_reconciliation_matches,
-        import_audit_trail=import_audit_trail,
-        import_row_images=import_row_images,
-        reconciliation_aliases=reconciliation_aliases,
     )
 
 

@@ -1,32 +1,35 @@
-"""Read side of the tracking tables: history, one import in detail, failed rows, statistics,
-lineage, and the retention cleanup.
+"""Read side of the tracking tables: history, one import in detail, failed rows, statistics
+and lineage (the queries behind ``show``, ``history``, ``stats``, ``lineage`` and ``errors``).
 
 Plain queries for the CLI (and anyone else): every function takes a :class:`Database` and
 returns plain dicts. Timestamps come back as timezone-aware UTC datetimes on both backends
-(SQLite hands back naive values that were stored as UTC).
+(SQLite hands back naive values that were stored as UTC). The retention cleanup lives in
+``tracking.cleanup`` and the failed-rows CSV in ``tracking.failed_rows``; their public names are
+imported here too, so ``history.cleanup`` and ``history.export_failed_rows`` keep working.
 """
 
 from __future__ import annotations
 
-import csv
-import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import cells, load, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
-from histimport_pipeline.engine.models import ErrorCategory, ImportStatus
+from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.spec import DatasetSpec
-from histimport_pipeline.engine.tracking import EXTRA_VALUE_PREFIX
+from histimport_pipeline.engine.tracking.cleanup import cleanup as cleanup
+from histimport_pipeline.engine.tracking.failed_rows import ERROR_COLUMNS as ERROR_COLUMNS
+from histimport_pipeline.engine.tracking.failed_rows import (
+    export_failed_rows as export_failed_rows,
+)
+from histimport_pipeline.engine.tracking.failed_rows import iter_failed_rows as iter_failed_rows
+from histimport_pipeline.engine.tracking.failed_rows import neutralise_cell as neutralise_cell
+from histimport_pipeline.engine.tracking.records import utcnow
 from histimport_pipeline.engine.validation import CoercionError, coerce_value
-
-_EXTRA_KEY = re.compile(re.escape(EXTRA_VALUE_PREFIX) + r"[1-9][0-9]*")
 
 #: Columns of ``import_history`` shown in a listing (the full row is in :func:`get_import_detail`).
 LIST_COLUMNS = (
@@ -53,12 +56,7 @@ LIST_COLUMNS = (
     "finished_at",
     "error_message",
 )
-#: Columns the failed-rows CSV adds after the file's own columns.
-ERROR_COLUMNS = ("_error_row", "_error_column", "_error_category", "_error_message")
-#: Imports in these states may still be using their staging table.
-ACTIVE = (ImportStatus.RUNNING.value, ImportStatus.PENDING.value)
 LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
-STAGING_NAME = re.compile(r"^hi_stage_(\d+)$")
 _SINCE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -89,7 +87,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     Raises:
         HistimportError: the text is neither form.
     """
-    now = now or tracking.utcnow()
+    now = now or utcnow()
     age = _SINCE.match(text)
     if age:
         return now - timedelta(**{_UNITS[age.group(2).lower()]: int(age.group(1))})
@@ -203,142 +201,6 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
     return detail
 
 
-def _require_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any]:
-    h = db.tables.import_history
-    row = (
-        conn.execute(sa.select(h.c.import_id, h.c.file_metadata).where(h.c.import_id == import_id))
-        .mappings()
-        .first()
-    )
-    if row is None:
-        raise ImportNotFoundError(import_id)
-    return dict(row)
-
-
-def iter_failed_rows(
-    db: Database, import_id: int, batch_size: int = 1_000
-) -> Iterator[dict[str, Any]]:
-    """Stream the failed-row records of an import, ordered by source row.
-
-    The rows are fetched ``batch_size`` at a time (a server-side cursor on PostgreSQL), so
-    memory does not grow with the number of failed rows. The connection stays open until the
-    iterator is exhausted or closed.
-
-    Yields:
-        ``source_row``, ``column_name``, ``category``, ``message``, ``raw_value`` and
-        ``raw_values`` (original header -> original text) of each failed row.
-
-    Raises:
-        ImportNotFoundError: no import with that id.
-    """
-    t = db.tables.import_failed_rows
-    query = (
-        sa.select(
-            t.c.source_row,
-            t.c.column_name,
-            t.c.category,
-            t.c.message,
-            t.c.raw_value,
-            t.c.raw_values,
-        )
-        .where(t.c.import_id == import_id)
-        .order_by(t.c.source_row, t.c.failed_row_id)
-    )
-    with db.reader() as conn:
-        _require_import(conn, db, import_id)
-        result = conn.execution_options(yield_per=batch_size).execute(query).mappings()
-        for row in result:
-            yield dict(row)
-
-
-def neutralise_cell(value: object) -> str:
-    """A cell's text, made safe to open in a spreadsheet.
-
-    Text starting with ``= + - @``, a tab or a carriage return would be run as a formula
-    (CSV injection), so it gets a leading single quote -- unless it is a plain number such as
-    ``-5`` or ``-3.00``, which a spreadsheet reads as that number. Text columns read the quote
-    back off (:func:`cells.restore`), so the fixed file imports the original values. ``None``
-    becomes the empty string.
-    """
-    if value is None:
-        return ""
-    return cells.neutralise(value if isinstance(value, str) else str(value))
-
-
-def _export_headers(db: Database, import_id: int, metadata: Any) -> list[str]:
-    """The original columns: the file's headers when recorded, else the keys seen in the rows
-    in order of first appearance (one extra streaming pass, holding only the key names).
-    Values past the header of ragged rows (``_extra_1``...) follow the headers."""
-    headers = metadata.get("headers") if isinstance(metadata, Mapping) else None
-    if headers:
-        known = [str(h) for h in headers]
-        extras = _extra_keys(db, import_id, set(known))
-        return known + sorted(extras, key=lambda k: int(k.removeprefix(EXTRA_VALUE_PREFIX)))
-    seen: dict[str, None] = {}
-    for row in iter_failed_rows(db, import_id):
-        for key in row["raw_values"] or {}:
-            seen.setdefault(str(key), None)
-    return list(seen)
-
-
-def _extra_keys(db: Database, import_id: int, headers: set[str]) -> set[str]:
-    """The ``_extra_N`` keys of the import's failed rows (only parse errors can have them)."""
-    t = db.tables.import_failed_rows
-    query = sa.select(t.c.raw_values).where(
-        t.c.import_id == import_id, t.c.category == ErrorCategory.PARSE.value
-    )
-    found: set[str] = set()
-    with db.reader() as conn:
-        for (values,) in conn.execution_options(yield_per=1_000).execute(query):
-            for key in values or {}:
-                if key not in headers and _EXTRA_KEY.fullmatch(key):
-                    found.add(key)
-    return found
-
-
-def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:
-    """Write an import's failed rows as a CSV a person can fix and import again.
-
-    Columns: the file's original columns in header order, then ``_error_row`` (the source
-    row), ``_error_column``, ``_error_category`` and ``_error_message``. The file is UTF-8
-    with a BOM (so spreadsheet programs detect the encoding), every formula-looking cell is
-    neutralised (:func:`neutralise_cell`), and rows are written one by one as they stream
-    from the database. The file appears complete or not at all (written aside, then renamed).
-
-    Args:
-        db: the target database.
-        import_id: the import.
-        out_path: where to write; its folder is created if needed.
-
-    Returns:
-        The number of failed rows written.
-
-    Raises:
-        ImportNotFoundError: no import with that id.
-    """
-    with db.reader() as conn:
-        found = _require_import(conn, db, import_id)
-    headers = _export_headers(db, import_id, found["file_metadata"])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(f".{out_path.name}.part")
-    written = 0
-    try:
-        with partial.open("w", encoding="utf-8-sig", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([neutralise_cell(h) for h in (*headers, *ERROR_COLUMNS)])
-            for row in iter_failed_rows(db, import_id):
-                raw = row["raw_values"] or {}
-                cells = [raw.get(h) for h in headers]
-                cells += [row["source_row"], row["column_name"], row["category"], row["message"]]
-                writer.writerow([neutralise_cell(c) for c in cells])
-                written += 1
-        os.replace(partial, out_path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return written
-
-
 def stats(
     db: Database, days: int = 30, dataset: str | None = None, now: datetime | None = None
 ) -> list[dict[str, Any]]:
@@ -352,7 +214,7 @@ def stats(
         duration; ``None`` when none did).
     """
     t = db.tables.import_history
-    since = (now or tracking.utcnow()) - timedelta(days=days)
+    since = (now or utcnow()) - timedelta(days=days)
     loaded = sa.func.coalesce(t.c.rows_created, 0) + sa.func.coalesce(t.c.rows_updated, 0)
     query = (
         sa.select(
@@ -519,111 +381,6 @@ def lineage_of_key(
         "row": {k: v for k, v in row.items() if not k.startswith("_")},
         "import": _plain(info) if info else None,
     }
-
-
-def _staging_tables(db: Database) -> list[int]:
-    with db.reader() as conn:
-        names = sa.inspect(conn).get_table_names(schema=db.schema)
-    return sorted(int(m.group(1)) for n in names if (m := STAGING_NAME.match(n)))
-
-
-def _old_files(folder: Path | None, cutoff: datetime) -> Iterator[Path]:
-    if folder is None or not folder.is_dir():
-        return
-    limit = cutoff.timestamp()
-    for path in folder.iterdir():
-        if path.is_file() and not path.is_symlink() and path.stat().st_mtime <= limit:
-            yield path
-
-
-def cleanup(
-    db: Database,
-    older_than_days: int = 30,
-    now: datetime | None = None,
-    *,
-    error_dir: Path | None = None,
-    actor: str | None = None,
-    stale_after: timedelta = tracking.STALE_AFTER,
-) -> dict[str, Any]:
-    """Apply the retention period: remove what is only worth keeping for a while.
-
-    First, imports left ``running`` by a dead worker are marked failed and their staging
-    tables dropped (``tracking.fail_dead_imports`` with ``stale_after``), whatever their age.
-
-    Removes the failed-row records (``import_failed_rows``) written at or before the
-    cut-off, except those of imports still running; removes files in ``error_dir`` (exported
-    failed-row CSVs) last changed at or before the cut-off; and drops leftover staging tables
-    (``hi_stage_<id>``) of imports that ended at or before the cut-off and hold no rows
-    waiting for review (a failed import's staging is what a retry resumes from). History rows
-    (with their error summaries) are kept. One audit entry (``import_id`` NULL) records what
-    was removed.
-
-    Args:
-        db: the target database.
-        older_than_days: the retention period in days; 0 removes everything eligible now.
-        now: the current time (tests pass their own).
-        error_dir: folder of exported error files, or ``None``.
-        actor: who asked, for the audit entry.
-
-    Returns:
-        ``dead_imports_failed``, ``failed_rows_deleted``, ``error_files_deleted``,
-        ``staging_tables_dropped`` (counts) and ``cutoff`` (the instant, ISO text).
-    """
-    cutoff = (now or tracking.utcnow()) - timedelta(days=older_than_days)
-    staged_before = set(_staging_tables(db))
-    dead = tracking.fail_dead_imports(db, stale_after=stale_after, found_by="histimport cleanup")
-    h, failed = db.tables.import_history, db.tables.import_failed_rows
-    active = sa.select(h.c.import_id).where(h.c.status.in_(ACTIVE))
-    with db.engine.begin() as conn:
-        deleted = conn.execute(
-            sa.delete(failed).where(
-                failed.c.created_at <= cutoff, failed.c.import_id.not_in(active)
-            )
-        ).rowcount
-    files = 0
-    for path in _old_files(error_dir, cutoff):
-        path.unlink(missing_ok=True)
-        files += 1
-    staged = _staging_tables(db)
-    expired: set[int] = set()
-    if staged:
-        with db.reader() as conn:
-            expired = set(
-                conn.execute(
-                    sa.select(h.c.import_id).where(
-                        h.c.import_id.in_(staged),
-                        h.c.status.not_in(ACTIVE),
-                        sa.func.coalesce(h.c.finished_at, h.c.created_at) <= cutoff,
-                        sa.func.coalesce(h.c.rows_review, 0) == 0,
-                    )
-                ).scalars()
-            )
-    # A staging table without a history row is debris of a rolled-back dry run or a crash.
-    with db.reader() as conn:
-        known = (
-            set(conn.execute(sa.select(h.c.import_id).where(h.c.import_id.in_(staged))).scalars())
-            if staged
-            else set()
-        )
-    dropped = [i for i in staged if i in expired or i not in known]
-    for import_id in dropped:
-        load.drop_staging(db, import_id)
-    counts: dict[str, Any] = {
-        "dead_imports_failed": len(dead),
-        "failed_rows_deleted": int(deleted or 0),
-        "error_files_deleted": files,
-        "staging_tables_dropped": len(dropped) + len(staged_before.intersection(dead)),
-    }
-    with db.engine.begin() as conn:
-        tracking.record_audit(
-            conn,
-            db,
-            None,
-            "cleanup",
-            actor,
-            {**counts, "older_than_days": older_than_days, "cutoff": cutoff.isoformat()},
-        )
-    return {**counts, "cutoff": cutoff.isoformat()}
 
 
 def jsonable(value: Any) -> Any:

@@ -1,0 +1,71 @@
+"""Tracking and history: every import's rows in ``import_history``, ``processed_files``,
+``processing_status``, ``import_failed_rows`` and the audit trail, and the queries that read
+them back.
+
+* ``records``: creating and updating an import, the audit trail, claims on a file's content,
+  outcomes, failed rows and the error summary.
+* ``liveness``: imports left running by a dead worker, the holder of a file's content.
+* ``history``: the queries behind ``show``, ``history``, ``stats``, ``lineage`` and ``errors``.
+* ``cleanup``: the retention cleanup.
+
+The write side is re-exported here, so callers write ``tracking.update_import(...)``; the read
+side is imported as ``from histimport_pipeline.engine.tracking import history``.
+"""
+
+from histimport_pipeline.engine.tracking.liveness import (
+    STALE_AFTER,
+    fail_dead_imports,
+    fail_unfinished_imports_of_run,
+    imports_of_run,
+    running_holder,
+)
+from histimport_pipeline.engine.tracking.records import (
+    EXTRA_VALUE_PREFIX,
+    TOP_ERRORS,
+    Claim,
+    claim_file,
+    create_import,
+    dates_needing_import,
+    error_summary,
+    expired_partition_keys,
+    get_import,
+    original_values,
+    record_audit,
+    record_file_moved,
+    record_nothing_loaded,
+    record_outcome,
+    set_file_status,
+    touch_process,
+    update_import,
+    utcnow,
+    worker_id,
+    write_failed_rows,
+)
+
+__all__ = [
+    "EXTRA_VALUE_PREFIX",
+    "STALE_AFTER",
+    "TOP_ERRORS",
+    "Claim",
+    "claim_file",
+    "create_import",
+    "dates_needing_import",
+    "error_summary",
+    "expired_partition_keys",
+    "fail_dead_imports",
+    "fail_unfinished_imports_of_run",
+    "get_import",
+    "imports_of_run",
+    "original_values",
+    "record_audit",
+    "record_file_moved",
+    "record_nothing_loaded",
+    "record_outcome",
+    "running_holder",
+    "set_file_status",
+    "touch_process",
+    "update_import",
+    "utcnow",
+    "worker_id",
+    "write_failed_rows",
+]

@@ -1,0 +1,162 @@
+"""Failed rows read back: streaming an import's failed-row records, and the errors CSV (the
+file's original columns plus the error, safe to open in a spreadsheet, fixable and importable
+again).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from histimport_pipeline.engine import cells
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.errors import ImportNotFoundError
+from histimport_pipeline.engine.models import ErrorCategory
+from histimport_pipeline.engine.tracking.records import EXTRA_VALUE_PREFIX
+
+_EXTRA_KEY = re.compile(re.escape(EXTRA_VALUE_PREFIX) + r"[1-9][0-9]*")
+
+#: Columns the failed-rows CSV adds after the file's own columns.
+ERROR_COLUMNS = ("_error_row", "_error_column", "_error_category", "_error_message")
+
+
+def _require_import(conn: sa.Connection, db: Database, import_id: int) -> dict[str, Any]:
+    h = db.tables.import_history
+    row = (
+        conn.execute(sa.select(h.c.import_id, h.c.file_metadata).where(h.c.import_id == import_id))
+        .mappings()
+        .first()
+    )
+    if row is None:
+        raise ImportNotFoundError(import_id)
+    return dict(row)
+
+
+def iter_failed_rows(
+    db: Database, import_id: int, batch_size: int = 1_000
+) -> Iterator[dict[str, Any]]:
+    """Stream the failed-row records of an import, ordered by source row.
+
+    The rows are fetched ``batch_size`` at a time (a server-side cursor on PostgreSQL), so
+    memory does not grow with the number of failed rows. The connection stays open until the
+    iterator is exhausted or closed.
+
+    Yields:
+        ``source_row``, ``column_name``, ``category``, ``message``, ``raw_value`` and
+        ``raw_values`` (original header -> original text) of each failed row.
+
+    Raises:
+        ImportNotFoundError: no import with that id.
+    """
+    t = db.tables.import_failed_rows
+    query = (
+        sa.select(
+            t.c.source_row,
+            t.c.column_name,
+            t.c.category,
+            t.c.message,
+            t.c.raw_value,
+            t.c.raw_values,
+        )
+        .where(t.c.import_id == import_id)
+        .order_by(t.c.source_row, t.c.failed_row_id)
+    )
+    with db.reader() as conn:
+        _require_import(conn, db, import_id)
+        result = conn.execution_options(yield_per=batch_size).execute(query).mappings()
+        for row in result:
+            yield dict(row)
+
+
+def neutralise_cell(value: object) -> str:
+    """A cell's text, made safe to open in a spreadsheet.
+
+    Text starting with ``= + - @``, a tab or a carriage return would be run as a formula
+    (CSV injection), so it gets a leading single quote -- unless it is a plain number such as
+    ``-5`` or ``-3.00``, which a spreadsheet reads as that number. Text columns read the quote
+    back off (:func:`cells.restore`), so the fixed file imports the original values. ``None``
+    becomes the empty string.
+    """
+    if value is None:
+        return ""
+    return cells.neutralise(value if isinstance(value, str) else str(value))
+
+
+def _export_headers(db: Database, import_id: int, metadata: Any) -> list[str]:
+    """The original columns: the file's headers when recorded, else the keys seen in the rows
+    in order of first appearance (one extra streaming pass, holding only the key names).
+    Values past the header of ragged rows (``_extra_1``...) follow the headers."""
+    headers = metadata.get("headers") if isinstance(metadata, Mapping) else None
+    if headers:
+        known = [str(h) for h in headers]
+        extras = _extra_keys(db, import_id, set(known))
+        return known + sorted(extras, key=lambda k: int(k.removeprefix(EXTRA_VALUE_PREFIX)))
+    seen: dict[str, None] = {}
+    for row in iter_failed_rows(db, import_id):
+        for key in row["raw_values"] or {}:
+            seen.setdefault(str(key), None)
+    return list(seen)
+
+
+def _extra_keys(db: Database, import_id: int, headers: set[str]) -> set[str]:
+    """The ``_extra_N`` keys of the import's failed rows (only parse errors can have them)."""
+    t = db.tables.import_failed_rows
+    query = sa.select(t.c.raw_values).where(
+        t.c.import_id == import_id, t.c.category == ErrorCategory.PARSE.value
+    )
+    found: set[str] = set()
+    with db.reader() as conn:
+        for (values,) in conn.execution_options(yield_per=1_000).execute(query):
+            for key in values or {}:
+                if key not in headers and _EXTRA_KEY.fullmatch(key):
+                    found.add(key)
+    return found
+
+
+def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:
+    """Write an import's failed rows as a CSV a person can fix and import again.
+
+    Columns: the file's original columns in header order, then ``_error_row`` (the source
+    row), ``_error_column``, ``_error_category`` and ``_error_message``. The file is UTF-8
+    with a BOM (so spreadsheet programs detect the encoding), every formula-looking cell is
+    neutralised (:func:`neutralise_cell`), and rows are written one by one as they stream
+    from the database. The file appears complete or not at all (written aside, then renamed).
+
+    Args:
+        db: the target database.
+        import_id: the import.
+        out_path: where to write; its folder is created if needed.
+
+    Returns:
+        The number of failed rows written.
+
+    Raises:
+        ImportNotFoundError: no import with that id.
+    """
+    with db.reader() as conn:
+        found = _require_import(conn, db, import_id)
+    headers = _export_headers(db, import_id, found["file_metadata"])
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f".{out_path.name}.part")
+    written = 0
+    try:
+        with partial.open("w", encoding="utf-8-sig", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow([neutralise_cell(h) for h in (*headers, *ERROR_COLUMNS)])
+            for row in iter_failed_rows(db, import_id):
+                raw = row["raw_values"] or {}
+                cells = [raw.get(h) for h in headers]
+                cells += [row["source_row"], row["column_name"], row["category"], row["message"]]
+                writer.writerow([neutralise_cell(c) for c in cells])
+                written += 1
+        os.replace(partial, out_path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return written
