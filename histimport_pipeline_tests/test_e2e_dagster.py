@@ -681,9 +681,17 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
             assert sorted(backfill) == dates
             rerun = backfill["2024-01-02"]
             assert rerun["status"] == "partial", rerun
-            # read from where the first imports had moved the files
+            # read from where the first imports had moved the files; once loaded, the file
+            # moves on to the archive and file_path follows it (the audit trail keeps the way)
             assert rerun["source"] == "quarantine", rerun
-            assert Path(rerun["file_path"]).parent == (home / "quarantine" / "sessions").resolve()
+            assert Path(rerun["file_path"]).parent == (home / "archive" / "sessions").resolve()
+            [moved] = [
+                a
+                for a in _table(db, "import_audit_trail")
+                if a["import_id"] == rerun["import_id"] and a["action"] == "moved"
+            ]
+            came_from = Path(moved["details"]["from"]).parent
+            assert came_from == (home / "quarantine" / "sessions").resolve(), moved
             again = backfill["2024-01-01"]
             assert again["source"] == "archive", again
             assert Path(again["file_path"]).parent == (home / "archive" / "sessions").resolve()
