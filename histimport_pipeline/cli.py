@@ -817,7 +817,7 @@ def retry_failed(
 
         from dagster_graphql import DagsterGraphQLClient
 
-        from histimport_pipeline.assets import parse_run_config
+        from histimport_pipeline.orchestration.assets import parse_run_config
 
         parsed = urlparse(url)
         client = DagsterGraphQLClient(
