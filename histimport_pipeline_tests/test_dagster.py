@@ -14,17 +14,17 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from histimport_pipeline.assets import build_dataset_asset
-from histimport_pipeline.checks import build_checks
-from histimport_pipeline.definitions import build_definitions
 from histimport_pipeline.engine import files, importer, migrations, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import dagster_instance_url
 from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking import history as hist
-from histimport_pipeline.resources import DatabaseResource
-from histimport_pipeline.schedules import build_daily_schedule
-from histimport_pipeline.sensors import build_inbox_sensor
+from histimport_pipeline.orchestration.assets import build_dataset_asset
+from histimport_pipeline.orchestration.checks import build_checks
+from histimport_pipeline.orchestration.definitions import build_definitions
+from histimport_pipeline.orchestration.resources import DatabaseResource
+from histimport_pipeline.orchestration.schedules import build_daily_schedule
+from histimport_pipeline.orchestration.sensors import build_inbox_sensor
 from histimport_pipeline_tests.helpers import SIGNUPS, history, rows
 
 GOOD = "ID,email,amount\n007,a@example.com,1.50\n008,b@example.com,2\n009,bad-email,3\n"
@@ -66,7 +66,7 @@ def _spec(raw: dict[str, Any]) -> DatasetSpec:
 
 
 def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> None:
-    from histimport_pipeline.definitions import defs
+    from histimport_pipeline.orchestration.definitions import defs
 
     loaded = defs()
     graph = loaded.resolve_asset_graph()
@@ -179,7 +179,7 @@ def _tick(
 
 def test_sensor_waits_for_stable_files_and_refuses_links(home: Path, db_url: str) -> None:
     spec = _spec(SIGNUPS)
-    from histimport_pipeline.definitions import build_definitions
+    from histimport_pipeline.orchestration.definitions import build_definitions
 
     job = build_definitions({"signups": spec}).resolve_job_def("signups_import_job")
     sensor = build_inbox_sensor(spec, dg.define_asset_job("signups_import_job"))

@@ -896,7 +896,7 @@ def _cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Database
 
 
 def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from histimport_pipeline.cli_review import review_app
+    from histimport_pipeline.cli.review import review_app
 
     db, spec = _cli_home(tmp_path, monkeypatch)
     result = do_import(db, spec, write(tmp_path / "s.csv", csv_of([("s1", "", "Bobby S.")])))
@@ -957,7 +957,7 @@ def test_duplicate_yaml_key_is_refused_with_file_line_and_key(
 def test_review_cli_lists_a_value_once_for_all_imports(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from histimport_pipeline.cli_review import review_app
+    from histimport_pipeline.cli.review import review_app
 
     db, spec = _cli_home(tmp_path, monkeypatch)
     imports = [

@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.resources import DatabaseResource
-from histimport_pipeline.sensors import run_failure_sensor
+from histimport_pipeline.orchestration.resources import DatabaseResource
+from histimport_pipeline.orchestration.sensors import run_failure_sensor
 
 
 @dg.op

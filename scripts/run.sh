@@ -19,6 +19,14 @@ export HISTIMPORT_DATABASE_URL="${HISTIMPORT_DATABASE_URL:-sqlite:///$HISTIMPORT
 export DAGSTER_HOME="${DAGSTER_HOME:-$HISTIMPORT_HOME/dagster}"
 mkdir -p "$DAGSTER_HOME"
 [ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/dagster.local.yaml "$DAGSTER_HOME/dagster.yaml"
+# An instance file run.sh wrote before the Dagster layer moved names the old module path.
+instance="$DAGSTER_HOME/dagster.yaml"
+old_module='^  module: histimport_pipeline\.run_coordinator$'
+if grep -q "$old_module" "$instance"; then
+    sed "s/$old_module/  module: histimport_pipeline.orchestration.run_coordinator/" \
+        "$instance" > "$instance.new"
+    mv "$instance.new" "$instance"
+fi
 
 histimport db upgrade
 # First start: demo specs, master table and messy files, so there is something to watch.

@@ -16,9 +16,9 @@ from histimport_pipeline.engine.models import ImportSource, ImportStatus, Import
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
 from histimport_pipeline.engine.tracking import history
-from histimport_pipeline.partitions import dataset_partitions
-from histimport_pipeline.resources import DatabaseResource
-from histimport_pipeline.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
+from histimport_pipeline.orchestration.partitions import dataset_partitions
+from histimport_pipeline.orchestration.resources import DatabaseResource
+from histimport_pipeline.orchestration.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
 
 #: Transient errors (database unreachable) are retried; terminal ones fail at once.
 RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL)

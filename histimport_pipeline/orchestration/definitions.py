@@ -6,13 +6,17 @@ read when the code location loads (not at import time).
 
 import dagster as dg
 
-from histimport_pipeline.assets import DATASET_TAG, build_dataset_asset, external_assets
-from histimport_pipeline.checks import build_checks
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, load_specs
-from histimport_pipeline.resources import DatabaseResource
-from histimport_pipeline.schedules import build_daily_schedule
-from histimport_pipeline.sensors import build_inbox_sensor, run_failure_sensor
+from histimport_pipeline.orchestration.assets import (
+    DATASET_TAG,
+    build_dataset_asset,
+    external_assets,
+)
+from histimport_pipeline.orchestration.checks import build_checks
+from histimport_pipeline.orchestration.resources import DatabaseResource
+from histimport_pipeline.orchestration.schedules import build_daily_schedule
+from histimport_pipeline.orchestration.sensors import build_inbox_sensor, run_failure_sensor
 
 
 def import_job_name(spec: DatasetSpec) -> str:

@@ -1,5 +1,6 @@
-"""What ``histimport`` and ``histimport review`` share: consoles, the database session
-that turns engine errors into a clean exit, the OS user and JSON output."""
+"""What the ``histimport`` command modules share: consoles, the database session that turns
+engine errors into a clean exit, the OS user, JSON output and the little formatters of
+statuses, times and counts."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import typer
@@ -23,6 +25,7 @@ from histimport_pipeline.engine.errors import (
     describe_cause,
 )
 from histimport_pipeline.engine.importer import ensure_schema
+from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.settings import Settings, SettingsError
 from histimport_pipeline.engine.tracking import history
 
@@ -131,3 +134,43 @@ def user() -> str | None:
 def print_json(value: Any) -> None:
     """``value`` as indented JSON on stdout (dates, decimals and the like made JSON-able)."""
     sys.stdout.write(json.dumps(history.jsonable(value), indent=2, ensure_ascii=False) + "\n")
+
+
+_STATUS_STYLE = {
+    ImportStatus.SUCCESS: "green",
+    ImportStatus.PARTIAL: "yellow",
+    ImportStatus.DUPLICATE: "cyan",
+    ImportStatus.FAILED: "red",
+    ImportStatus.REJECTED: "red",
+    ImportStatus.ROLLED_BACK: "magenta",
+}
+
+
+def when(value: Any) -> str:
+    """A timestamp in UTC to the second; ``None`` as an empty cell."""
+    if isinstance(value, datetime):
+        stamp = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return stamp.strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(value)
+
+
+def num(value: Any) -> str:
+    return "" if value is None else f"{int(value):,}"
+
+
+def secs(value: Any) -> str:
+    return "" if value is None else f"{float(value):.2f}"
+
+
+def status_markup(value: str) -> str:
+    """An import status in its colour (rich markup); an unknown one as plain text."""
+    try:
+        style = _STATUS_STYLE.get(ImportStatus(value), "")
+    except ValueError:
+        style = ""
+    return f"[{style}]{escape(value)}[/{style}]" if style else escape(value)
+
+
+def line(label: str, text: str) -> None:
+    """One ``label  text`` line of a summary, labels aligned."""
+    out.print(f"[bold]{label:<11}[/bold]{text}", highlight=False)

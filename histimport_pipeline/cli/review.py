@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histimport_pipeline.cli_common import out, print_json, tracked, user
+from histimport_pipeline.cli.common import out, print_json, tracked, user
 from histimport_pipeline.engine import reconciliation
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import MatchDecision

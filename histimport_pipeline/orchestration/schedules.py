@@ -5,12 +5,12 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.assets import DATASET_TAG, TRIGGER_TAG
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec
-from histimport_pipeline.partitions import DEFAULT_START
-from histimport_pipeline.resources import DatabaseResource
+from histimport_pipeline.orchestration.assets import DATASET_TAG, TRIGGER_TAG
+from histimport_pipeline.orchestration.partitions import DEFAULT_START
+from histimport_pipeline.orchestration.resources import DatabaseResource
 
 CRON = "0 2 * * *"
 

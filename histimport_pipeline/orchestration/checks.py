@@ -7,7 +7,7 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched
-from histimport_pipeline.resources import DatabaseResource
+from histimport_pipeline.orchestration.resources import DatabaseResource
 
 
 def _run_import(database: DatabaseResource, run_id: str) -> dict[str, Any] | None:

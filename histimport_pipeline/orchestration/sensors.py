@@ -6,12 +6,17 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.assets import DATASET_TAG, FILE_TAG, TRIGGER_TAG, parse_run_config
 from histimport_pipeline.engine import files, tracking
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
-from histimport_pipeline.partitions import file_partitions_name
-from histimport_pipeline.resources import DatabaseResource
+from histimport_pipeline.orchestration.assets import (
+    DATASET_TAG,
+    FILE_TAG,
+    TRIGGER_TAG,
+    parse_run_config,
+)
+from histimport_pipeline.orchestration.partitions import file_partitions_name
+from histimport_pipeline.orchestration.resources import DatabaseResource
 
 #: Seconds a sensor tick may spend listing and hashing (Dagster's tick timeout is 60 s).
 SCAN_BUDGET_S = 20.0
