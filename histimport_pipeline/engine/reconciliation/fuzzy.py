@@ -104,7 +104,7 @@ class FuzzyStage:
         columns: InputColumns,
     ) -> list[int]:
         """Resolve what a rule can of the inputs ``todo``; returns those still unresolved."""
-        # One pass from scored pairs to decisions over numpy arrays: long, but kept whole.
+        # Long on purpose: one pass from scored pairs to decisions over numpy arrays.
         position = {s: i for i, s in enumerate(self.ref.sources)}
         # A rule applies to an input when a scored field is present (and every required one).
         applies = []
