@@ -167,7 +167,7 @@ def test_a_failed_import_can_be_retried_without_force(db: Database, tmp_path: Pa
 def test_load_refuses_when_the_staged_rows_are_gone(db: Database, tmp_path: Path) -> None:
     """A PostgreSQL restart empties UNLOGGED staging tables: resuming at load must not report
     success with nothing (or part) loaded."""
-    from histimport_pipeline.engine import importer, load
+    from histimport_pipeline.engine import importer, loading
     from histimport_pipeline.engine.errors import StagingLostError
     from histimport_pipeline_tests.helpers import make_spec
 
@@ -175,7 +175,7 @@ def test_load_refuses_when_the_staged_rows_are_gone(db: Database, tmp_path: Path
     handle = importer.start_import(db, spec, _file(tmp_path))
     staged = importer.stage_file(db, spec, handle)
     importer.reconcile_import(db, spec, handle)
-    stage = load.staging_table(db, spec, handle.import_id)
+    stage = loading.staging_table(db, spec, handle.import_id)
     with db.engine.begin() as conn:  # what the server's crash recovery does to the table
         conn.execute(sa.delete(stage).where(stage.c._source_row > 10))
 

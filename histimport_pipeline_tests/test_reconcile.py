@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from histimport_pipeline.engine import importer, load
+from histimport_pipeline.engine import importer, loading
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import RollbackConflictError, SpecError
 from histimport_pipeline.engine.importer import ImportResult, run_import
@@ -484,7 +484,7 @@ def test_review_cycle_accept_alias_and_apply(db: Database, tmp_path: Path) -> No
     h = history(db, result.import_id)
     assert h["rows_review"] == 0 and h["rows_failed"] == 1
     assert "rejected in review by bo" in failed_rows(db, result.import_id)[0]["message"]
-    assert not sa.inspect(db.engine).has_table(load.staging_name(result.import_id), db.schema)
+    assert not sa.inspect(db.engine).has_table(loading.staging_name(result.import_id), db.schema)
     actions = [a for a in _audit(db, result.import_id) if a.startswith("review_")]
     assert actions == [
         "review_accepted",

@@ -18,7 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import cells, load, tracking
+from histimport_pipeline.engine import cells, tracking
+from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
 from histimport_pipeline.engine.models import ErrorCategory, ImportStatus

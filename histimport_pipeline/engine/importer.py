@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import failpoints, load, migrations, reconcile, tracking
+from histimport_pipeline.engine import failpoints, migrations, reconcile, tracking
+from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     ContentBusyError,

@@ -52,7 +52,8 @@ import sqlalchemy as sa
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import DamerauLevenshtein, Jaro, JaroWinkler, Levenshtein
 
-from histimport_pipeline.engine import load, tracking
+from histimport_pipeline.engine import loading as load
+from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
 from histimport_pipeline.engine.models import (

@@ -469,7 +469,7 @@ def fail_dead_imports(
                 {"reason": "worker dead", "worker": row.worker, "found_by": found_by},
             )
         marked.append(int(row.import_id))
-    from histimport_pipeline.engine.load import drop_staging
+    from histimport_pipeline.engine.loading import drop_staging
 
     for import_id in marked:
         drop_staging(db, import_id)
