@@ -13,6 +13,7 @@ from datetime import date
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.loading.images import save_images
@@ -74,17 +75,75 @@ def write_target(
     """
     strategy = strategy or spec.strategy
     target = target if target is not None else ensure_target(conn, spec)
+    rows = _ready_rows(conn, db, spec, import_id, business_date, target, staged_rows)
+    if strategy is Strategy.APPEND:
+        return _append(rows, direct)
+    if strategy is Strategy.REPLACE_DATE:
+        return _replace_date(rows, db, import_id, business_date, direct)
+    return _upsert(rows, db, import_id)
+
+
+@dataclass(frozen=True)
+class _ReadyRows:
+    """An import's staged rows that are not on hold, and the statements that write them."""
+
+    conn: sa.Connection
+    spec: DatasetSpec
+    target: sa.Table
+    #: The staging table, aliased ``s``.
+    stage: NamedFromClause
+    ready: sa.ColumnElement[bool]
+    names: list[str]
+    #: The system columns' values (``_import_id``, ``_source_row``, ...), by column.
+    system: dict[str, Any]
+    #: The staging table's row count, if the caller just counted it.
+    staged_rows: int | None
+
+    def count(self) -> int:
+        """How many rows are ready."""
+        if self.staged_rows is not None and not self.spec.references:
+            return self.staged_rows  # nothing is held back without reconciliation
+        query = sa.select(sa.func.count()).select_from(self.stage).where(self.ready)
+        return int(self.conn.execute(query).scalar_one())
+
+    def insert(self, where: sa.ColumnElement[bool] | None = None) -> int:
+        """Insert the ready rows (matching ``where``) into the target; how many."""
+        cols = [*self.names, *self.system]
+        stage = self.stage
+        select = sa.select(*(stage.c[n] for n in self.names), *self.system.values()).where(
+            self.ready
+        )
+        if where is not None:
+            select = select.where(where)
+        result = self.conn.execute(
+            sa.insert(self.target).from_select(cols, select), execution_options=COUNT
+        )
+        return int(result.rowcount)
+
+    def insert_all(self, direct: DirectWrite | None) -> int:
+        """Every ready row, or the direct write's rows."""
+        return direct(self.target) if direct is not None else self.insert()
+
+    def insert_new_keys(self) -> int:
+        """The ready rows whose key is not in the target yet."""
+        tgt = self.target.alias("t")
+        on_key = sa.and_(*(tgt.c[k] == self.stage.c[k] for k in self.spec.key))
+        return self.insert(~sa.exists().where(on_key))
+
+
+def _ready_rows(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    import_id: int,
+    business_date: date | None,
+    target: sa.Table,
+    staged_rows: int | None,
+) -> _ReadyRows:
+    """The write's rows: the staging table's rows without a hold, with their system columns."""
     stage = staging_table(db, spec, import_id).alias("s")
-    tgt = target.alias("t")
     names = written_columns(spec)
     ready = stage.c._hold.is_(None)
-
-    def count_staged_ready() -> int:
-        if staged_rows is not None and not spec.references:
-            return staged_rows  # nothing is held back without reconciliation
-        query = sa.select(sa.func.count()).select_from(stage).where(ready)
-        return int(conn.execute(query).scalar_one())
-
     system: dict[str, Any] = {
         "_import_id": sa.literal(import_id, sa.BigInteger),
         "_source_row": stage.c._source_row,
@@ -92,49 +151,51 @@ def write_target(
     }
     if "_business_date" in target.c:
         system["_business_date"] = sa.literal(business_date, sa.Date)
+    return _ReadyRows(conn, spec, target, stage, ready, names, system, staged_rows)
 
-    def insert_from_stage(where: sa.ColumnElement[bool] | None = None) -> int:
-        cols = [*names, *system]
-        select = sa.select(*(stage.c[n] for n in names), *system.values()).where(ready)
-        if where is not None:
-            select = select.where(where)
-        result = conn.execute(sa.insert(target).from_select(cols, select), execution_options=COUNT)
-        return int(result.rowcount)
 
-    def insert_all() -> int:
-        return direct(target) if direct is not None else insert_from_stage()
+def _append(rows: _ReadyRows, direct: DirectWrite | None) -> WriteCounts:
+    """append: insert every row; with a key, only rows whose key is new (the rest conflict)."""
+    if rows.spec.key:
+        staged = rows.count()
+        created = rows.insert_new_keys()
+        return WriteCounts(created=created, conflicts=staged - created)
+    return WriteCounts(created=rows.insert_all(direct))
 
-    if strategy is Strategy.APPEND:
-        if spec.key:
-            staged = count_staged_ready()
-            on_key = sa.and_(*(tgt.c[k] == stage.c[k] for k in spec.key))
-            created = insert_from_stage(~sa.exists().where(on_key))
-            return WriteCounts(created=created, conflicts=staged - created)
-        return WriteCounts(created=insert_all())
 
-    if strategy is Strategy.REPLACE_DATE:
-        where = target.c._business_date == business_date
-        key = row_key_columns(spec, target)
-        save_images(conn, db, target, import_id, ImageOperation.DELETE, where, key)
-        deleted = int(conn.execute(sa.delete(target).where(where)).rowcount)
-        return WriteCounts(created=insert_all(), deleted=deleted)
+def _replace_date(
+    rows: _ReadyRows,
+    db: Database,
+    import_id: int,
+    business_date: date | None,
+    direct: DirectWrite | None,
+) -> WriteCounts:
+    """replace_date: images of the day's rows, delete them, insert the import's rows."""
+    target = rows.target
+    where = target.c._business_date == business_date
+    key = row_key_columns(rows.spec, target)
+    save_images(rows.conn, db, target, import_id, ImageOperation.DELETE, where, key)
+    deleted = int(rows.conn.execute(sa.delete(target).where(where)).rowcount)
+    return WriteCounts(created=rows.insert_all(direct), deleted=deleted)
 
-    # upsert: images of the rows about to change, then update them, then insert new keys
-    staged = count_staged_ready()
+
+def _upsert(rows: _ReadyRows, db: Database, import_id: int) -> WriteCounts:
+    """upsert: images of the rows about to change, then update them, then insert new keys."""
+    conn, spec, target, stage, ready = rows.conn, rows.spec, rows.target, rows.stage, rows.ready
+    staged = rows.count()
     on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
-    others = [n for n in names if n not in spec.key]
+    others = [n for n in rows.names if n not in spec.key]
     updated = 0
     if others and db.dialect == "postgresql":
-        updated = _update_changed_postgresql(conn, db, spec, target, import_id, others, system)
+        updated = _update_changed_postgresql(conn, db, spec, target, import_id, others, rows.system)
     elif others:
         changed = sa.or_(*(target.c[n].is_distinct_from(stage.c[n]) for n in others))
         differs = sa.exists().where(on_key, changed, ready)
         save_images(conn, db, target, import_id, ImageOperation.UPDATE, differs, spec.key)
-        values: dict[str, Any] = {n: stage.c[n] for n in others} | system
+        values: dict[str, Any] = {n: stage.c[n] for n in others} | rows.system
         result = conn.execute(sa.update(target).values(values).where(on_key, changed, ready))
         updated = int(result.rowcount)
-    on_key_t = sa.and_(*(tgt.c[k] == stage.c[k] for k in spec.key))
-    created = insert_from_stage(~sa.exists().where(on_key_t))
+    created = rows.insert_new_keys()
     return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
 
 
