@@ -9,10 +9,11 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.engine import files, history, importer, tracking
+from histimport_pipeline.engine import files, history, tracking
+from histimport_pipeline.engine import pipeline as importer
 from histimport_pipeline.engine.errors import FileError, HistimportError
-from histimport_pipeline.engine.importer import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.pipeline import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
 from histimport_pipeline.partitions import dataset_partitions

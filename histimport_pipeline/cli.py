@@ -35,12 +35,12 @@ from histimport_pipeline.engine import history, migrations
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.demo import write_demo
 from histimport_pipeline.engine.errors import DatasetNotFoundError, HistimportError
-from histimport_pipeline.engine.importer import (
+from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.pipeline import (
     ImportOptions,
     ImportResult,
     run_import,
 )
-from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
 from histimport_pipeline.engine.rollback import rollback_import
 from histimport_pipeline.engine.settings import (
     ENVIRONMENT_VARIABLES,

@@ -23,7 +23,7 @@ from histimport_pipeline.engine.errors import (
     UnexpectedImportError,
     describe_cause,
 )
-from histimport_pipeline.engine.importer import ensure_schema
+from histimport_pipeline.engine.pipeline import ensure_schema
 from histimport_pipeline.engine.settings import Settings, SettingsError
 
 #: Width of tables written to a pipe or file, where there is no terminal to measure.
