@@ -150,13 +150,8 @@ def reject(
     t0: float,
 ) -> ImportResult:
     """Over the gate: the import ends ``rejected`` and nothing is written to the target."""
-    failed, read, share, gate, seconds = (
-        state.failed,
-        state.read,
-        state.share,
-        state.gate,
-        state.seconds,
-    )
+    failed, read, share, gate = state.failed, state.read, state.share, state.gate
+    seconds = state.seconds
     message = (
         f"{failed} of {read} rows failed ({share:.1%}), above the dataset's limit of "
         f"{gate:.1%}; nothing was loaded. "
