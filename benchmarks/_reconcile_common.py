@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.importer import ImportResult, run_import
+from histimport_pipeline.engine.pipeline import ImportResult, run_import
 from histimport_pipeline.engine.spec import DatasetSpec
 
 

@@ -225,12 +225,12 @@ def step_pandas(url: str, path: Path) -> dict[str, Any]:
 def _by_steps(db: Any, spec: Any, path: Path, options: Any) -> Any:
     """The import as Dagster runs it: start, stage, reconcile and load called one by one
     (Dagster runs each in a process of its own, which this does not count)."""
-    from histimport_pipeline.engine import importer
+    from histimport_pipeline.engine import pipeline
 
-    handle = importer.start_import(db, spec, path, options)
-    importer.stage_file(db, spec, handle, options)
-    importer.reconcile_import(db, spec, handle)
-    return importer.load_import(db, spec, handle, options)
+    handle = pipeline.start_import(db, spec, path, options)
+    pipeline.stage_file(db, spec, handle, options)
+    pipeline.reconcile_import(db, spec, handle)
+    return pipeline.load_import(db, spec, handle, options)
 
 
 def _histimport(
@@ -243,7 +243,7 @@ def _histimport(
 ) -> dict[str, Any]:
     from histimport_pipeline.engine import migrations
     from histimport_pipeline.engine.db import Database
-    from histimport_pipeline.engine.importer import ImportOptions, run_import
+    from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 
     spec = flights_spec(strategy)
     db = Database.connect(sqlalchemy_url(url))

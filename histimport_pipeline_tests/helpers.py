@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.importer import ImportResult
+from histimport_pipeline.engine.pipeline import ImportResult
 from histimport_pipeline.engine.spec import DatasetSpec
 
 SIGNUPS: dict[str, Any] = {

@@ -19,11 +19,11 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from histimport_pipeline.engine import importer
+from histimport_pipeline.engine import pipeline
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import FileChangedError
-from histimport_pipeline.engine.importer import ImportOptions, ImportResult, run_import
 from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.pipeline import ImportOptions, ImportResult, run_import
 from histimport_pipeline.engine.reading import columnar, open_file
 from histimport_pipeline.engine.reading.columnar import arrays, blocks, encoders
 from histimport_pipeline.engine.spec import ColumnSpec, DatasetSpec
@@ -288,14 +288,14 @@ def test_direct_load_refuses_a_file_changed_after_validation(
     spec = spec_for("t_direct")
     path = tmp_path / "direct.csv"
     path.write_text(short(("007", "1"), ("008", "2")))
-    handle = importer.start_import(pg_db, spec, path)
-    staged = importer.stage_file(pg_db, spec, handle)
+    handle = pipeline.start_import(pg_db, spec, path)
+    staged = pipeline.stage_file(pg_db, spec, handle)
     assert staged.rows_staged == 2
     assert history(pg_db, handle.import_id)["file_metadata"]["staged"] is False
     path.write_text(short(("007", "1"), ("008", "2"), ("009", "3")))
-    importer.reconcile_import(pg_db, spec, handle)
+    pipeline.reconcile_import(pg_db, spec, handle)
     with pytest.raises(FileChangedError, match="content changed"):
-        importer.load_import(pg_db, spec, handle)
+        pipeline.load_import(pg_db, spec, handle)
     assert not sa.inspect(pg_db.engine).has_table("t_direct") or rows(pg_db, "t_direct") == []
 
 
@@ -314,10 +314,10 @@ def test_step_by_step_and_one_pass_direct_loads_agree(pg_db: Database, tmp_path:
     path = tmp_path / "data.csv"
     path.write_bytes(MESSY.encode())
     spec = spec_for("t_steps", max_error_ratio=0.9)
-    handle = importer.start_import(pg_db, spec, path)
-    importer.stage_file(pg_db, spec, handle)
-    importer.reconcile_import(pg_db, spec, handle)
-    steps = importer.load_import(pg_db, spec, handle)
+    handle = pipeline.start_import(pg_db, spec, path)
+    pipeline.stage_file(pg_db, spec, handle)
+    pipeline.reconcile_import(pg_db, spec, handle)
+    steps = pipeline.load_import(pg_db, spec, handle)
     one = run_import(pg_db, spec_for("t_one", max_error_ratio=0.9), path)
     for field in ("status", "rows_read", "rows_created", "rows_failed", "error_summary"):
         assert getattr(steps, field) == getattr(one, field), field

@@ -237,15 +237,15 @@ def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path:
     while its heartbeat is recent, and its steps go on to load."""
     from datetime import timedelta
 
-    from histimport_pipeline.engine import importer, tracking
+    from histimport_pipeline.engine import pipeline, tracking
     from histimport_pipeline.engine.tracking import history
     from histimport_pipeline_tests.helpers import make_spec
 
     spec = make_spec()
-    silent = importer.start_import(db, spec, _csv(tmp_path / "signups_a.csv", 0, 10))
-    recent = importer.start_import(db, spec, _csv(tmp_path / "signups_b.csv", 10, 10))
-    between = importer.start_import(db, spec, _csv(tmp_path / "signups_c.csv", 20, 10))
-    importer.stage_file(db, spec, between)
+    silent = pipeline.start_import(db, spec, _csv(tmp_path / "signups_a.csv", 0, 10))
+    recent = pipeline.start_import(db, spec, _csv(tmp_path / "signups_b.csv", 10, 10))
+    between = pipeline.start_import(db, spec, _csv(tmp_path / "signups_c.csv", 20, 10))
+    pipeline.stage_file(db, spec, between)
     now = tracking.utcnow()
     with db.engine.begin() as conn:
         for handle, age in ((silent, timedelta(minutes=11)), (recent, timedelta(seconds=5))):
@@ -268,8 +268,8 @@ def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path:
     assert f"hi_stage_{silent.import_id}" not in _staging_tables(db)
     assert f"hi_stage_{recent.import_id}" in _staging_tables(db)
 
-    importer.reconcile_import(db, spec, between)
-    assert importer.load_import(db, spec, between).rows_created == 10
+    pipeline.reconcile_import(db, spec, between)
+    assert pipeline.load_import(db, spec, between).rows_created == 10
     assert history.cleanup(db, stale_after=timedelta(minutes=1))["dead_imports_failed"] == 0
     assert history.cleanup(db, stale_after=timedelta(seconds=1))["dead_imports_failed"] == 1
     assert _staging_tables(db) == []

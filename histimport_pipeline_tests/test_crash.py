@@ -13,8 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.importer import run_import
 from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.pipeline import run_import
 from histimport_pipeline_tests.helpers import SIGNUPS, rows
 
 pytestmark = pytest.mark.slow
@@ -26,7 +26,7 @@ CHILD = """
 import sys, yaml
 from pathlib import Path
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.importer import ImportOptions, run_import
+from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 from histimport_pipeline.engine.spec import DatasetSpec
 spec = DatasetSpec.model_validate(yaml.safe_load(Path(sys.argv[2]).read_text()))
 db = Database.connect(sys.argv[1])
@@ -167,20 +167,20 @@ def test_a_failed_import_can_be_retried_without_force(db: Database, tmp_path: Pa
 def test_load_refuses_when_the_staged_rows_are_gone(db: Database, tmp_path: Path) -> None:
     """A PostgreSQL restart empties UNLOGGED staging tables: resuming at load must not report
     success with nothing (or part) loaded."""
-    from histimport_pipeline.engine import importer, load
+    from histimport_pipeline.engine import loading, pipeline
     from histimport_pipeline.engine.errors import StagingLostError
     from histimport_pipeline_tests.helpers import make_spec
 
     spec = make_spec()  # keyed: staged on both databases
-    handle = importer.start_import(db, spec, _file(tmp_path))
-    staged = importer.stage_file(db, spec, handle)
-    importer.reconcile_import(db, spec, handle)
-    stage = load.staging_table(db, spec, handle.import_id)
+    handle = pipeline.start_import(db, spec, _file(tmp_path))
+    staged = pipeline.stage_file(db, spec, handle)
+    pipeline.reconcile_import(db, spec, handle)
+    stage = loading.staging_table(db, spec, handle.import_id)
     with db.engine.begin() as conn:  # what the server's crash recovery does to the table
         conn.execute(sa.delete(stage).where(stage.c._source_row > 10))
 
     with pytest.raises(StagingLostError) as lost:
-        importer.load_import(db, spec, handle)
+        pipeline.load_import(db, spec, handle)
     assert (lost.value.expected, lost.value.found) == (staged.rows_staged, 9)
     assert "Import the file again from the start" in str(lost.value)
     assert (

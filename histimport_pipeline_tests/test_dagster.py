@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from histimport_pipeline.engine import files, importer, migrations, tracking
+from histimport_pipeline.engine import files, migrations, pipeline, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import dagster_instance_url
 from histimport_pipeline.engine.spec import DatasetSpec
@@ -455,11 +455,11 @@ def test_a_step_reexecuted_later_adds_its_own_time_not_the_wait(
     spec = _spec(SIGNUPS)
     path = tmp_path / "signups_slow.csv"
     path.write_text(GOOD)
-    handle = importer.start_import(db, spec, path, importer.ImportOptions())
-    importer.inspect_file(db, spec, handle)
-    importer.stage_file(db, spec, handle)
-    importer.reconcile_import(db, spec, handle)
-    importer.fail_import(
+    handle = pipeline.start_import(db, spec, path, pipeline.ImportOptions())
+    pipeline.inspect_file(db, spec, handle)
+    pipeline.stage_file(db, spec, handle)
+    pipeline.reconcile_import(db, spec, handle)
+    pipeline.fail_import(
         db, spec, handle, RuntimeError("server closed the connection"), keep_staging=True
     )
     # The wait before the re-execution: every stamp of the first attempt moves 800 s back.
@@ -479,7 +479,7 @@ def test_a_step_reexecuted_later_adds_its_own_time_not_the_wait(
             conn.execute(
                 sa.update(a).where(a.c.audit_id == audit_id).values(created_at=created - back)
             )
-    result = importer.load_import(db, spec, handle)
+    result = pipeline.load_import(db, spec, handle)
     assert result.status.value == "partial"
     recorded = history(db, handle.import_id)
     phases = sum(recorded["phase_seconds"].values())

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import importer, tracking
+from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import RollbackConflictError
-from histimport_pipeline.engine.importer import ImportOptions, run_import
+from histimport_pipeline.engine.loading import memory
 from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 from histimport_pipeline.engine.rollback import rollback_import
 from histimport_pipeline_tests.helpers import (
     assert_accounting,
@@ -91,7 +92,7 @@ def test_an_import_leaves_the_garbage_collector_as_it_found_it(
         path = write(tmp_path / "signups_1.csv", GOOD)
         result = run_import(db, spec, path, progress=lambda _read: seen.append(gc.get_threshold()))
         assert result.status is ImportStatus.SUCCESS
-        assert seen and seen[0][0] == importer.BULK_GC_THRESHOLD  # raised while streaming
+        assert seen and seen[0][0] == memory.BULK_GC_THRESHOLD  # raised while streaming
         assert gc.get_threshold() == (700, 10, 10)  # and put back
     finally:
         gc.set_threshold(*before)
@@ -342,7 +343,7 @@ def test_a_stale_running_import_is_failed_before_a_new_attempt(
     spec = make_spec()
     path = write(tmp_path / "a.csv", GOOD)
     sha, size = __import__(
-        "histimport_pipeline.engine.importer", fromlist=["file_sha256"]
+        "histimport_pipeline.engine.pipeline", fromlist=["file_sha256"]
     ).file_sha256(path)
     with db.engine.begin() as conn:
         dead = tracking.create_import(

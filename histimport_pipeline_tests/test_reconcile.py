@@ -11,11 +11,11 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from histimport_pipeline.engine import importer, load
+from histimport_pipeline.engine import loading, pipeline
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import RollbackConflictError, SpecError
-from histimport_pipeline.engine.importer import ImportResult, run_import
 from histimport_pipeline.engine.models import ImportStatus, MatchDecision
+from histimport_pipeline.engine.pipeline import ImportResult, run_import
 from histimport_pipeline.engine.reconciliation import (
     ReviewError,
     apply_review,
@@ -407,11 +407,11 @@ def test_reconcile_step_run_twice_still_rolls_back_exactly(db: Database, tmp_pat
     before = master_rows(db, master)
     spec = signup_spec(on_unmatched="create")
     path = write(tmp_path / "signups_1.csv", csv_of([("s1", "zed@example.com", "Zed")]))
-    handle = importer.start_import(db, spec, path)
-    importer.stage_file(db, spec, handle)
-    importer.reconcile_import(db, spec, handle)
-    importer.reconcile_import(db, spec, handle)  # e.g. the step re-executed in Dagster
-    result = importer.load_import(db, spec, handle)
+    handle = pipeline.start_import(db, spec, path)
+    pipeline.stage_file(db, spec, handle)
+    pipeline.reconcile_import(db, spec, handle)
+    pipeline.reconcile_import(db, spec, handle)  # e.g. the step re-executed in Dagster
+    result = pipeline.load_import(db, spec, handle)
     assert result.status is ImportStatus.SUCCESS
     zeds = [r for r in master_rows(db, master) if r[1] == "zed@example.com"]
     assert len(zeds) == 1
@@ -484,7 +484,7 @@ def test_review_cycle_accept_alias_and_apply(db: Database, tmp_path: Path) -> No
     h = history(db, result.import_id)
     assert h["rows_review"] == 0 and h["rows_failed"] == 1
     assert "rejected in review by bo" in failed_rows(db, result.import_id)[0]["message"]
-    assert not sa.inspect(db.engine).has_table(load.staging_name(result.import_id), db.schema)
+    assert not sa.inspect(db.engine).has_table(loading.staging_name(result.import_id), db.schema)
     actions = [a for a in _audit(db, result.import_id) if a.startswith("review_")]
     assert actions == [
         "review_accepted",
@@ -882,7 +882,7 @@ def _cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Database
     }.items():
         monkeypatch.setenv(name, value)
     db = Database.connect(url)
-    importer.ensure_schema(db)
+    pipeline.ensure_schema(db)
     make_master(db)
     write(
         datasets / "signups.yaml",

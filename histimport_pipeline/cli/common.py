@@ -24,8 +24,8 @@ from histimport_pipeline.engine.errors import (
     UnexpectedImportError,
     describe_cause,
 )
-from histimport_pipeline.engine.importer import ensure_schema
 from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.pipeline import ensure_schema
 from histimport_pipeline.engine.settings import Settings, SettingsError
 from histimport_pipeline.engine.tracking import history
 

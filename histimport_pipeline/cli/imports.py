@@ -16,8 +16,8 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from histimport_pipeline.cli.common import err, line, out, status_markup, tracked, user
 from histimport_pipeline.engine.errors import DatasetNotFoundError
-from histimport_pipeline.engine.importer import ImportOptions, ImportResult, run_import
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.pipeline import ImportOptions, ImportResult, run_import
 from histimport_pipeline.engine.rollback import rollback_import
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, load_specs, route_file

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 #: The checkpoints the importer passes, in order: after each staged batch, after each block a
-#: direct load COPYs into the target (``load.loads_directly``), after the target write, and
+#: direct load COPYs into the target (``loading.loads_directly``), after the target write, and
 #: just before the load commits.
 POINTS = ("staging", "copy", "write", "commit")
 

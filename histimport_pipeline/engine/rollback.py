@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import load, reconciliation, tracking
+from histimport_pipeline.engine import loading as load
+from histimport_pipeline.engine import reconciliation, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ImportNotFoundError, RollbackConflictError
 from histimport_pipeline.engine.models import FileStatus, ImportStatus

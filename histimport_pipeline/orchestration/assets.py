@@ -9,10 +9,10 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.engine import files, importer, tracking
+from histimport_pipeline.engine import files, pipeline, tracking
 from histimport_pipeline.engine.errors import FileError, HistimportError
-from histimport_pipeline.engine.importer import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.pipeline import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
 from histimport_pipeline.engine.tracking import history
@@ -188,7 +188,7 @@ def _fail(
 ) -> dg.Failure:
     """Record the failure; a terminal file problem moves the file to quarantine."""
     terminal = not isinstance(exc, HistimportError) or exc.terminal
-    importer.fail_import(database.database, spec, handle, exc, keep_staging=not terminal)
+    pipeline.fail_import(database.database, spec, handle, exc, keep_staging=not terminal)
     if isinstance(exc, FileError) and Path(handle.file_path).exists():
         moved = files.move_aside(
             Path(handle.file_path),
@@ -321,8 +321,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             max_field_bytes=settings.max_field_bytes,
         )
         try:
-            importer.ensure_schema(database.database)
-            handle = importer.start_import(database.database, current, path, options)
+            pipeline.ensure_schema(database.database)
+            handle = pipeline.start_import(database.database, current, path, options)
         except HistimportError as exc:
             raise dg.Failure(str(exc), allow_retries=not exc.terminal) from exc
         context.log.info(f"import {handle.import_id}: {path.name} (sha256 {handle.sha256[:12]})")
@@ -332,7 +332,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             )
             return handle
         try:
-            detected = importer.inspect_file(database.database, current, handle)
+            detected = pipeline.inspect_file(database.database, current, handle)
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
         context.add_output_metadata(
@@ -362,7 +362,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         settings, current = _spec(name)
         try:
             options = ImportOptions(max_field_bytes=settings.max_field_bytes)
-            staged = importer.stage_file(database.database, current, handle, options)
+            staged = pipeline.stage_file(database.database, current, handle, options)
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
         context.add_output_metadata(
@@ -389,7 +389,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             return handle
         settings, current = _spec(name)
         try:
-            counts = importer.reconcile_import(database.database, current, handle)
+            counts = pipeline.reconcile_import(database.database, current, handle)
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
         context.add_output_metadata(
@@ -421,7 +421,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             )
         else:
             try:
-                result = importer.load_import(db, current, handle)
+                result = pipeline.load_import(db, current, handle)
             except Exception as exc:
                 raise _fail(context, settings, current, handle, database, exc) from exc
         csv = None

@@ -12,7 +12,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import load, tracking
+from histimport_pipeline.engine import loading as load
+from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.models import ErrorCategory, MatchDecision, MatchType
 from histimport_pipeline.engine.reconciliation.created import (

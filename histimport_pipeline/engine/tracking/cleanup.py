@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import load
+from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.tracking import liveness, records

@@ -71,7 +71,7 @@ def fail_dead_imports(
             r for r in conn.execute(query) if _is_dead(r.worker, r.heartbeat_at, here, stale_after)
         ]
     marked = [int(row.import_id) for row in candidates if _fail_dead(db, row, found_by)]
-    from histimport_pipeline.engine.load import drop_staging
+    from histimport_pipeline.engine.loading import drop_staging
 
     for import_id in marked:
         drop_staging(db, import_id)

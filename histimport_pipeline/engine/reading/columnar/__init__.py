@@ -1,6 +1,6 @@
 """Columnar reader: delimited UTF-8 files parsed with pyarrow and validated column by column.
 
-The Python path (``reading.open_file`` → ``validation.Validator`` → ``load.stage_rows``) reads
+The Python path (``reading.open_file`` → ``validation.Validator`` → ``loading.stage_rows``) reads
 every kind of file. This package reads the common big case, a delimited UTF-8 file on
 PostgreSQL, several times faster, and gives exactly the same outcome: the same records with
 the same source row numbers, the same typed values, the same failed rows with the same

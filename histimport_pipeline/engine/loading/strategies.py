@@ -1,0 +1,283 @@
+"""Writing the target: the append, upsert and replace_date strategies.
+
+The target write happens in one statement per step, inside the caller's transaction, together
+with the tracking rows. Rows an upsert changes or a replace deletes are first copied to
+``import_row_images`` (see ``loading.images``) so that a rollback can put them back exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql.selectable import NamedFromClause
+
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.loading.images import save_images
+from histimport_pipeline.engine.loading.staging_tables import (
+    duplicate_failure,
+    staging_name,
+    staging_table,
+)
+from histimport_pipeline.engine.loading.targets import (
+    COUNT,
+    data_columns,
+    ensure_target,
+    qualified_name,
+    row_key_columns,
+    written_columns,
+)
+from histimport_pipeline.engine.models import ImageOperation
+from histimport_pipeline.engine.spec import DatasetSpec, Strategy
+
+
+@dataclass(frozen=True)
+class WriteCounts:
+    """What a strategy did to the target table."""
+
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    #: Staged rows whose key already was in the table under the append strategy.
+    conflicts: int = 0
+
+
+#: Writes an import's rows straight into the target table (given) and says how many.
+DirectWrite = Callable[[sa.Table], int]
+
+
+def write_target(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    import_id: int,
+    business_date: date | None,
+    strategy: Strategy | None = None,
+    direct: DirectWrite | None = None,
+    target: sa.Table | None = None,
+    staged_rows: int | None = None,
+) -> WriteCounts:
+    """Write the staged rows that are not on hold to the target, in ``conn``'s transaction.
+
+    Args:
+        strategy: overrides the spec's strategy (loading rows released from review after a
+            ``replace_date`` import appends them: the day was replaced already).
+        direct: writes the rows itself (see ``loads_directly``) instead of the staging table.
+        target: the target as ``ensure_target`` returned it in this transaction, if it did.
+        staged_rows: the staging table's row count, if the caller just counted it.
+
+    Returns:
+        Created, updated, unchanged and deleted counts.
+    """
+    strategy = strategy or spec.strategy
+    target = target if target is not None else ensure_target(conn, spec)
+    rows = _ready_rows(conn, db, spec, import_id, business_date, target, staged_rows)
+    if strategy is Strategy.APPEND:
+        return _append(rows, direct)
+    if strategy is Strategy.REPLACE_DATE:
+        return _replace_date(rows, db, import_id, business_date, direct)
+    return _upsert(rows, db, import_id)
+
+
+@dataclass(frozen=True)
+class _ReadyRows:
+    """An import's staged rows that are not on hold, and the statements that write them."""
+
+    conn: sa.Connection
+    spec: DatasetSpec
+    target: sa.Table
+    #: The staging table, aliased ``s``.
+    stage: NamedFromClause
+    ready: sa.ColumnElement[bool]
+    names: list[str]
+    #: The system columns' values (``_import_id``, ``_source_row``, ...), by column.
+    system: dict[str, Any]
+    #: The staging table's row count, if the caller just counted it.
+    staged_rows: int | None
+
+    def count(self) -> int:
+        """How many rows are ready."""
+        if self.staged_rows is not None and not self.spec.references:
+            return self.staged_rows  # nothing is held back without reconciliation
+        query = sa.select(sa.func.count()).select_from(self.stage).where(self.ready)
+        return int(self.conn.execute(query).scalar_one())
+
+    def insert(self, where: sa.ColumnElement[bool] | None = None) -> int:
+        """Insert the ready rows (matching ``where``) into the target; how many."""
+        cols = [*self.names, *self.system]
+        stage = self.stage
+        select = sa.select(*(stage.c[n] for n in self.names), *self.system.values()).where(
+            self.ready
+        )
+        if where is not None:
+            select = select.where(where)
+        result = self.conn.execute(
+            sa.insert(self.target).from_select(cols, select), execution_options=COUNT
+        )
+        return int(result.rowcount)
+
+    def insert_all(self, direct: DirectWrite | None) -> int:
+        """Every ready row, or the direct write's rows."""
+        return direct(self.target) if direct is not None else self.insert()
+
+    def insert_new_keys(self) -> int:
+        """The ready rows whose key is not in the target yet."""
+        tgt = self.target.alias("t")
+        on_key = sa.and_(*(tgt.c[k] == self.stage.c[k] for k in self.spec.key))
+        return self.insert(~sa.exists().where(on_key))
+
+
+def _ready_rows(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    import_id: int,
+    business_date: date | None,
+    target: sa.Table,
+    staged_rows: int | None,
+) -> _ReadyRows:
+    """The write's rows: the staging table's rows without a hold, with their system columns."""
+    stage = staging_table(db, spec, import_id).alias("s")
+    names = written_columns(spec)
+    ready = stage.c._hold.is_(None)
+    system: dict[str, Any] = {
+        "_import_id": sa.literal(import_id, sa.BigInteger),
+        "_source_row": stage.c._source_row,
+        "_loaded_at": sa.func.now(),
+    }
+    if "_business_date" in target.c:
+        system["_business_date"] = sa.literal(business_date, sa.Date)
+    return _ReadyRows(conn, spec, target, stage, ready, names, system, staged_rows)
+
+
+def _append(rows: _ReadyRows, direct: DirectWrite | None) -> WriteCounts:
+    """append: insert every row; with a key, only rows whose key is new (the rest conflict)."""
+    if rows.spec.key:
+        staged = rows.count()
+        created = rows.insert_new_keys()
+        return WriteCounts(created=created, conflicts=staged - created)
+    return WriteCounts(created=rows.insert_all(direct))
+
+
+def _replace_date(
+    rows: _ReadyRows,
+    db: Database,
+    import_id: int,
+    business_date: date | None,
+    direct: DirectWrite | None,
+) -> WriteCounts:
+    """replace_date: images of the day's rows, delete them, insert the import's rows."""
+    target = rows.target
+    where = target.c._business_date == business_date
+    key = row_key_columns(rows.spec, target)
+    save_images(rows.conn, db, target, import_id, ImageOperation.DELETE, where, key)
+    deleted = int(rows.conn.execute(sa.delete(target).where(where)).rowcount)
+    return WriteCounts(created=rows.insert_all(direct), deleted=deleted)
+
+
+def _upsert(rows: _ReadyRows, db: Database, import_id: int) -> WriteCounts:
+    """upsert: images of the rows about to change, then update them, then insert new keys."""
+    conn, spec, target, stage, ready = rows.conn, rows.spec, rows.target, rows.stage, rows.ready
+    staged = rows.count()
+    on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
+    others = [n for n in rows.names if n not in spec.key]
+    updated = 0
+    if others and db.dialect == "postgresql":
+        updated = _update_changed_postgresql(conn, db, spec, target, import_id, others, rows.system)
+    elif others:
+        changed = sa.or_(*(target.c[n].is_distinct_from(stage.c[n]) for n in others))
+        differs = sa.exists().where(on_key, changed, ready)
+        save_images(conn, db, target, import_id, ImageOperation.UPDATE, differs, spec.key)
+        values: dict[str, Any] = {n: stage.c[n] for n in others} | rows.system
+        result = conn.execute(sa.update(target).values(values).where(on_key, changed, ready))
+        updated = int(result.rowcount)
+    created = rows.insert_new_keys()
+    return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
+
+
+def _update_changed_postgresql(
+    conn: sa.Connection,
+    db: Database,
+    spec: DatasetSpec,
+    target: sa.Table,
+    import_id: int,
+    others: Sequence[str],
+    system: dict[str, Any],
+) -> int:
+    """Upsert's update on PostgreSQL: one join finds the rows whose values differ, keeps their
+    before-images and updates them (the portable path joins twice).
+
+    Returns:
+        Rows updated.
+    """
+    q = conn.dialect.identifier_preparer.quote
+    stage = qualified_name(conn, db.schema or "public", staging_name(import_id))
+    images = qualified_name(conn, db.schema, "import_row_images")
+    table = q(target.name)
+    on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in spec.key)
+    changed = " OR ".join(f"t.{q(c)} IS DISTINCT FROM s.{q(c)}" for c in others)
+    params: dict[str, Any] = {"import_id": import_id, "table": target.name, "op": "update"}
+    key_parts = []
+    for i, k in enumerate(spec.key):
+        params[f"k{i}"] = k
+        key_parts.append(f"CAST(:k{i} AS text), t.{q(k)}")
+    picked = ", ".join(f"s.{q(c)}" for c in others)
+    sets = [f"{q(c)} = c.{q(c)}" for c in others]
+    sets += ["_import_id = :import_id", "_source_row = c.__hi_source_row", "_loaded_at = now()"]
+    if "_business_date" in system:
+        params["business_date"] = system["_business_date"].value
+        sets.append("_business_date = :business_date")
+    sql = f"""
+        WITH changed AS MATERIALIZED (
+            SELECT t.ctid AS __hi_tid, to_jsonb(t) AS __hi_image,
+                   jsonb_build_object({", ".join(key_parts)}) AS __hi_key,
+                   s._source_row AS __hi_source_row, {picked}
+            FROM {table} AS t JOIN {stage} AS s ON {on}
+            WHERE s._hold IS NULL AND ({changed})
+        ), saved AS (
+            INSERT INTO {images} (import_id, target_table, operation, row_key, row_data, created_at)
+            SELECT :import_id, :table, :op, __hi_key, __hi_image, now() FROM changed
+        )
+        UPDATE {table} AS t SET {", ".join(sets)}
+        FROM changed AS c WHERE t.ctid = c.__hi_tid
+    """
+    return int(conn.execute(sa.text(sql), params).rowcount)
+
+
+def record_append_conflicts(
+    conn: sa.Connection, db: Database, spec: DatasetSpec, import_id: int
+) -> int:
+    """Under ``append`` with a key, record staged rows whose key is already in the table.
+
+    Such rows are skipped by the write (they would violate the key) and stored as failed rows
+    of category ``duplicate`` naming the import that loaded the key.
+
+    Returns:
+        How many staged rows conflict.
+    """
+    if not sa.inspect(conn).has_table(spec.target_table):
+        return 0
+    target = sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+    stage = staging_table(db, spec, import_id)
+    names = data_columns(spec)
+    on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
+    rows = conn.execute(
+        sa.select(stage, target.c._import_id.label("_holder"))
+        .join(target, on_key)
+        .where(stage.c._hold.is_(None))
+    ).mappings()
+    records = []
+    for row in rows:
+        key_text = ", ".join(f"{k}={row[k]!s}" for k in spec.key)
+        message = (
+            f"key {key_text} is already in {spec.target_table} "
+            f"(loaded by import {row['_holder']}); the row was skipped"
+        )
+        records.append(duplicate_failure(import_id, spec, names, row, message))
+    if records:
+        conn.execute(sa.insert(db.tables.import_failed_rows), records)
+    return len(records)

@@ -1,0 +1,480 @@
+"""One import, step by step: start → stage (parse + validate) → reconcile → load.
+
+Each step is a function that the CLI calls in a row (:func:`run_import`) and the Dagster
+layer calls as separate ops, passing the small :class:`ImportHandle` between them. Data
+between steps lives in the import's staging table, never in memory.
+
+Transactions: the start (history row + file claim) commits on its own so that a concurrent
+attempt sees the claim; staging commits per batch; the load writes the target and every
+final tracking row in one transaction. A crash anywhere leaves the whole import or nothing
+in the target.
+
+Where the work is: ``pipeline_records`` (the records), ``pipeline_steps`` (what every step
+records on the import), ``loading`` (staging, the direct load, the target write and the
+load's endings).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from histimport_pipeline.engine import loading as load
+from histimport_pipeline.engine import migrations, reconciliation, tracking
+from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
+from histimport_pipeline.engine.errors import (
+    ContentBusyError,
+    FileError,
+    HistimportError,
+    UnexpectedImportError,
+    describe_cause,
+)
+from histimport_pipeline.engine.loading import outcome
+from histimport_pipeline.engine.loading.memory import fewer_collections
+from histimport_pipeline.engine.loading.outcome import error_gate
+from histimport_pipeline.engine.loading.sinks import IntoTarget
+from histimport_pipeline.engine.loading.staging import stage
+from histimport_pipeline.engine.models import FileStatus, ImportPhase, ImportStatus
+from histimport_pipeline.engine.pipeline_records import (
+    ImportHandle,
+    ImportOptions,
+    ImportResult,
+    OnWait,
+    Progress,
+    StageResult,
+)
+from histimport_pipeline.engine.pipeline_steps import (
+    all_steps_here,
+    claim_content,
+    file_business_date,
+    in_tx,
+    record_parsed,
+    release,
+    take_over,
+)
+from histimport_pipeline.engine.reading import open_file
+from histimport_pipeline.engine.spec import DatasetSpec, Strategy
+
+__all__ = [
+    "ImportHandle",
+    "ImportOptions",
+    "ImportResult",
+    "OnWait",
+    "Progress",
+    "StageResult",
+    "ensure_schema",
+    "fail_import",
+    "file_sha256",
+    "inspect_file",
+    "load_import",
+    "reconcile_import",
+    "run_import",
+    "stage_file",
+    "start_import",
+]
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def ensure_schema(db: Database) -> None:
+    """Make sure the tracking tables are migrated to the newest revision.
+
+    SQLite (the embedded default) is migrated on the spot; a PostgreSQL database behind the
+    code is an error, since its schema belongs to whoever runs ``histimport db upgrade``.
+    """
+    current, head = migrations.current(db), migrations.head()
+    if current == head:
+        return
+    if db.dialect == "sqlite":
+        migrations.upgrade(db)
+        return
+    raise HistimportError(
+        f"the tracking tables in {db.masked_url} are at revision {current or 'none'}, this "
+        f"histimport needs {head}: run `histimport db upgrade` (or have your DBA apply "
+        "`histimport db sql`)"
+    )
+
+
+def start_import(
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions = ImportOptions(),
+    conn: sa.Connection | None = None,
+    on_wait: OnWait | None = None,
+) -> ImportHandle:
+    """Record a new import of ``path`` and claim its content for it.
+
+    Imports of the dataset left ``running`` by a dead worker are marked failed first (see
+    ``tracking.fail_dead_imports``). While another live import holds the same content, this
+    one waits for it to end, at most ``options.wait_for_holder_s`` (not inside a caller's
+    transaction). When the content was already imported (and ``force`` is off) the import is
+    recorded as ``duplicate`` at once and the handle says which import holds the content.
+
+    Args:
+        on_wait: called with the holder's id when the wait for it begins.
+
+    Raises:
+        FileError: the file is missing, or a daily dataset's file name has no date.
+        ContentBusyError: the holder still runs after the wait; this import is recorded as
+            failed with that message and nothing was loaded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileError(path, "no such file", hint="Check the path")
+    sha, size = file_sha256(path)
+    business_date = file_business_date(spec, path, options)
+    handle, busy = claim_content(db, spec, path, options, conn, on_wait, sha, size, business_date)
+    if busy is not None:
+        raise busy  # after the commit: the refused attempt stays on record
+    return handle
+
+
+def inspect_file(
+    db: Database, spec: DatasetSpec, handle: ImportHandle, conn: sa.Connection | None = None
+) -> dict[str, Any]:
+    """The parse step on its own: detect format, encoding, dialect and map the headers.
+
+    Records what was detected on the import. Reading every row happens in :func:`stage_file`.
+
+    Returns:
+        The detected file metadata.
+
+    Raises:
+        FileError: the file cannot be read as the dataset (format, encoding, headers).
+    """
+    take_over(db, handle, conn)
+    with open_file(Path(handle.file_path), spec) as parsed:
+        info = parsed.info
+    with in_tx(db, conn) as tx:
+        record_parsed(tx, db, handle.import_id, info)
+        release(tx, db, handle.import_id)
+    return {**info.as_metadata(), "mapping": info.mapping, "warnings": list(info.warnings)}
+
+
+def stage_file(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions = ImportOptions(),
+    progress: Progress | None = None,
+    conn: sa.Connection | None = None,
+) -> StageResult:
+    """Parse and validate the file, staging valid rows and recording failed ones.
+
+    Delimited UTF-8 files on PostgreSQL are read by the columnar reader (pyarrow; see
+    ``engine.reading.columnar``), every other file, and any file that reader declines part-way, by
+    the Python reader; the outcome is the same. When the load will COPY the file straight
+    into the target (``loading.loads_directly``), the valid rows are only counted here: the load
+    reads the file again. Memory stays bounded: rows flow through in batches.
+
+    Raises:
+        FileError: a file-level problem (format, encoding, headers); nothing is staged.
+    """
+    return stage(db, spec, handle, options, progress, conn)
+
+
+def reconcile_import(
+    db: Database, spec: DatasetSpec, handle: ImportHandle, conn: sa.Connection | None = None
+) -> dict[str, Any]:
+    """Resolve the dataset's entity references in the staged rows.
+
+    A dataset without ``references`` passes through untouched.
+
+    Returns:
+        Counts of the reconciliation (empty when there is nothing to reconcile).
+    """
+    if not spec.references:
+        with in_tx(db, conn) as tx:
+            tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.CONFIRM.value)
+        return {}
+    take_over(db, handle, conn)
+    t0 = time.perf_counter()
+    with in_tx(db, conn) as tx:
+        row = tracking.get_import(tx, db, handle.import_id) or {}
+        outcome = reconciliation.reconcile_staged(tx, db, spec, handle.import_id)
+        seconds = dict(row.get("phase_seconds") or {})
+        seconds["reconcile"] = round(time.perf_counter() - t0, 4)
+        tracking.update_import(
+            tx,
+            db,
+            handle.import_id,
+            rows_review=outcome.rows_review,
+            rows_failed=int(row.get("rows_failed") or 0) + outcome.rows_rejected,
+            phase_seconds=seconds,
+            phase=ImportPhase.CONFIRM.value,
+        )
+        release(tx, db, handle.import_id)
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            "reconciled",
+            None,
+            {
+                "matches": outcome.matches,
+                "comparisons": outcome.comparisons,
+                "rows_review": outcome.rows_review,
+                "rows_rejected": outcome.rows_rejected,
+                "rows_without_id": outcome.rows_without_id,
+            },
+        )
+    return {
+        "rows_waiting_for_review": outcome.rows_review,
+        "rows_rejected_by_reconciliation": outcome.rows_rejected,
+        "rows_loaded_without_id": sum(outcome.rows_without_id.values()),
+        "comparisons": outcome.comparisons,
+        **{f"matches_{k}": v for k, v in outcome.matches.items()},
+    }
+
+
+def load_import(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions = ImportOptions(),
+    conn: sa.Connection | None = None,
+    *,
+    streamed: tuple[sa.Table, int] | None = None,
+) -> ImportResult:
+    """Apply the error gate, then write the target and the final tracking rows atomically.
+
+    Over the gate (failed share above ``max_error_ratio``) the import ends ``rejected`` and
+    nothing is written to the target.
+
+    Args:
+        streamed: the target and the rows already in it, uncommitted in ``conn``'s
+            transaction (``run_import``'s one-pass direct load): only the tracking rows are
+            written.
+    """
+    take_over(db, handle, conn)
+    t0 = time.perf_counter()
+    with in_tx(db, conn) as tx:
+        load.tune_session(tx, db)
+        row = tracking.get_import(tx, db, handle.import_id)
+        if row is None:
+            raise HistimportError(f"import {handle.import_id} vanished from import_history")
+        state = outcome.load_state(tx, db, spec, handle, options, row)
+        if state.share > state.gate:
+            return outcome.reject(tx, db, spec, handle, options, state, t0)
+        write = outcome.prepare_write(tx, db, spec, handle, row, streamed)
+        return outcome.write_and_finish(tx, db, spec, handle, state, t0, write)
+
+
+def fail_import(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    error: BaseException,
+    *,
+    keep_staging: bool = False,
+) -> ImportResult:
+    """Record that an import failed; the target was not touched.
+
+    Args:
+        keep_staging: keep the staging table so a retry can resume at the load step.
+    """
+    message = describe_cause(error)
+    with db.engine.begin() as tx:
+        row = tracking.get_import(tx, db, handle.import_id) or {}
+        finished = tracking.utcnow()
+        tracking.update_import(
+            tx,
+            db,
+            handle.import_id,
+            status=ImportStatus.FAILED.value,
+            error_message=message,
+            finished_at=finished,
+            heartbeat_at=finished,
+            error_summary=tracking.error_summary(tx, db, handle.import_id),
+        )
+        tracking.record_nothing_loaded(tx, db, handle.import_id)
+        tracking.set_file_status(
+            tx, db, spec.name, handle.sha256, handle.import_id, FileStatus.FAILED
+        )
+        tracking.record_outcome(
+            tx,
+            db,
+            dataset=spec.name,
+            import_id=handle.import_id,
+            ok=False,
+            error=message,
+            business_date=handle.business_date,
+        )
+        details: dict[str, Any] = {"error": message, "type": type(error).__name__}
+        if isinstance(error, HistimportError):
+            details |= {k: v for k, v in error.facts.items() if isinstance(v, str | int)}
+        tracking.record_audit(tx, db, handle.import_id, "failed", None, details)
+    if not keep_staging:
+        load.drop_staging(db, handle.import_id)
+    return ImportResult(
+        import_id=handle.import_id,
+        dataset=spec.name,
+        status=ImportStatus.FAILED,
+        file_name=handle.file_name,
+        sha256=handle.sha256,
+        error_message=message,
+        rows_read=int(row.get("rows_in_file") or 0),
+        rows_failed=int(row.get("rows_failed") or 0),
+    )
+
+
+def run_import(
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions = ImportOptions(),
+    progress: Progress | None = None,
+    on_wait: OnWait | None = None,
+) -> ImportResult:
+    """Import one file from start to end.
+
+    A dry run does everything, including the target write, inside one transaction that is
+    rolled back: its counts are exactly what a real import would do, and nothing is kept.
+
+    Args:
+        on_wait: see ``start_import`` (another live import holds the same content).
+
+    Returns:
+        How the import ended. File-level errors end as ``failed`` with the error's message;
+        they are not raised. So does an import of content that another live import still
+        holds after the wait (``ContentBusyError``): nothing was loaded.
+
+    Raises:
+        DatabaseUnavailableError: the database could not be reached (worth a retry).
+        UnexpectedImportError: any other error (a bug, a statement the database refused);
+            the import is recorded as failed with the error's cause, which is chained.
+    """
+    # Fewer garbage collections for the whole import: in a fresh process the first full
+    # collection of everything imported cost about 0.1 s, whatever the file's size.
+    with unavailable_as_transient(db.engine.url), fewer_collections():
+        ensure_schema(db)
+        if options.dry_run:
+            return _dry_run(db, spec, Path(path), options, progress)
+        try:
+            handle = start_import(db, spec, Path(path), options, on_wait=on_wait)
+        except ContentBusyError as busy:
+            return _busy_result(spec, Path(path), options, busy)
+        if handle.duplicate_of is not None:
+            return _duplicate_result(spec, handle)
+        steps_here = all_steps_here.set(True)
+        try:
+            if load.loads_directly(db, spec) and spec.strategy is Strategy.APPEND:
+                return _import_in_one_pass(db, spec, handle, options, progress)
+            stage_file(db, spec, handle, options, progress)
+            reconcile_import(db, spec, handle)
+            return load_import(db, spec, handle, options)
+        except HistimportError as exc:
+            if not exc.terminal:
+                raise
+            return fail_import(db, spec, handle, exc)
+        except BaseException as exc:
+            fail_import(db, spec, handle, exc)
+            if not isinstance(exc, Exception) or is_unavailable(exc):
+                raise  # an interrupt, or a lost database (retried as transient)
+            raise UnexpectedImportError(handle.import_id, describe_cause(exc)) from exc
+        finally:
+            all_steps_here.reset(steps_here)
+
+
+def _import_in_one_pass(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions,
+    progress: Progress | None,
+) -> ImportResult:
+    """``run_import`` of a direct load (an append without key or references): check the rows
+    and COPY them into the target in one streaming pass, in the load transaction.
+
+    The steps are the same as ``stage_file`` + ``load_import``, and so are every tracking row
+    and the outcome; what differs is that nothing waits between them, so the server writes
+    the target while the next block is being checked. Over the error gate the transaction
+    rolls back and the import is rejected as usual; a file the columnar reader declines is
+    staged by the Python reader and loaded step by step.
+    """
+    with db.engine.connect() as conn, conn.begin() as transaction:
+        load.tune_session(conn, db)
+        target = load.ensure_target(conn, spec)
+        staged = stage(db, spec, handle, options, progress, None, IntoTarget(conn, target))
+        if staged.into_target:
+            share = staged.rows_failed / staged.rows_read if staged.rows_read else 0.0
+            if share <= error_gate(spec, options):
+                streamed = (target, staged.rows_staged)
+                return load_import(db, spec, handle, options, conn, streamed=streamed)
+        transaction.rollback()
+    reconcile_import(db, spec, handle)
+    return load_import(db, spec, handle, options)
+
+
+def _busy_result(
+    spec: DatasetSpec, path: Path, options: ImportOptions, busy: ContentBusyError
+) -> ImportResult:
+    return ImportResult(
+        import_id=busy.import_id,
+        dataset=spec.name,
+        status=ImportStatus.FAILED,
+        file_name=options.file_name or path.name,
+        sha256="",
+        error_message=str(busy),
+        dry_run=options.dry_run,
+    )
+
+
+def _duplicate_result(spec: DatasetSpec, handle: ImportHandle) -> ImportResult:
+    return ImportResult(
+        import_id=handle.import_id,
+        dataset=spec.name,
+        status=ImportStatus.DUPLICATE,
+        file_name=handle.file_name,
+        sha256=handle.sha256,
+        duplicate_of=handle.duplicate_of,
+        error_message=f"already imported by import {handle.duplicate_of}",
+    )
+
+
+def _dry_run(
+    db: Database, spec: DatasetSpec, path: Path, options: ImportOptions, progress: Progress | None
+) -> ImportResult:
+    with db.engine.connect() as conn:
+        outer = conn.begin()
+        try:
+            try:
+                handle = start_import(db, spec, path, options, conn=conn)
+            except ContentBusyError as busy:
+                return _busy_result(spec, path, options, busy)
+            if handle.duplicate_of is not None:
+                result = _duplicate_result(spec, handle)
+            else:
+                try:
+                    stage_file(db, spec, handle, options, progress, conn=conn)
+                    reconcile_import(db, spec, handle, conn=conn)
+                    result = load_import(db, spec, handle, options, conn=conn)
+                except HistimportError as exc:
+                    if not exc.terminal:
+                        raise
+                    result = ImportResult(
+                        import_id=handle.import_id,
+                        dataset=spec.name,
+                        status=ImportStatus.FAILED,
+                        file_name=handle.file_name,
+                        sha256=handle.sha256,
+                        error_message=str(exc),
+                    )
+        finally:
+            outer.rollback()
+    return replace(result, dry_run=True)
