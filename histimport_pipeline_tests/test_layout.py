@@ -156,3 +156,22 @@ def test_long_engine_functions_say_why(module: str) -> None:
         and not _says_why(ast.get_source_segment(source, node))
     ]
     assert not long, f"{module}: split these or say why ('{REASONS[0]}'): {long}"
+
+
+def test_the_benchmarks_import_paths_exist() -> None:
+    """The benchmarks are scripts, not tests: at least every name they import must exist."""
+    import importlib
+
+    missing = []
+    for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith(ROOT)):
+                continue
+            assert node.module is not None
+            module = importlib.import_module(node.module)
+            missing += [
+                f"{path.name}: {node.module}.{alias.name}"
+                for alias in node.names
+                if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in MODULES
+            ]
+    assert not missing
