@@ -486,3 +486,70 @@ def test_a_step_reexecuted_later_adds_its_own_time_not_the_wait(
     assert set(recorded["phase_seconds"]) >= {"parse", "validate", "load"}
     # the steps' own time, plus the bookkeeping around them; never the 800 s wait
     assert phases <= recorded["total_seconds"] < phases + 5, recorded
+
+
+def _steps(result: dg.ExecuteInProcessResult, event_type: str) -> list[str]:
+    """The op names of the run's steps that had ``event_type``, in order."""
+    keys = [e.step_key for e in result.all_events if e.event_type_value == event_type]
+    return [str(k).rsplit(".", 1)[-1] for k in keys]
+
+
+def _materialize_signups(
+    home: Path, db_url: str, text: str, run_config: dict[str, Any] | None = None
+) -> tuple[dg.ExecuteInProcessResult, Path, dg.DagsterInstance]:
+    path = home / "inbox" / "signups_gate.csv"
+    path.write_text(text)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("signups_files", [key])
+    result = dg.materialize(
+        [build_dataset_asset(_spec(SIGNUPS))],
+        partition_key=key,
+        instance=instance,
+        resources={"database": DatabaseResource(url=db_url)},
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    return result, path, instance
+
+
+def test_a_good_import_runs_five_steps_in_order(home: Path, db_url: str) -> None:
+    result, _, instance = _materialize_signups(home, db_url, GOOD)
+    assert result.success
+    order = ["signups_parse", "signups_validate", "signups_reconcile", "signups_confirm"]
+    assert _steps(result, "STEP_SUCCESS") == [*order, "signups_load"]
+    # a run built from the asset selection names its dataset's job in a tag
+    tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
+    assert tags["histimport/job"] == "signups_import_job"
+
+
+@pytest.mark.parametrize("how", ["spec", "run config"])
+def test_a_rejected_import_fails_the_confirm_step_and_never_starts_the_load(
+    home: Path, db_url: str, how: str
+) -> None:
+    """Over the gate the confirm step fails with the engine's sentence, the load step never
+    starts, nothing is loaded and the file goes to quarantine."""
+    run_config = None
+    if how == "spec":
+        (home / "datasets" / "signups.yaml").write_text(
+            yaml.safe_dump({**SIGNUPS, "max_error_ratio": 0.1})
+        )
+    else:
+        options = {"max_error_ratio": 0.1}
+        run_config = {"ops": {"signups": {"ops": {"signups_parse": {"config": options}}}}}
+    result, path, _ = _materialize_signups(home, db_url, GOOD, run_config)
+    assert not result.success
+    assert _steps(result, "STEP_FAILURE") == ["signups_confirm"]
+    assert "signups_load" not in _steps(result, "STEP_START")
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.event_specific_data)
+    assert "1 of 3 rows failed (33.3%), above the dataset's limit of 10.0%" in message
+    db = Database.connect(db_url)
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        [recorded] = conn.execute(sa.select(t)).mappings().all()
+    assert recorded["status"] == "rejected" and recorded["phase"] == "CONFIRM"
+    assert not sa.inspect(db.engine).has_table("signups") or rows(db, "signups") == []
+    assert not path.exists()
+    assert list((home / "quarantine" / "signups").glob("*__signups_gate.csv"))
+    db.dispose()
