@@ -553,3 +553,74 @@ def test_a_rejected_import_fails_the_confirm_step_and_never_starts_the_load(
     assert not path.exists()
     assert list((home / "quarantine" / "signups").glob("*__signups_gate.csv"))
     db.dispose()
+
+
+def _signups_job() -> dg.JobDefinition:
+    """The signups import job as the code location builds it (reconstructable: a
+    re-execution rebuilds it by this name)."""
+    from histimport_pipeline.engine.settings import Settings
+    from histimport_pipeline.engine.spec import load_specs
+
+    specs = load_specs(Settings.from_env().datasets)
+    database = DatabaseResource(url=os.environ["HISTIMPORT_DATABASE_URL"])
+    defs = build_definitions(specs, resources={"database": database})
+    return defs.get_job_def("signups_import_job")
+
+
+def test_reexecution_from_failure_resumes_at_the_load_after_a_lost_database(
+    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away while the load step runs (after confirm let the import
+    through); re-executing the run from failure runs only the load step, which loads."""
+    from histimport_pipeline.engine.errors import DatabaseUnavailableError
+    from histimport_pipeline.orchestration import assets
+
+    monkeypatch.setattr(assets, "RETRY", dg.RetryPolicy(max_retries=0))
+    real_load = pipeline.load_import
+    lost = []
+
+    def load_once_lost(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            lost.append(True)
+            raise DatabaseUnavailableError("db", "server closed the connection")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_import", load_once_lost)
+    path = home / "inbox" / "signups_lost.csv"
+    path.write_text(GOOD)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("signups_files", [key])
+        job = dg.reconstructable(_signups_job)
+        # Dagster caches the rebuilt job per process: this test's home and database, not an
+        # earlier test's.
+        type(job).get_definition.cache_clear()  # type: ignore[attr-defined]
+        type(job).get_repository_definition.cache_clear()  # type: ignore[attr-defined]
+        tags = {"dagster/partition": key}
+        with dg.execute_job(job, instance, tags=tags, raise_on_error=False) as first:
+            assert not first.success
+            failed = [
+                str(e.step_key).rsplit(".", 1)[-1]
+                for e in first.all_events
+                if e.event_type_value == "STEP_FAILURE"
+            ]
+            assert failed == ["signups_load"]
+            parent = first.run_id
+        options = dg.ReexecutionOptions.from_failure(parent, instance)
+        with dg.execute_job(job, instance, reexecution_options=options) as again:
+            assert again.success
+            started = [
+                str(e.step_key).rsplit(".", 1)[-1]
+                for e in again.all_events
+                if e.event_type_value == "STEP_START"
+            ]
+            # the load, then the asset checks; none of the steps that had succeeded
+            assert started[0] == "signups_load", started
+            assert not {"signups_parse", "signups_confirm"} & set(started), started
+    db = Database.connect(db_url)
+    assert [r["signup_id"] for r in rows(db, "signups")] == ["007", "008"]
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        [recorded] = conn.execute(sa.select(t)).mappings().all()
+    assert recorded["status"] == "partial"
+    db.dispose()

@@ -9,8 +9,8 @@ run with its job name before any coordinator sees it and has no way to rename it
 backfill's runs get their job from ``submit_asset_runs.get_job_execution_data_from_run_request``,
 which only picks an implicit ``__ASSET_JOB``). So every import run also carries
 ``histimport/job``, the name of its dataset's job: one filter in the Runs page shows all the
-imports of a dataset, whatever launched them. ``deploy/dagster.yaml`` and ``deploy/dagster.local.yaml``
-name this class.
+imports of a dataset, whatever launched them. ``deploy/dagster.yaml`` and
+``deploy/dagster.local.yaml`` name this class.
 """
 
 from __future__ import annotations
