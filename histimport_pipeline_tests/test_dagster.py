@@ -76,7 +76,11 @@ def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> N
     assert loaded.resolve_sensor_def("signups_inbox_sensor") is not None
     assert loaded.resolve_schedule_def("sessions_daily_schedule") is not None
     node_names = {n.name for n in loaded.resolve_job_def("signups_import_job").all_node_defs}
-    assert {"signups_parse", "signups_validate", "signups_reconcile", "signups_load"} <= node_names
+    ops = ("parse", "validate", "reconcile", "confirm", "load")
+    assert {f"signups_{op}" for op in ops} <= node_names
+    # the runs a sensor or schedule requests name the dataset's job, and say so in a tag
+    job_tags = loaded.resolve_job_def("signups_import_job").tags
+    assert job_tags["histimport/job"] == "signups_import_job"
     # backfill runs (of the implicit asset job) too run in one process, not one per step
     jobs = loaded.get_repository_def().get_all_jobs()
     assert {j.name: j.executor_def.name for j in jobs}["__ASSET_JOB"] == "in_process"
@@ -564,7 +568,7 @@ def _signups_job() -> dg.JobDefinition:
     specs = load_specs(Settings.from_env().datasets)
     database = DatabaseResource(url=os.environ["HISTIMPORT_DATABASE_URL"])
     defs = build_definitions(specs, resources={"database": database})
-    return defs.get_job_def("signups_import_job")
+    return defs.resolve_job_def("signups_import_job")
 
 
 def test_reexecution_from_failure_resumes_at_the_load_after_a_lost_database(
