@@ -223,13 +223,16 @@ def step_pandas(url: str, path: Path) -> dict[str, Any]:
 
 
 def _by_steps(db: Any, spec: Any, path: Path, options: Any) -> Any:
-    """The import as Dagster runs it: start, stage, reconcile and load called one by one
-    (Dagster runs each in a process of its own, which this does not count)."""
+    """The import as Dagster runs it: start, stage, reconcile, confirm and load called one by
+    one (Dagster runs each in a process of its own, which this does not count)."""
     from histimport_pipeline.engine import pipeline
 
     handle = pipeline.start_import(db, spec, path, options)
     pipeline.stage_file(db, spec, handle, options)
     pipeline.reconcile_import(db, spec, handle)
+    rejected = pipeline.confirm_import(db, spec, handle, options)
+    if rejected is not None:
+        return rejected
     return pipeline.load_import(db, spec, handle, options)
 
 

@@ -317,6 +317,7 @@ def test_step_by_step_and_one_pass_direct_loads_agree(pg_db: Database, tmp_path:
     handle = pipeline.start_import(pg_db, spec, path)
     pipeline.stage_file(pg_db, spec, handle)
     pipeline.reconcile_import(pg_db, spec, handle)
+    assert pipeline.confirm_import(pg_db, spec, handle) is None
     steps = pipeline.load_import(pg_db, spec, handle)
     one = run_import(pg_db, spec_for("t_one", max_error_ratio=0.9), path)
     for field in ("status", "rows_read", "rows_created", "rows_failed", "error_summary"):

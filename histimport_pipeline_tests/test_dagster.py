@@ -76,7 +76,11 @@ def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> N
     assert loaded.resolve_sensor_def("signups_inbox_sensor") is not None
     assert loaded.resolve_schedule_def("sessions_daily_schedule") is not None
     node_names = {n.name for n in loaded.resolve_job_def("signups_import_job").all_node_defs}
-    assert {"signups_parse", "signups_validate", "signups_reconcile", "signups_load"} <= node_names
+    ops = ("parse", "validate", "reconcile", "confirm", "load")
+    assert {f"signups_{op}" for op in ops} <= node_names
+    # the runs a sensor or schedule requests name the dataset's job, and say so in a tag
+    job_tags = loaded.resolve_job_def("signups_import_job").tags
+    assert job_tags["histimport/job"] == "signups_import_job"
     # backfill runs (of the implicit asset job) too run in one process, not one per step
     jobs = loaded.get_repository_def().get_all_jobs()
     assert {j.name: j.executor_def.name for j in jobs}["__ASSET_JOB"] == "in_process"
@@ -486,3 +490,141 @@ def test_a_step_reexecuted_later_adds_its_own_time_not_the_wait(
     assert set(recorded["phase_seconds"]) >= {"parse", "validate", "load"}
     # the steps' own time, plus the bookkeeping around them; never the 800 s wait
     assert phases <= recorded["total_seconds"] < phases + 5, recorded
+
+
+def _steps(result: dg.ExecuteInProcessResult, event_type: str) -> list[str]:
+    """The op names of the run's steps that had ``event_type``, in order."""
+    keys = [e.step_key for e in result.all_events if e.event_type_value == event_type]
+    return [str(k).rsplit(".", 1)[-1] for k in keys]
+
+
+def _materialize_signups(
+    home: Path, db_url: str, text: str, run_config: dict[str, Any] | None = None
+) -> tuple[dg.ExecuteInProcessResult, Path, dg.DagsterInstance]:
+    path = home / "inbox" / "signups_gate.csv"
+    path.write_text(text)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("signups_files", [key])
+    result = dg.materialize(
+        [build_dataset_asset(_spec(SIGNUPS))],
+        partition_key=key,
+        instance=instance,
+        resources={"database": DatabaseResource(url=db_url)},
+        run_config=run_config,
+        raise_on_error=False,
+    )
+    return result, path, instance
+
+
+def test_a_good_import_runs_five_steps_in_order(home: Path, db_url: str) -> None:
+    result, _, instance = _materialize_signups(home, db_url, GOOD)
+    assert result.success
+    order = ["signups_parse", "signups_validate", "signups_reconcile", "signups_confirm"]
+    assert _steps(result, "STEP_SUCCESS") == [*order, "signups_load"]
+    # a run built from the asset selection names its dataset's job in a tag
+    tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
+    assert tags["histimport/job"] == "signups_import_job"
+
+
+@pytest.mark.parametrize("how", ["spec", "run config"])
+def test_a_rejected_import_fails_the_confirm_step_and_never_starts_the_load(
+    home: Path, db_url: str, how: str
+) -> None:
+    """Over the gate the confirm step fails with the engine's sentence, the load step never
+    starts, nothing is loaded and the file goes to quarantine."""
+    run_config = None
+    if how == "spec":
+        (home / "datasets" / "signups.yaml").write_text(
+            yaml.safe_dump({**SIGNUPS, "max_error_ratio": 0.1})
+        )
+    else:
+        options = {"max_error_ratio": 0.1}
+        run_config = {"ops": {"signups": {"ops": {"signups_parse": {"config": options}}}}}
+    result, path, _ = _materialize_signups(home, db_url, GOOD, run_config)
+    assert not result.success
+    assert _steps(result, "STEP_FAILURE") == ["signups_confirm"]
+    assert "signups_load" not in _steps(result, "STEP_START")
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.event_specific_data)
+    assert "1 of 3 rows failed (33.3%), above the dataset's limit of 10.0%" in message
+    db = Database.connect(db_url)
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        [recorded] = conn.execute(sa.select(t)).mappings().all()
+    assert recorded["status"] == "rejected" and recorded["phase"] == "CONFIRM"
+    assert not sa.inspect(db.engine).has_table("signups") or rows(db, "signups") == []
+    assert not path.exists()
+    assert list((home / "quarantine" / "signups").glob("*__signups_gate.csv"))
+    db.dispose()
+
+
+def _signups_job() -> dg.JobDefinition:
+    """The signups import job as the code location builds it (reconstructable: a
+    re-execution rebuilds it by this name)."""
+    from histimport_pipeline.engine.settings import Settings
+    from histimport_pipeline.engine.spec import load_specs
+
+    specs = load_specs(Settings.from_env().datasets)
+    database = DatabaseResource(url=os.environ["HISTIMPORT_DATABASE_URL"])
+    defs = build_definitions(specs, resources={"database": database})
+    return defs.resolve_job_def("signups_import_job")
+
+
+def test_reexecution_from_failure_resumes_at_the_load_after_a_lost_database(
+    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database goes away while the load step runs (after confirm let the import
+    through); re-executing the run from failure runs only the load step, which loads."""
+    from histimport_pipeline.engine.errors import DatabaseUnavailableError
+    from histimport_pipeline.orchestration import assets
+
+    monkeypatch.setattr(assets, "RETRY", dg.RetryPolicy(max_retries=0))
+    real_load = pipeline.load_import
+    lost = []
+
+    def load_once_lost(*args: Any, **kwargs: Any) -> Any:
+        if not lost:
+            lost.append(True)
+            raise DatabaseUnavailableError("db", "server closed the connection")
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_import", load_once_lost)
+    path = home / "inbox" / "signups_lost.csv"
+    path.write_text(GOOD)
+    key = files.partition_key_for(path, files.sha256_of(path))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("signups_files", [key])
+        job = dg.reconstructable(_signups_job)
+        # Dagster caches the rebuilt job per process: this test's home and database, not an
+        # earlier test's.
+        type(job).get_definition.cache_clear()  # type: ignore[attr-defined]
+        type(job).get_repository_definition.cache_clear()  # type: ignore[attr-defined]
+        tags = {"dagster/partition": key}
+        with dg.execute_job(job, instance, tags=tags, raise_on_error=False) as first:
+            assert not first.success
+            failed = [
+                str(e.step_key).rsplit(".", 1)[-1]
+                for e in first.all_events
+                if e.event_type_value == "STEP_FAILURE"
+            ]
+            assert failed == ["signups_load"]
+            parent = first.run_id
+        options = dg.ReexecutionOptions.from_failure(parent, instance)
+        with dg.execute_job(job, instance, reexecution_options=options) as again:
+            assert again.success
+            started = [
+                str(e.step_key).rsplit(".", 1)[-1]
+                for e in again.all_events
+                if e.event_type_value == "STEP_START"
+            ]
+            # the load, then the asset checks; none of the steps that had succeeded
+            assert started[0] == "signups_load", started
+            assert not {"signups_parse", "signups_confirm"} & set(started), started
+    db = Database.connect(db_url)
+    assert [r["signup_id"] for r in rows(db, "signups")] == ["007", "008"]
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        [recorded] = conn.execute(sa.select(t)).mappings().all()
+    assert recorded["status"] == "partial"
+    db.dispose()

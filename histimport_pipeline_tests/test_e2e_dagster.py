@@ -671,6 +671,8 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
                 day = run["tags"]["dagster/partition"]
                 assert run["tags"]["histimport/dataset"] == "sessions", run
                 assert run["tags"]["histimport/trigger"] == "backfill", run
+                # Dagster names backfill runs __ASSET_JOB; the tag names the dataset's job
+                assert run["tags"]["histimport/job"] == "sessions_import_job", run
                 assert run["tags"]["histimport/file"] == f"sessions_{day}.csv", run
             first, second = sorted(runs, key=lambda r: r["startTime"])
             assert first["endTime"] <= second["startTime"], (first, second)

@@ -67,6 +67,7 @@ __all__ = [
     "OnWait",
     "Progress",
     "StageResult",
+    "confirm_import",
     "ensure_schema",
     "fail_import",
     "file_sha256",
@@ -242,6 +243,45 @@ def reconcile_import(
     }
 
 
+def confirm_import(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions = ImportOptions(),
+    conn: sa.Connection | None = None,
+) -> ImportResult | None:
+    """Apply the error gate to the checked and reconciled rows (the CONFIRM phase).
+
+    Over the gate (failed share above ``max_error_ratio``, or the run's override) the import
+    ends ``rejected``: nothing is written to the target, master rows its reconciliation
+    created are dropped, and the rejection is returned. Under it the audit trail records
+    ``confirmed`` and ``load_import`` may write the target.
+
+    Returns:
+        The rejected import's result, or None when the import may load.
+    """
+    take_over(db, handle, conn)
+    t0 = time.perf_counter()
+    with in_tx(db, conn) as tx:
+        tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.CONFIRM.value)
+        row = tracking.get_import(tx, db, handle.import_id)
+        if row is None:
+            raise HistimportError(f"import {handle.import_id} vanished from import_history")
+        state = outcome.load_state(tx, db, spec, handle, options, row)
+        if state.share > state.gate:
+            return outcome.reject(tx, db, spec, handle, options, state, t0)
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            "confirmed",
+            None,
+            {"failed_share": round(state.share, 4), "gate": state.gate},
+        )
+        release(tx, db, handle.import_id)
+    return None
+
+
 def load_import(
     db: Database,
     spec: DatasetSpec,
@@ -251,10 +291,8 @@ def load_import(
     *,
     streamed: tuple[sa.Table, int] | None = None,
 ) -> ImportResult:
-    """Apply the error gate, then write the target and the final tracking rows atomically.
-
-    Over the gate (failed share above ``max_error_ratio``) the import ends ``rejected`` and
-    nothing is written to the target.
+    """Write the target and the final tracking rows atomically, once ``confirm_import`` let
+    the import through its error gate (this step does not apply the gate again).
 
     Args:
         streamed: the target and the rows already in it, uncommitted in ``conn``'s
@@ -269,10 +307,23 @@ def load_import(
         if row is None:
             raise HistimportError(f"import {handle.import_id} vanished from import_history")
         state = outcome.load_state(tx, db, spec, handle, options, row)
-        if state.share > state.gate:
-            return outcome.reject(tx, db, spec, handle, options, state, t0)
         write = outcome.prepare_write(tx, db, spec, handle, row, streamed)
         return outcome.write_and_finish(tx, db, spec, handle, state, t0, write)
+
+
+def _confirm_and_load(
+    db: Database,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    options: ImportOptions,
+    conn: sa.Connection | None = None,
+    *,
+    streamed: tuple[sa.Table, int] | None = None,
+) -> ImportResult:
+    rejected = confirm_import(db, spec, handle, options, conn)
+    if rejected is not None:
+        return rejected
+    return load_import(db, spec, handle, options, conn, streamed=streamed)
 
 
 def fail_import(
@@ -377,7 +428,7 @@ def run_import(
                 return _import_in_one_pass(db, spec, handle, options, progress)
             stage_file(db, spec, handle, options, progress)
             reconcile_import(db, spec, handle)
-            return load_import(db, spec, handle, options)
+            return _confirm_and_load(db, spec, handle, options)
         except HistimportError as exc:
             if not exc.terminal:
                 raise
@@ -413,12 +464,14 @@ def _import_in_one_pass(
         staged = stage(db, spec, handle, options, progress, None, IntoTarget(conn, target))
         if staged.into_target:
             share = staged.rows_failed / staged.rows_read if staged.rows_read else 0.0
+            # The gate can only be known once the pass has written the target: over it the
+            # transaction rolls back, and the step by step path below records the rejection.
             if share <= error_gate(spec, options):
                 streamed = (target, staged.rows_staged)
-                return load_import(db, spec, handle, options, conn, streamed=streamed)
+                return _confirm_and_load(db, spec, handle, options, conn, streamed=streamed)
         transaction.rollback()
     reconcile_import(db, spec, handle)
-    return load_import(db, spec, handle, options)
+    return _confirm_and_load(db, spec, handle, options)
 
 
 def _busy_result(
@@ -463,7 +516,7 @@ def _dry_run(
                 try:
                     stage_file(db, spec, handle, options, progress, conn=conn)
                     reconcile_import(db, spec, handle, conn=conn)
-                    result = load_import(db, spec, handle, options, conn=conn)
+                    result = _confirm_and_load(db, spec, handle, options, conn)
                 except HistimportError as exc:
                     if not exc.terminal:
                         raise

@@ -1,5 +1,6 @@
-"""Dataset assets: one per dataset spec, materialized by four ops (parse, validate,
-reconcile, load) that pass a small import handle and keep the rows in staging tables."""
+"""Dataset assets: one per dataset spec, materialized by five ops (parse, validate,
+reconcile, confirm, load) that pass a small import handle and keep the rows in staging
+tables."""
 
 import datetime as dt
 import getpass
@@ -279,7 +280,7 @@ def column_schema(spec: DatasetSpec) -> dg.TableSchema:
 
 def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     """The asset of one dataset: its target table, loaded by parse → validate → reconcile →
-    load ops."""
+    confirm → load ops."""
     name = spec.name
     upstream = [
         inbox_key(spec),
@@ -398,18 +399,45 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         return handle
 
     @dg.op(
+        name=f"{name}_confirm",
+        retry_policy=RETRY,
+        tags={"histimport/step": "confirm"},
+        description="Apply the error gate: over the dataset's max_error_ratio the import is "
+        "rejected, nothing loads and the file goes to quarantine. (The CLI's one-pass direct "
+        "load can only apply it after its COPY, and rolls that back; these ops do not use it: "
+        "validate counts the rows and load reads the checked file again.)",
+    )
+    def confirm(
+        context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
+    ) -> ImportHandle:
+        """The error gate, a step of its own so that a rejection fails here and the load
+        never starts. For a direct load (an append without key or references on
+        PostgreSQL) the gate is the same: validate staged nothing but counted every row, so
+        the share is known before load COPYs the file."""
+        if handle.duplicate_of is not None:
+            return handle
+        settings, current = _spec(name)
+        try:
+            options = ImportOptions(max_error_ratio=_parse_config(context, name).max_error_ratio)
+            rejected = pipeline.confirm_import(database.database, current, handle, options)
+        except Exception as exc:
+            raise _fail(context, settings, current, handle, database, exc) from exc
+        if rejected is not None:
+            meta = _settle(context, settings, current, handle, rejected, database)
+            raise dg.Failure(description=rejected.error_message, metadata=meta, allow_retries=False)
+        return handle
+
+    @dg.op(
         name=f"{name}_load",
         retry_policy=RETRY,
         out=dg.Out(dg.Nothing),
         tags={"histimport/step": "load"},
-        description="Apply the error gate and write the target with the tracking rows.",
+        description="Write the target with the tracking rows, then archive the file.",
     )
     def load(
         context: dg.OpExecutionContext, handle: ImportHandle, database: DatabaseResource
     ) -> None:
         settings, current = _spec(name)
-        db = database.database
-        path = Path(handle.file_path)
         if handle.duplicate_of is not None:
             result = ImportResult(
                 import_id=handle.import_id,
@@ -421,42 +449,14 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             )
         else:
             try:
-                result = pipeline.load_import(db, current, handle)
+                result = pipeline.load_import(database.database, current, handle)
             except Exception as exc:
                 raise _fail(context, settings, current, handle, database, exc) from exc
-        csv = None
-        if result.rows_failed or result.rows_duplicate:
-            csv = settings.home / "errors" / f"import_{result.import_id}_errors.csv"
-            csv.parent.mkdir(parents=True, exist_ok=True)
-            history.export_failed_rows(db, result.import_id, csv)
-        folder = settings.quarantine if result.status is ImportStatus.REJECTED else settings.archive
-        # A file retried from quarantine moves on to the archive once it loads.
-        retried = files.is_under(path, settings.quarantine) and folder == settings.archive
-        if path.exists() and (_in_inbox(path, settings) or retried):
-            if retried:
-                path.with_name(path.name + ".json").unlink(missing_ok=True)
-            moved = files.move_aside(
-                path,
-                folder,
-                name,
-                result.import_id,
-                {"status": result.status.value},
-                name=handle.file_name,
-            )
-            reason = "archived" if folder == settings.archive else "quarantined"
-            tracking.record_file_moved(db, result.import_id, moved, reason)
-            context.log.info(f"moved {handle.file_name} to {moved}")
-        context.add_output_metadata(_metadata(current, result, csv))
-        if result.status is ImportStatus.REJECTED:
-            raise dg.Failure(
-                description=result.error_message,
-                metadata=_metadata(current, result, csv),
-                allow_retries=False,
-            )
+        _settle(context, settings, current, handle, result, database)
 
     def compose(**upstream_inputs: Any) -> Any:
         handle = parse(**upstream_inputs)
-        return load(reconcile(validate(handle)))
+        return load(confirm(reconcile(validate(handle))))
 
     # Dagster reads the graph's inputs from the signature: one per upstream asset.
     compose.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
@@ -480,6 +480,53 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             "dagster/column_schema": column_schema(spec),
         },
     )(compose)
+
+
+def _parse_config(context: dg.OpExecutionContext, name: str) -> ImportConfig:
+    """The run's options as the parse op was given them (the run config names that op)."""
+    ops: dict[str, Any] = dict(context.run_config.get("ops") or {})  # type: ignore[call-overload]
+    graph: dict[str, Any] = ops.get(name) or {}
+    parse: dict[str, Any] = (graph.get("ops") or {}).get(f"{name}_parse") or {}
+    return ImportConfig(**(parse.get("config") or {}))
+
+
+def _settle(
+    context: dg.OpExecutionContext,
+    settings: Settings,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    result: ImportResult,
+    database: DatabaseResource,
+) -> dict[str, Any]:
+    """After an import ended (loaded, rejected or duplicate): export its failed rows, move
+    the file to the archive or quarantine, and show the outcome as the step's metadata."""
+    db = database.database
+    path = Path(handle.file_path)
+    csv = None
+    if result.rows_failed or result.rows_duplicate:
+        csv = settings.home / "errors" / f"import_{result.import_id}_errors.csv"
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        history.export_failed_rows(db, result.import_id, csv)
+    folder = settings.quarantine if result.status is ImportStatus.REJECTED else settings.archive
+    # A file retried from quarantine moves on to the archive once it loads.
+    retried = files.is_under(path, settings.quarantine) and folder == settings.archive
+    if path.exists() and (_in_inbox(path, settings) or retried):
+        if retried:
+            path.with_name(path.name + ".json").unlink(missing_ok=True)
+        moved = files.move_aside(
+            path,
+            folder,
+            spec.name,
+            result.import_id,
+            {"status": result.status.value},
+            name=handle.file_name,
+        )
+        reason = "archived" if folder == settings.archive else "quarantined"
+        tracking.record_file_moved(db, result.import_id, moved, reason)
+        context.log.info(f"moved {handle.file_name} to {moved}")
+    meta = _metadata(spec, result, csv)
+    context.add_output_metadata(meta)
+    return meta
 
 
 def _in_inbox(path: Path, settings: Settings) -> bool:

@@ -15,13 +15,14 @@ from histimport_pipeline.orchestration.assets import (
 )
 from histimport_pipeline.orchestration.checks import build_checks
 from histimport_pipeline.orchestration.resources import DatabaseResource
+from histimport_pipeline.orchestration.run_coordinator import JOB_SUFFIX, JOB_TAG
 from histimport_pipeline.orchestration.schedules import build_daily_schedule
 from histimport_pipeline.orchestration.sensors import build_inbox_sensor, run_failure_sensor
 
 
 def import_job_name(spec: DatasetSpec) -> str:
     """Name of the job that imports one partition of a dataset."""
-    return f"{spec.name}_import_job"
+    return spec.name + JOB_SUFFIX
 
 
 def build_definitions(
@@ -41,7 +42,7 @@ def build_definitions(
             import_job_name(spec),
             selection=dg.AssetSelection.assets(asset).without_checks()
             | dg.AssetSelection.checks_for_assets(asset),
-            tags={DATASET_TAG: spec.name},
+            tags={DATASET_TAG: spec.name, JOB_TAG: import_job_name(spec)},
             description=f"Import one file (partition) of {spec.name}.",
         )
         jobs.append(job)

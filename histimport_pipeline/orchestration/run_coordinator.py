@@ -4,8 +4,13 @@ Runs of a dataset's job carry the job's tags, but runs that Dagster builds from 
 selection (a partition backfill launched from the UI, "Materialize" on an asset page) are runs
 of the implicit ``__ASSET_JOB`` with only Dagster's own tags. Without ``histimport/dataset``
 the queue's one-run-per-dataset limit would not hold them, so the coordinator adds the tags
-before the run joins the queue. ``deploy/dagster.yaml`` and ``deploy/dagster.local.yaml``
-name this class.
+before the run joins the queue. Such a run keeps the name ``__ASSET_JOB``: Dagster stores a
+run with its job name before any coordinator sees it and has no way to rename it (an asset
+backfill's runs get their job from ``submit_asset_runs.get_job_execution_data_from_run_request``,
+which only picks an implicit ``__ASSET_JOB``). So every import run also carries
+``histimport/job``, the name of its dataset's job: one filter in the Runs page shows all the
+imports of a dataset, whatever launched them. ``deploy/dagster.yaml`` and
+``deploy/dagster.local.yaml`` name this class.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import dagster as dg
 
 DATASET_TAG = "histimport/dataset"
 TRIGGER_TAG = "histimport/trigger"
+JOB_TAG = "histimport/job"
 BACKFILL_TAG = "dagster/backfill"
 JOB_SUFFIX = "_import_job"
 
@@ -38,13 +44,16 @@ def dataset_of(asset_keys: Iterable[dg.AssetKey], job_name: str | None) -> str |
 def missing_tags(
     tags: Mapping[str, str], asset_keys: Iterable[dg.AssetKey], job_name: str | None
 ) -> dict[str, str]:
-    """The dataset and trigger tags a run lacks (empty when it has them or is no import)."""
+    """The dataset, job and trigger tags a run lacks (empty when it has them or is no
+    import)."""
     added: dict[str, str] = {}
+    dataset = tags.get(DATASET_TAG) or dataset_of(asset_keys, job_name)
+    if dataset is None:
+        return {}
     if DATASET_TAG not in tags:
-        dataset = dataset_of(asset_keys, job_name)
-        if dataset is None:
-            return {}
         added[DATASET_TAG] = dataset
+    if JOB_TAG not in tags and "," not in dataset:
+        added[JOB_TAG] = dataset + JOB_SUFFIX
     if TRIGGER_TAG not in tags:
         added[TRIGGER_TAG] = "backfill" if BACKFILL_TAG in tags else "manual"
     return added

@@ -244,14 +244,6 @@ def write_and_finish(
     write: Write,
 ) -> ImportResult:
     """Under the gate: write the target, then the import's final tracking rows."""
-    tracking.record_audit(
-        tx,
-        db,
-        handle.import_id,
-        "confirmed",
-        None,
-        {"failed_share": round(state.share, 4), "gate": state.gate},
-    )
     tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.LOAD.value)
     duplicates = state.duplicates
     if spec.strategy.value == "append" and spec.key:
