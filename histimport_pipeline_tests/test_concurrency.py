@@ -238,7 +238,7 @@ def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path:
     from datetime import timedelta
 
     from histimport_pipeline.engine import pipeline, tracking
-    from histimport_pipeline.engine.tracking import history
+    from histimport_pipeline.engine.tracking import cleanup as retention
     from histimport_pipeline_tests.helpers import make_spec
 
     spec = make_spec()
@@ -257,7 +257,7 @@ def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path:
                 heartbeat_at=now - age,
             )
 
-    counts = history.cleanup(db, stale_after=timedelta(minutes=10))
+    counts = retention.cleanup(db, stale_after=timedelta(minutes=10))
     assert counts["dead_imports_failed"] == 1
     statuses = {i["import_id"]: i["status"] for i in _imports(db)}
     assert statuses == {
@@ -270,6 +270,6 @@ def test_liveness_of_a_worker_elsewhere_is_its_heartbeat(db: Database, tmp_path:
 
     pipeline.reconcile_import(db, spec, between)
     assert pipeline.load_import(db, spec, between).rows_created == 10
-    assert history.cleanup(db, stale_after=timedelta(minutes=1))["dead_imports_failed"] == 0
-    assert history.cleanup(db, stale_after=timedelta(seconds=1))["dead_imports_failed"] == 1
+    assert retention.cleanup(db, stale_after=timedelta(minutes=1))["dead_imports_failed"] == 0
+    assert retention.cleanup(db, stale_after=timedelta(seconds=1))["dead_imports_failed"] == 1
     assert _staging_tables(db) == []

@@ -22,7 +22,7 @@ from histimport_pipeline.engine.settings import (
     SettingsError,
     dagster_instance_url,
 )
-from histimport_pipeline.engine.tracking import history
+from histimport_pipeline.engine.tracking import cleanup as retention
 
 db_app = typer.Typer(help="Apply, roll back and inspect the tracking-schema migrations.")
 
@@ -124,7 +124,7 @@ def cleanup(
     mark imports whose worker died failed, and drop leftover staging tables of imports that
     are not running."""
     with tracked() as (settings, db):
-        counts = history.cleanup(
+        counts = retention.cleanup(
             db,
             older_than,
             error_dir=settings.home / "errors",

@@ -28,7 +28,7 @@ from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, load_specs
-from histimport_pipeline.engine.tracking import history
+from histimport_pipeline.engine.tracking import failed_rows, history
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -213,7 +213,7 @@ def export_errors(
     """Write the failed rows of an import as CSV: original columns plus _error_* columns."""
     with tracked() as (settings, db):
         path = output or settings.home / "errors" / f"import_{import_id}_errors.csv"
-        written = history.export_failed_rows(db, import_id, path)
+        written = failed_rows.export_failed_rows(db, import_id, path)
     out.print(f"wrote {written:,} failed row(s) of import {import_id} to {escape(str(path))}")
 
 

@@ -4,8 +4,7 @@ and lineage (the queries behind ``show``, ``history``, ``stats``, ``lineage`` an
 Plain queries for the CLI (and anyone else): every function takes a :class:`Database` and
 returns plain dicts. Timestamps come back as timezone-aware UTC datetimes on both backends
 (SQLite hands back naive values that were stored as UTC). The retention cleanup lives in
-``tracking.cleanup`` and the failed-rows CSV in ``tracking.failed_rows``; their public names are
-imported here too, so ``history.cleanup`` and ``history.export_failed_rows`` keep working.
+``tracking.cleanup`` and the failed-rows CSV in ``tracking.failed_rows``.
 """
 
 from __future__ import annotations
@@ -21,13 +20,6 @@ from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.spec import DatasetSpec
-from histimport_pipeline.engine.tracking.cleanup import cleanup as cleanup
-from histimport_pipeline.engine.tracking.failed_rows import ERROR_COLUMNS as ERROR_COLUMNS
-from histimport_pipeline.engine.tracking.failed_rows import (
-    export_failed_rows as export_failed_rows,
-)
-from histimport_pipeline.engine.tracking.failed_rows import iter_failed_rows as iter_failed_rows
-from histimport_pipeline.engine.tracking.failed_rows import neutralise_cell as neutralise_cell
 from histimport_pipeline.engine.tracking.records import utcnow
 from histimport_pipeline.engine.validation import CoercionError, coerce_value
 
