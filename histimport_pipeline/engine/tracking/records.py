@@ -26,7 +26,7 @@ from histimport_pipeline.engine.models import (
     RawRow,
     RowError,
 )
-from histimport_pipeline.engine.tracking import audit
+from histimport_pipeline.engine.tracking.audit import severity_of, summary_of
 
 #: Failed-row messages kept in the error summary.
 TOP_ERRORS = 5
@@ -75,8 +75,8 @@ def record_audit(
             action=action.value,
             actor=who,
             details=facts or None,
-            severity=(severity or audit.severity_of(action, facts)).value,
-            summary=summary or audit.summary_of(action, actor, facts),
+            severity=(severity or severity_of(action, facts)).value,
+            summary=summary or summary_of(action, actor, facts),
             created_at=utcnow(),
         )
     )
