@@ -302,6 +302,7 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
     assert s.datasets == s.home / "datasets"
     assert s.db_schema == "histimport"
     assert s.max_field_bytes == 32 * 1024 * 1024
+    assert (s.user, s.user_email) == (None, None)  # the CLI then records the OS user
 
     s = Settings.from_env(
         {
@@ -309,9 +310,12 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
             "HISTIMPORT_INBOX": "/srv/drop",
             "HISTIMPORT_DB_SCHEMA": "imp",
             "HISTIMPORT_MAX_FIELD_BYTES": "1048576",
+            "HISTIMPORT_USER": " ann ",
+            "HISTIMPORT_USER_EMAIL": "ann@example.com",
         },
         cwd=tmp_path,
     )
+    assert (s.user, s.user_email) == ("ann", "ann@example.com")
     assert s.home == tmp_path / "h"
     assert s.inbox == Path("/srv/drop")
     assert s.db_schema == "imp"

@@ -284,6 +284,8 @@ def retry_failed(
             port_number=parsed.port,
             use_https=parsed.scheme == "https",
         )
+    # The runs' imports record who asked for the retry.
+    who = {"user": retrier} if (retrier := user(settings)) else {}
     launched = 0
     for item in failed:
         name, key = item["dataset"], item["partition_key"]
@@ -306,6 +308,7 @@ def retry_failed(
                     "histimport/dataset": name,
                     "histimport/trigger": "retry",
                     "histimport/retry_of": str(item["import_id"]),
+                    **who,
                 },
             )
         except Exception as exc:  # the webserver answers with its own error types

@@ -137,7 +137,8 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
     """Everything recorded about one import.
 
     Returns:
-        The ``import_history`` row, plus ``audit_trail`` (its entries, oldest first),
+        The ``import_history`` row, plus ``audit_trail`` (its entries, oldest first: id,
+        action, severity, summary, actor, details, created_at),
         ``failed_rows`` (``total`` and ``by_category`` of the failed-row records still kept),
         ``processed_file`` (the content's row in ``processed_files``, or ``None``) and
         ``reconciliation`` (match counts by decision).
