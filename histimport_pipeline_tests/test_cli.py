@@ -442,6 +442,7 @@ def test_who_imported_is_recorded_filtered_and_counted(
     assert {e["actor"] for e in trail[:-2]} == {"alice"}
     text = run("show", "1").stdout
     assert "alice@example.com" in text and "rollback started by dave" in text
+    assert "triggered_by" not in text  # the older name of user_id, the same value
 
 
 def test_lineage_of_a_table_and_of_one_row(run: Run, tmp_path: Path) -> None:

@@ -157,6 +157,9 @@ def show_import(
     out.print(f"[bold]import {import_id}[/bold]: {status_markup(detail['status'])}")
     fields = Table.grid(padding=(0, 2))
     for name in _SHOW_FIELDS:
+        # triggered_by is the older name of user_id: shown only where the two differ.
+        if name == "triggered_by" and detail.get(name) == detail.get("user_id"):
+            continue
         if detail.get(name) is not None:
             value = status_markup(detail[name]) if name == "status" else _compact(detail[name])
             fields.add_row(name, value)
