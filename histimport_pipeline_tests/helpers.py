@@ -69,6 +69,18 @@ def audit_actions(db: Database, import_id: int) -> list[str]:
         )
 
 
+def audit_entries(db: Database, import_id: int) -> list[dict[str, Any]]:
+    """The import's audit entries, oldest first: action, severity, summary, actor, details."""
+    t = db.tables.import_audit_trail
+    with db.engine.connect() as conn:
+        query = (
+            sa.select(t.c.action, t.c.severity, t.c.summary, t.c.actor, t.c.details)
+            .where(t.c.import_id == import_id)
+            .order_by(t.c.audit_id)
+        )
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
 def assert_accounting(result: ImportResult) -> None:
     """rows read = created + updated + unchanged + failed + duplicates (+ waiting for review)."""
     assert result.rows_read == (

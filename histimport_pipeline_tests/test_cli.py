@@ -214,22 +214,32 @@ def test_show_has_everything_recorded(run: Run, tmp_path: Path) -> None:
     assert detail["error_summary"]["by_category"] == {"format": 1, "range": 1}
     assert detail["failed_rows"] == {"total": 2, "by_category": {"format": 1, "range": 1}}
     assert set(detail["phase_seconds"]) >= {"parse", "validate", "load"}
-    assert [e["action"] for e in detail["audit_trail"]] == [
-        "started",
-        "parsed",
-        "validated",
-        "confirmed",
-        "loaded",
-        "completed",
+    trail = detail["audit_trail"]
+    assert [(e["action"], e["severity"]) for e in trail] == [
+        ("file_received", "info"),
+        ("started", "info"),
+        ("parsed", "info"),
+        ("validation_started", "info"),
+        ("validated", "warning"),  # rows failed
+        ("confirmed", "info"),
+        ("loaded", "info"),
+        ("completed", "warning"),  # partly
     ]
-    assert detail["processed_file"]["status"] == "partial"
+    assert {e["actor"] for e in trail} == {getpass.getuser()}
+    assert trail[4]["summary"] == "validated 5 rows: 3 valid, 2 failed, 0 duplicate"
+    pf = detail["processed_file"]
+    assert (pf["status"], pf["file_type"], pf["records_count"]) == ("partial", "csv", 5)
+    assert pf["process_date"] == detail["finished_at"][:10]
 
     text = run("show", "1").stdout
     for expected in (
         "partial",
         "signups_1.csv",
         "audit trail",
-        "completed",
+        "severity",
+        "completed: partial",
+        "validated 5 rows: 3 valid, 2 failed, 0 duplicate",
+        f"partial, csv, 5 records, processed {pf['process_date']}",
         "top errors",
         "histimport errors 1",
     ):
@@ -380,6 +390,59 @@ def test_stats_per_dataset(run: Run, tmp_path: Path) -> None:
     assert [r["dataset"] for r in only] == ["trades"]
     text = run("stats").stdout
     assert "signups" in text and "rejected 1" in text and "last 30 days" in text
+
+
+def test_who_imported_is_recorded_filtered_and_counted(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(
+        "import",
+        "--user",
+        "alice",
+        "--email",
+        "alice@example.com",
+        str(write(tmp_path, "signups_1.csv", GOOD)),
+    )
+    monkeypatch.setenv("HISTIMPORT_USER", "bob")
+    monkeypatch.setenv("HISTIMPORT_USER_EMAIL", "bob@example.com")
+    run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)
+    # --user names someone else: bob's address from the environment is not theirs.
+    run(
+        "import", "--user", "carol", str(write(tmp_path, "trades_1.csv", "account,trade_no\nA,1\n"))
+    )
+    monkeypatch.delenv("HISTIMPORT_USER")
+    monkeypatch.delenv("HISTIMPORT_USER_EMAIL")
+    run("import", str(write(tmp_path, "signups_2.csv", PARTIAL)))
+
+    listed = as_json(run("history", "--json"))
+    assert [(r["user_id"], r["user_email"]) for r in listed] == [
+        (getpass.getuser(), None),  # neither --user nor HISTIMPORT_USER: the OS user
+        ("carol", None),
+        ("bob", "bob@example.com"),
+        ("alice", "alice@example.com"),
+    ]
+    assert [r["import_id"] for r in as_json(run("history", "--user", "alice", "--json"))] == [1]
+    by_email = as_json(run("history", "--user", "bob@example.com", "--json"))
+    assert [r["import_id"] for r in by_email] == [2]
+    assert "no imports match" in run("history", "--user", "nobody").stdout
+    assert "alice" in run("history").stdout
+
+    by_dataset = {r["dataset"]: r for r in as_json(run("stats", "--json"))}
+    assert by_dataset["signups"]["by_user"] == {"alice": 1, "bob": 1, getpass.getuser(): 1}
+    assert by_dataset["trades"]["by_user"] == {"carol": 1}
+    assert "alice 1" in run("stats").stdout
+
+    # The rollback's entries carry who rolled back.
+    run("rollback", "1", "--user", "dave")
+    trail = as_json(run("show", "1", "--json"))["audit_trail"]
+    assert [(e["action"], e["actor"]) for e in trail[-2:]] == [
+        ("rollback_started", "dave"),
+        ("rolled_back", "dave"),
+    ]
+    assert {e["actor"] for e in trail[:-2]} == {"alice"}
+    text = run("show", "1").stdout
+    assert "alice@example.com" in text and "rollback started by dave" in text
+    assert "triggered_by" not in text  # the older name of user_id, the same value
 
 
 def test_lineage_of_a_table_and_of_one_row(run: Run, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import os
 import time
@@ -499,7 +500,11 @@ def _steps(result: dg.ExecuteInProcessResult, event_type: str) -> list[str]:
 
 
 def _materialize_signups(
-    home: Path, db_url: str, text: str, run_config: dict[str, Any] | None = None
+    home: Path,
+    db_url: str,
+    text: str,
+    run_config: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
 ) -> tuple[dg.ExecuteInProcessResult, Path, dg.DagsterInstance]:
     path = home / "inbox" / "signups_gate.csv"
     path.write_text(text)
@@ -513,8 +518,33 @@ def _materialize_signups(
         resources={"database": DatabaseResource(url=db_url)},
         run_config=run_config,
         raise_on_error=False,
+        tags=tags,
     )
     return result, path, instance
+
+
+@pytest.mark.parametrize(
+    ("tags", "user_id", "user_email"),
+    [
+        ({}, f"dagster:{getpass.getuser()}", None),
+        ({"user": "ann"}, "ann", None),
+        ({"dagster/user": "ann@example.com"}, "ann@example.com", "ann@example.com"),
+    ],
+    ids=["nobody", "user-tag", "dagster-user-tag"],
+)
+def test_the_user_who_launched_the_run_is_the_imports_user(
+    home: Path, db_url: str, tags: dict[str, str], user_id: str, user_email: str | None
+) -> None:
+    result, _, _ = _materialize_signups(home, db_url, GOOD, tags=tags)
+    assert result.success
+    db = Database.connect(db_url)
+    (listed,) = hist.list_imports(db)
+    assert (listed["user_id"], listed["user_email"]) == (user_id, user_email)
+    trail = hist.get_import_detail(db, listed["import_id"])["audit_trail"]
+    # Every step's entry carries them, whichever op (and process) wrote it.
+    assert {e["actor"] for e in trail} == {user_id}
+    assert {"parsed", "validated", "confirmed", "loaded", "moved"} <= {e["action"] for e in trail}
+    db.dispose()
 
 
 def test_a_good_import_runs_five_steps_in_order(home: Path, db_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -67,6 +68,104 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
 
     migrations.upgrade(empty_db)
     assert tables_in(empty_db) >= TRACKING
+
+
+def test_0004_backfills_users_audit_summaries_and_file_facts_and_goes_back(
+    empty_db: Database,
+) -> None:
+    db = empty_db
+    migrations.upgrade(db, "0003")
+    t = db.tables
+    late = dt.datetime(2024, 3, 5, 23, 30, tzinfo=dt.UTC)
+    with db.engine.begin() as conn:
+        done = _new_import(
+            conn,
+            db,
+            status="success",
+            triggered_by="ann",
+            file_type="csv",
+            file_metadata={"delimiter": "\t"},
+            rows_in_file=4,
+            started_at=late,
+            finished_at=late,
+        )
+        running = _new_import(conn, db, status="running", file_type="csv")
+        for import_id, sha, status in ((done, "a", "imported"), (running, "b", "processing")):
+            conn.execute(
+                sa.insert(t.processed_files).values(
+                    dataset="signups",
+                    sha256=sha * 64,
+                    file_name="f.tsv",
+                    status=status,
+                    last_import_id=import_id,
+                )
+            )
+        entries = [
+            (done, "started", "ann", {"file": "f.tsv"}),
+            (done, "completed", None, {"status": "partial"}),
+            (done, "moved", None, {"reason": "quarantined", "to": "/q/f.tsv"}),
+            (running, "failed", None, {"error": "first line\nsecond line"}),
+            (None, "cleanup", "ops", {"older_than_days": 30}),
+        ]
+        for import_id, action, actor, details in entries:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {_qualified(db, 'import_audit_trail')} "
+                    "(import_id, action, actor, details) VALUES (:i, :a, :who, :d)"
+                ),
+                {"i": import_id, "a": action, "who": actor, "d": json.dumps(details)},
+            )
+
+    assert migrations.upgrade(db, "0004") == ["0004"]
+    with db.engine.connect() as conn:
+        h = t.import_history
+        users = {r.import_id: r.user_id for r in conn.execute(sa.select(h))}
+        types = set(conn.execute(sa.select(t.import_history.c.file_type)).scalars())
+        files = {
+            r.last_import_id: (r.file_type, r.records_count, r.process_date)
+            for r in conn.execute(sa.select(t.processed_files))
+        }
+        audit = t.import_audit_trail
+        trail = [
+            (r.action, r.actor, r.severity, r.summary)
+            for r in conn.execute(sa.select(audit).order_by(audit.c.audit_id))
+        ]
+    assert users == {done: "ann", running: None}
+    assert types == {"tsv", "csv"}  # the tab-delimited one is a TSV now
+    assert files == {done: ("tsv", 4, dt.date(2024, 3, 5)), running: ("csv", None, None)}
+    assert trail == [
+        ("started", "ann", "info", "import started by ann"),
+        ("completed", "ann", "warning", "completed: partial"),  # actor: the import's user
+        ("moved", "ann", "warning", "file quarantined to /q/f.tsv"),
+        ("failed", None, "error", "failed: first line second line"),  # one line
+        ("cleanup", "ops", "info", "cleanup of records older than 30 days"),
+    ]
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(audit).values(action="parsed", severity="fatal", summary="x", import_id=done)
+        )
+
+    assert migrations.downgrade(db, "0003") == ["0004"]
+    inspector = sa.inspect(db.engine)
+    columns = {
+        table: {c["name"] for c in inspector.get_columns(table, schema=db.schema)}
+        for table in ("import_history", "import_audit_trail", "processed_files")
+    }
+    assert not columns["import_history"] & {"user_id", "user_email", "master_rows_created"}
+    assert not columns["import_audit_trail"] & {"severity", "summary"}
+    assert not columns["processed_files"] & {"file_type", "records_count", "process_date"}
+    with db.engine.connect() as conn:
+        assert (
+            conn.execute(
+                sa.text(f"SELECT count(*) FROM {_qualified(db, 'import_audit_trail')}")
+            ).scalar_one()
+            == 5
+        )
+        kinds = conn.execute(
+            sa.text(f"SELECT DISTINCT file_type FROM {_qualified(db, 'import_history')}")
+        ).scalars()
+        assert set(kinds) == {"csv"}
+    assert migrations.upgrade(db) and migrations.current(db) == migrations.head()
 
 
 def test_migrated_schema_matches_the_code(db: Database) -> None:
@@ -203,6 +302,7 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
     assert s.datasets == s.home / "datasets"
     assert s.db_schema == "histimport"
     assert s.max_field_bytes == 32 * 1024 * 1024
+    assert (s.user, s.user_email) == (None, None)  # the CLI then records the OS user
 
     s = Settings.from_env(
         {
@@ -210,9 +310,12 @@ def test_settings_defaults_live_under_home(tmp_path: Path) -> None:
             "HISTIMPORT_INBOX": "/srv/drop",
             "HISTIMPORT_DB_SCHEMA": "imp",
             "HISTIMPORT_MAX_FIELD_BYTES": "1048576",
+            "HISTIMPORT_USER": " ann ",
+            "HISTIMPORT_USER_EMAIL": "ann@example.com",
         },
         cwd=tmp_path,
     )
+    assert (s.user, s.user_email) == ("ann", "ann@example.com")
     assert s.home == tmp_path / "h"
     assert s.inbox == Path("/srv/drop")
     assert s.db_schema == "imp"

@@ -20,7 +20,7 @@ from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 from histimport_pipeline.engine.rollback import rollback_import
 from histimport_pipeline_tests.helpers import (
     assert_accounting,
-    audit_actions,
+    audit_entries,
     history,
     make_spec,
     rows,
@@ -39,7 +39,9 @@ GOOD = (
 def test_append_records_lineage_and_tracking(db: Database, tmp_path: Path) -> None:
     spec = make_spec(strategy="append", key=[])
     path = write(tmp_path / "signups_1.csv", GOOD)
-    result = run_import(db, spec, path, ImportOptions(triggered_by="tester"))
+    options = ImportOptions(user_id="tester", user_email="tester@example.com")
+    before = dt.datetime.now(dt.UTC).date()
+    result = run_import(db, spec, path, options)
 
     assert result.status is ImportStatus.SUCCESS, result.error_message
     assert (result.rows_read, result.rows_created, result.rows_failed) == (3, 3, 0)
@@ -62,20 +64,37 @@ def test_append_records_lineage_and_tracking(db: Database, tmp_path: Path) -> No
     assert h["file_metadata"]["encoding"] and h["file_metadata"]["delimiter"] == ","
     assert h["column_mapping"]["ID"] == "signup_id"
     assert h["strategy"] == "append" and h["triggered_by"] == "tester"
+    assert (h["user_id"], h["user_email"]) == ("tester", "tester@example.com")
+    assert h["master_rows_created"] is None  # nothing to reconcile
     assert set(h["phase_seconds"]) >= {"parse", "validate", "load"}
     assert h["total_seconds"] > 0 and h["finished_at"] is not None
-    assert audit_actions(db, result.import_id) == [
+    trail = audit_entries(db, result.import_id)
+    assert [e["action"] for e in trail] == [
+        "file_received",
         "started",
         "parsed",
+        "validation_started",
         "validated",
         "confirmed",
         "loaded",
         "completed",
     ]
+    # Every entry carries who imported, a severity and a one-line summary.
+    assert {e["actor"] for e in trail} == {"tester"}
+    assert {e["severity"] for e in trail} == {"info"}
+    summaries = {e["action"]: e["summary"] for e in trail}
+    assert summaries["file_received"].startswith("received signups_1.csv (")
+    assert summaries["started"] == "import of signups_1.csv started by tester"
+    assert summaries["validated"] == "validated 3 rows: 3 valid, 0 failed, 0 duplicate"
+    assert summaries["loaded"] == "loaded (append): 3 created, 0 updated, 0 unchanged"
+    assert summaries["completed"] == "completed: success"
+    assert all("\n" not in e["summary"] for e in trail)
     with db.engine.connect() as conn:
         pf = conn.execute(sa.select(db.tables.processed_files)).mappings().one()
         ps = conn.execute(sa.select(db.tables.processing_status)).mappings().one()
     assert pf["status"] == "imported" and pf["last_import_id"] == result.import_id
+    assert (pf["file_type"], pf["records_count"]) == ("csv", 3)
+    assert before <= pf["process_date"] <= dt.datetime.now(dt.UTC).date()
     assert ps["process_name"] == "dataset:signups" and ps["last_import_id"] == result.import_id
     assert ps["consecutive_errors"] == 0 and ps["last_success_at"] is not None
 
@@ -196,7 +215,7 @@ def test_rollback_after_upsert_restores_the_table_exactly(db: Database, tmp_path
     run_import(db, spec, write(tmp_path / "a.csv", GOOD))
     before = table_checksum(db, "signups")
     changed = GOOD.replace("10.50", "99.99").replace("NA", "changed") + "011,e@x.org,,1,n\n"
-    second = run_import(db, spec, write(tmp_path / "b.csv", changed))
+    second = run_import(db, spec, write(tmp_path / "b.csv", changed), ImportOptions(user_id="al"))
     assert second.rows_updated == 1 and second.rows_created == 1
     assert table_checksum(db, "signups") != before
 
@@ -204,7 +223,25 @@ def test_rollback_after_upsert_restores_the_table_exactly(db: Database, tmp_path
     assert result.undone[0].rows_deleted == 2 and result.undone[0].rows_restored == 1
     assert table_checksum(db, "signups") == before
     assert history(db, second.import_id)["status"] == "rolled_back"
-    assert audit_actions(db, second.import_id)[-1] == "rolled_back"
+    # The rollback's entries name who rolled back, not who imported.
+    started, done = audit_entries(db, second.import_id)[-2:]
+    assert (started["action"], started["actor"]) == ("rollback_started", "tester")
+    assert started["summary"] == "rollback started by tester"
+    assert (done["action"], done["actor"], done["severity"]) == ("rolled_back", "tester", "warning")
+    assert done["summary"] == "rolled back: 2 row(s) deleted, 1 restored"
+    assert audit_entries(db, second.import_id)[0]["actor"] == "al"
+    with db.engine.connect() as conn:
+        pf = (
+            conn.execute(
+                sa.select(db.tables.processed_files).where(
+                    db.tables.processed_files.c.last_import_id == second.import_id
+                )
+            )
+            .mappings()
+            .one()
+        )
+    # What the import found in the file stays on record when it is rolled back.
+    assert (pf["status"], pf["file_type"], pf["records_count"]) == ("rolled_back", "csv", 4)
 
     again = rollback_import(db, second.import_id)
     assert again.already and table_checksum(db, "signups") == before

@@ -26,7 +26,13 @@ from histimport_pipeline.engine.reconciliation import (
 )
 from histimport_pipeline.engine.rollback import rollback_import
 from histimport_pipeline.engine.spec import DatasetSpec, load_spec
-from histimport_pipeline_tests.helpers import assert_accounting, history, rows, write
+from histimport_pipeline_tests.helpers import (
+    assert_accounting,
+    audit_entries,
+    history,
+    rows,
+    write,
+)
 
 AMBASSADORS = [
     (1, "ann.lee@example.com", "Ann Lee"),
@@ -400,6 +406,8 @@ def test_rejected_import_keeps_no_created_master_rows(db: Database, tmp_path: Pa
     result = do_import(db, spec, write(tmp_path / "signups_1.csv", csv_of(lines)))
     assert result.status is ImportStatus.REJECTED
     assert master_rows(db, master) == before
+    h = history(db, result.import_id)
+    assert (h["master_rows_created"], h["master_rows_linked"]) == (0, 0)
 
 
 def test_reconcile_step_run_twice_still_rolls_back_exactly(db: Database, tmp_path: Path) -> None:
@@ -915,6 +923,89 @@ def test_review_cli_list_accept_apply(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "success" in applied.stdout
     assert loaded(db) == {"s1": 2}
     assert runner.invoke(review_app, ["reject", "99999"]).exit_code == 2
+    db.dispose()
+
+
+def test_master_rows_created_and_linked_and_a_reviewers_override(
+    db: Database, tmp_path: Path
+) -> None:
+    make_master(db)
+    spec = signup_spec(on_unmatched="create")
+    lines = [
+        ("s1", "ann.lee@example.com", "whoever"),  # exact: links Ann (1)
+        ("s2", "", "robert   STONE"),  # normalized: links Robert (2)
+        ("s3", "", "Robert Stone"),  # Robert again: one master row, linked once
+        ("s4", "zed@example.com", "Zed Unknown"),  # no such ambassador: created
+        ("s5", "", "Robrt Stn"),  # the review band: Robert suggested
+    ]
+    options = pipeline.ImportOptions(user_id="importer", user_email="imp@example.com")
+    result = run_import(db, spec, write(tmp_path / "signups_1.csv", csv_of(lines)), options)
+    assert result.status is ImportStatus.PARTIAL and result.rows_review == 1
+    h = history(db, result.import_id)
+    assert (h["master_rows_created"], h["master_rows_linked"]) == (1, 2)
+    trail = audit_entries(db, result.import_id)
+    actions = [e["action"] for e in trail]
+    assert actions.index("reconciliation_started") + 1 == actions.index("reconciled")
+    reconciled = trail[actions.index("reconciled")]
+    assert "master rows created 1, linked 2" in reconciled["summary"]
+    assert reconciled["actor"] == "importer"
+
+    suggested = matches_of(db, result.import_id)["Robrt Stn"]
+    assert suggested["matched_id"] == "2"
+    decide_match(db, suggested["match_id"], accept=True, entity_id="3", actor="rev")
+    override = audit_entries(db, result.import_id)[-1]
+    assert (override["action"], override["severity"], override["actor"]) == (
+        "user_override",
+        "warning",
+        "rev",
+    )
+    assert "rev matched" in override["summary"]
+    assert "ambassador_name='Robrt Stn'" in override["summary"]
+    assert override["summary"].endswith(" to 3 instead of the suggested 2")
+    assert override["details"]["suggested_id"] == "2"
+
+    apply_review(db, spec, result.import_id, actor="rev")
+    h = history(db, result.import_id)
+    assert (h["master_rows_created"], h["master_rows_linked"]) == (1, 3)  # and Cara (3)
+    applied = audit_entries(db, result.import_id)[-1]
+    assert (applied["action"], applied["actor"]) == ("review_applied", "rev")
+
+
+def test_review_cli_records_the_reviewer_and_show_prints_the_trail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histimport_pipeline.cli import app
+
+    db, _spec = _cli_home(tmp_path, monkeypatch)
+    monkeypatch.setenv("HISTIMPORT_USER", "carol")
+    path = write(tmp_path / "s.csv", csv_of([("s1", "", "Robrt Stn"), ("s2", "", "Ann Lee")]))
+    runner = CliRunner()
+    imported = runner.invoke(app, ["import", str(path), "--dataset", "signups"])
+    assert imported.exit_code == 0, imported.output
+    import json
+
+    (item,) = json.loads(runner.invoke(app, ["review", "list", "--json"]).stdout)
+    # Accepting the suggestion itself is no override.
+    ok = runner.invoke(app, ["review", "accept", str(item["match_id"])])
+    assert ok.exit_code == 0, ok.output
+    ok = runner.invoke(app, ["review", "apply", "1", "--user", "dave"])
+    assert ok.exit_code == 0, ok.output
+
+    shown = runner.invoke(app, ["show", "1"], env={"COLUMNS": "250"})
+    assert shown.exit_code == 0, shown.output
+    text = shown.stdout
+    assert "master rows" in text and "created 0 | linked 2" in text
+    cells = [[c.strip() for c in line.split("│")] for line in text.splitlines()]
+    rows_of = {c[3]: " ".join(c) for c in cells if len(c) == 7}
+    assert "info" in rows_of["review_accepted"] and "carol" in rows_of["review_accepted"]
+    assert "accepted as 2" in rows_of["review_accepted"]
+    assert "dave" in rows_of["review_applied"] and "review applied: success" in text
+    assert "warning" in rows_of["completed"] and "completed: partial" in text
+    assert "carol" in rows_of["reconciliation_started"]
+    detail = json.loads(runner.invoke(app, ["show", "1", "--json"]).stdout)
+    assert {e["actor"] for e in detail["audit_trail"]} == {"carol", "dave"}
+    assert "user_override" not in {e["action"] for e in detail["audit_trail"]}
+    assert all(e["summary"] and e["severity"] for e in detail["audit_trail"])
     db.dispose()
 
 

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -123,12 +123,39 @@ def tracked() -> Iterator[tuple[Settings, Database]]:
         yield settings, db
 
 
-def user() -> str | None:
-    """The OS user, recorded as who triggered an import, a rollback or a review decision."""
+def os_user() -> str | None:
+    """The OS user, or ``None`` where there is no user name (some containers)."""
     try:
         return getpass.getuser()
-    except Exception:  # no user name in some containers
+    except Exception:
         return None
+
+
+#: ``--user`` of the commands that act on imports (import, rollback, review).
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--user",
+        metavar="USER",
+        help="Who to record as acting (default: HISTIMPORT_USER, else the OS user).",
+    ),
+]
+
+
+def user(settings: Settings | None = None, given: str | None = None) -> str | None:
+    """Who is recorded as acting (the import's user, who rolled back or decided a review):
+    ``--user``, else ``HISTIMPORT_USER``, else the OS user."""
+    chosen = (given or "").strip() or (settings.user if settings else None)
+    return chosen or os_user()
+
+
+def user_email(settings: Settings, given_user: str | None, given: str | None) -> str | None:
+    """The acting user's e-mail: ``--email``, else ``HISTIMPORT_USER_EMAIL`` unless
+    ``--user`` named someone else than ``HISTIMPORT_USER`` (whose address it is)."""
+    if (given or "").strip():
+        return (given or "").strip()
+    other = (given_user or "").strip() not in ("", settings.user)
+    return None if other else settings.user_email
 
 
 def print_json(value: Any) -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histimport_pipeline.cli.common import err, out, session, tracked, user
+from histimport_pipeline.cli.common import err, os_user, out, session, tracked, user
 from histimport_pipeline.engine import migrations
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import (
@@ -55,6 +55,8 @@ def show_settings() -> None:
         "HISTIMPORT_MAX_FIELD_BYTES": str(settings.max_field_bytes),
         "HISTIMPORT_STALE_AFTER_SECONDS": str(settings.stale_after_seconds),
         "HISTIMPORT_WAIT_SECONDS": str(settings.wait_seconds),
+        "HISTIMPORT_USER": settings.user or f"{os_user() or '?'} (the OS user)",
+        "HISTIMPORT_USER_EMAIL": settings.user_email or "",
     }
     for name, (meaning, _default) in ENVIRONMENT_VARIABLES.items():
         table.add_row(name, values[name], meaning)
@@ -128,7 +130,7 @@ def cleanup(
             db,
             older_than,
             error_dir=settings.home / "errors",
-            actor=user(),
+            actor=user(settings),
             stale_after=timedelta(seconds=settings.stale_after_seconds),
         )
     out.print(

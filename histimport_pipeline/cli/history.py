@@ -42,19 +42,22 @@ def show_history(
     ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many imports.")] = 20,
     offset: Annotated[int, typer.Option(min=0, help="Skip the newest OFFSET imports.")] = 0,
+    user: Annotated[
+        str | None, typer.Option(help="Only imports of this user (user id or e-mail).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """List imports, newest first."""
     with tracked() as (_settings, db):
         after = history.parse_since(since) if since else None
         rows = history.list_imports(
-            db, dataset, status.value if status else None, after, limit, offset
+            db, dataset, status.value if status else None, after, limit, offset, user=user
         )
     if as_json:
         print_json(rows)
         return
     if not rows:
-        filtered = dataset or status or since or offset
+        filtered = dataset or status or since or offset or user
         out.print("no imports match" if filtered else "no imports yet")
         return
     table = Table(
@@ -84,7 +87,7 @@ def show_history(
             num(r["rows_unchanged"]),
             num(r["rows_failed"]),
             secs(r["total_seconds"]),
-            escape(r["triggered_by"] or ""),
+            escape(r["user_id"] or r["triggered_by"] or ""),
         )
     out.print(table)
     if len(rows) == limit:
@@ -109,6 +112,8 @@ _SHOW_FIELDS = (
     "strategy",
     "forced",
     "retry_of",
+    "user_id",
+    "user_email",
     "triggered_by",
     "worker",
     "created_at",
@@ -128,6 +133,7 @@ _SHOW_COUNTS = (
     "rows_review",
     "rows_deleted",
 )
+_SHOW_MASTERS = ("master_rows_created", "master_rows_linked")
 
 
 def _compact(value: Any) -> str:
@@ -151,6 +157,9 @@ def show_import(
     out.print(f"[bold]import {import_id}[/bold]: {status_markup(detail['status'])}")
     fields = Table.grid(padding=(0, 2))
     for name in _SHOW_FIELDS:
+        # triggered_by is the older name of user_id: shown only where the two differ.
+        if name == "triggered_by" and detail.get(name) == detail.get("user_id"):
+            continue
         if detail.get(name) is not None:
             value = status_markup(detail[name]) if name == "status" else _compact(detail[name])
             fields.add_row(name, value)
@@ -161,6 +170,13 @@ def show_import(
     )
     if counts:
         fields.add_row("rows", counts)
+    masters = " | ".join(
+        f"{name.removeprefix('master_rows_')} {num(detail[name])}"
+        for name in _SHOW_MASTERS
+        if detail.get(name) is not None
+    )
+    if masters:
+        fields.add_row("master rows", masters)
     if detail.get("phase_seconds"):
         seconds = " | ".join(f"{k} {secs(v)}" for k, v in detail["phase_seconds"].items())
         fields.add_row("seconds", f"{seconds} | total {secs(detail.get('total_seconds'))}")
@@ -172,6 +188,9 @@ def show_import(
         "failed rows kept",
         f"{failed['total']:,}" + (f" {_compact(failed['by_category'])}" if failed["total"] else ""),
     )
+    processed = detail.get("processed_file")
+    if processed:
+        fields.add_row("processed file", _processed_file(processed))
     out.print(fields)
     summary = detail.get("error_summary") or {}
     if summary.get("top_errors"):
@@ -186,15 +205,38 @@ def show_import(
         out.print(errors)
         if failed["total"]:
             out.print(f"failed rows as CSV: histimport errors {import_id} -o errors.csv")
-    trail = Table("when (UTC)", "action", "actor", "details", title="audit trail")
+    trail = Table("when (UTC)", "severity", "action", "actor", "summary", title="audit trail")
     for entry in detail["audit_trail"]:
         trail.add_row(
             when(entry["created_at"]),
+            _severity_markup(entry["severity"]),
             escape(entry["action"]),
             escape(entry["actor"] or ""),
-            _compact(entry["details"]) if entry["details"] else "",
+            escape(entry["summary"]),
         )
     out.print(trail)
+    out.print(f"[dim]every entry's details: histimport show {import_id} --json[/dim]")
+
+
+_SEVERITY_STYLE = {"warning": "yellow", "error": "red"}
+
+
+def _severity_markup(value: str) -> str:
+    style = _SEVERITY_STYLE.get(value)
+    return f"[{style}]{escape(value)}[/{style}]" if style else escape(value)
+
+
+def _processed_file(row: Mapping[str, Any]) -> str:
+    """The content's ``processed_files`` row on one line: status, type, records, when."""
+    parts = [escape(str(row["status"]))]
+    if row.get("file_type"):
+        parts.append(escape(str(row["file_type"])))
+    if row.get("records_count") is not None:
+        parts.append(f"{num(row['records_count'])} records")
+    if row.get("process_date"):
+        parts.append(f"processed {row['process_date']}")
+    parts.append(f"seen {num(row['times_seen'])}x")
+    return ", ".join(parts)
 
 
 def export_errors(
@@ -222,7 +264,7 @@ def show_stats(
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per dataset: imports by status, rows loaded and failed, seconds spent."""
+    """Per dataset: imports by status and by user, rows loaded and failed, seconds spent."""
     with tracked() as (_settings, db):
         rows = history.stats(db, days, dataset)
     if as_json:
@@ -239,10 +281,12 @@ def show_stats(
         "rows failed",
         "mean s",
         "total s",
+        "by user",
         title=f"last {days} days",
     )
     for r in rows:
         by_status = ", ".join(f"{s} {n}" for s, n in r["by_status"].items())
+        by_user = ", ".join(f"{u} {n}" for u, n in r["by_user"].items())
         table.add_row(
             escape(r["dataset"]),
             num(r["imports"]),
@@ -251,6 +295,7 @@ def show_stats(
             num(r["rows_failed"]),
             secs(r["mean_seconds"]),
             secs(r["total_seconds"]),
+            escape(by_user),
         )
     out.print(table)
 
@@ -351,6 +396,8 @@ def show_lineage(
     if imp.get("file_path"):
         line("path", escape(str(imp["file_path"])))
     line("loaded at", when(found["loaded_at"]) + " UTC")
-    if imp.get("triggered_by"):
-        line("by", escape(str(imp["triggered_by"])))
+    by = imp.get("user_id") or imp.get("triggered_by")
+    if by:
+        email = f" <{imp['user_email']}>" if imp.get("user_email") else ""
+        line("by", escape(f"{by}{email}"))
     line("values", _compact(found["row"]))

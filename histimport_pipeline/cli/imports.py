@@ -14,7 +14,16 @@ import typer
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from histimport_pipeline.cli.common import err, line, out, status_markup, tracked, user
+from histimport_pipeline.cli.common import (
+    UserOption,
+    err,
+    line,
+    out,
+    status_markup,
+    tracked,
+    user,
+    user_email,
+)
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
 from histimport_pipeline.engine.pipeline import ImportOptions, ImportResult, run_import
@@ -160,6 +169,23 @@ def import_file(
         bool,
         typer.Option("--no-wait", help="Do not wait for it: end failed at once (exit 1)."),
     ] = False,
+    user_id: Annotated[
+        str | None,
+        typer.Option(
+            "--user",
+            metavar="USER",
+            help="Who imports, recorded on the import and its audit trail "
+            "(default: HISTIMPORT_USER, else the OS user).",
+        ),
+    ] = None,
+    email: Annotated[
+        str | None,
+        typer.Option(
+            "--email",
+            metavar="EMAIL",
+            help="Their e-mail address (default: HISTIMPORT_USER_EMAIL).",
+        ),
+    ] = None,
 ) -> None:
     """Import FILE and print a summary. Exits 1 when the import failed or was rejected, or
     when another import of the same content still runs after the wait."""
@@ -171,7 +197,8 @@ def import_file(
             dry_run=dry_run,
             import_type=ImportType.MANUAL,
             source=ImportSource.CLI,
-            triggered_by=user(),
+            user_id=user(settings, user_id),
+            user_email=user_email(settings, user_id, email),
             max_field_bytes=settings.max_field_bytes,
             wait_for_holder_s=wait_s,
             stale_after=timedelta(seconds=settings.stale_after_seconds),
@@ -198,10 +225,11 @@ def rollback(
         bool,
         typer.Option("--cascade", help="Also roll back later imports that changed its rows."),
     ] = False,
+    user_id: UserOption = None,
 ) -> None:
     """Undo an import exactly: delete its rows and restore the rows it changed."""
-    with tracked() as (_settings, db):
-        result = rollback_import(db, import_id, cascade=cascade, actor=user())
+    with tracked() as (settings, db):
+        result = rollback_import(db, import_id, cascade=cascade, actor=user(settings, user_id))
         status = None
         if result.nothing_loaded:
             status = history.get_import_detail(db, import_id)["status"]
@@ -256,6 +284,8 @@ def retry_failed(
             port_number=parsed.port,
             use_https=parsed.scheme == "https",
         )
+    # The runs' imports record who asked for the retry.
+    who = {"user": retrier} if (retrier := user(settings)) else {}
     launched = 0
     for item in failed:
         name, key = item["dataset"], item["partition_key"]
@@ -278,6 +308,7 @@ def retry_failed(
                     "histimport/dataset": name,
                     "histimport/trigger": "retry",
                     "histimport/retry_of": str(item["import_id"]),
+                    **who,
                 },
             )
         except Exception as exc:  # the webserver answers with its own error types

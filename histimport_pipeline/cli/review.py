@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from histimport_pipeline.cli.common import out, print_json, tracked, user
+from histimport_pipeline.cli.common import UserOption, out, print_json, tracked, user
 from histimport_pipeline.engine import reconciliation
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import MatchDecision
@@ -104,10 +104,15 @@ def accept(
         str | None,
         typer.Option("--entity", help="The master id to match (default: the suggested one)."),
     ] = None,
+    user_id: UserOption = None,
 ) -> None:
-    """Accept a value for every import waiting on it; it is remembered as an alias."""
-    with tracked() as (_settings, db):
-        row = reconciliation.decide_match(db, match_id, accept=True, entity_id=entity, actor=user())
+    """Accept a value for every import waiting on it; it is remembered as an alias.
+
+    Another entity than the suggested one is recorded as a user override."""
+    with tracked() as (settings, db):
+        row = reconciliation.decide_match(
+            db, match_id, accept=True, entity_id=entity, actor=user(settings, user_id)
+        )
     out.print(
         f"match {match_id}: accepted {escape(_inputs(row['input_values']))} -> "
         f"{escape(row['entity'])} {escape(str(row['matched_id']))} (alias recorded)"
@@ -126,10 +131,11 @@ def _settled(row: dict[str, Any]) -> str:
 @review_app.command("reject")
 def reject(
     match_id: Annotated[int, typer.Argument(help="The match id (see `histimport review list`).")],
+    user_id: UserOption = None,
 ) -> None:
     """Reject a value for every import waiting on it; apply then follows on_unmatched."""
-    with tracked() as (_settings, db):
-        row = reconciliation.decide_match(db, match_id, accept=False, actor=user())
+    with tracked() as (settings, db):
+        row = reconciliation.decide_match(db, match_id, accept=False, actor=user(settings, user_id))
     out.print(
         f"match {match_id}: rejected {escape(_inputs(row['input_values']))}{_settled(row)}",
         highlight=False,
@@ -139,6 +145,7 @@ def reject(
 @review_app.command("apply")
 def apply(
     import_ids: Annotated[list[int], typer.Argument(help="The import(s) whose held rows to load.")],
+    user_id: UserOption = None,
 ) -> None:
     """Load the held rows of each import whose matches are decided; undecided ones stay held.
 
@@ -152,7 +159,7 @@ def apply(
             spec = specs.get(detail["dataset"])
             if spec is None:
                 raise DatasetNotFoundError(f"dataset {detail['dataset']!r}", list(specs))
-            result = reconciliation.apply_review(db, spec, import_id, actor=user())
+            result = reconciliation.apply_review(db, spec, import_id, actor=user(settings, user_id))
             out.print(
                 f"import {import_id}: {result['status']} - loaded {result['rows_loaded']:,} "
                 f"(created {result['rows_created']:,}, updated {result['rows_updated']:,}), "

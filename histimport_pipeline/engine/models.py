@@ -112,6 +112,46 @@ class FileStatus(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
+class AuditAction(StrEnum):
+    """What an ``import_audit_trail`` entry records (``import_audit_trail.action``)."""
+
+    #: The file was found and hashed; the import about to be recorded.
+    FILE_RECEIVED = "file_received"
+    STARTED = "started"
+    PARSED = "parsed"
+    VALIDATION_STARTED = "validation_started"
+    VALIDATED = "validated"
+    RECONCILIATION_STARTED = "reconciliation_started"
+    RECONCILED = "reconciled"
+    CONFIRMED = "confirmed"
+    REJECTED = "rejected"
+    LOADED = "loaded"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"
+    #: A failed import was taken up again (a retried or re-executed step).
+    RESUMED = "resumed"
+    #: The file was archived or quarantined.
+    MOVED = "moved"
+    REVIEW_ACCEPTED = "review_accepted"
+    REVIEW_REJECTED = "review_rejected"
+    #: A reviewer accepted another entity than the one reconciliation suggested.
+    USER_OVERRIDE = "user_override"
+    REVIEW_APPLIED = "review_applied"
+    ROLLBACK_STARTED = "rollback_started"
+    ROLLED_BACK = "rolled_back"
+    #: The retention cleanup (an entry of no import).
+    CLEANUP = "cleanup"
+
+
+class AuditSeverity(StrEnum):
+    """How much an audit entry asks for attention (``import_audit_trail.severity``)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
 #: A value after validation.
 Value = str | int | Decimal | bool | date | datetime | None
 V = TypeVar("V")
@@ -216,6 +256,14 @@ class FileInfo:
     #: How ``encoding`` was chosen: "declared in the dataset spec", "byte order mark",
     #: "valid UTF-8", or the rule that picked a single-byte code page.
     encoding_decided_by: str | None = None
+
+    @property
+    def file_type(self) -> str:
+        """The file's type as recorded on the import and the processed file: ``csv``,
+        ``tsv`` (delimited text split on tabs), ``xlsx``, ``json`` or ``ndjson``."""
+        if self.format == "csv" and self.delimiter == "\t":
+            return "tsv"
+        return self.format
 
     def as_metadata(self) -> dict[str, object]:
         """JSON-ready dict for ``import_history.file_metadata``."""

@@ -43,7 +43,7 @@ from histimport_pipeline.engine.loading.memory import fewer_collections
 from histimport_pipeline.engine.loading.outcome import error_gate
 from histimport_pipeline.engine.loading.sinks import IntoTarget
 from histimport_pipeline.engine.loading.staging import stage
-from histimport_pipeline.engine.models import FileStatus, ImportPhase, ImportStatus
+from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportPhase, ImportStatus
 from histimport_pipeline.engine.pipeline_records import (
     ImportHandle,
     ImportOptions,
@@ -210,8 +210,17 @@ def reconcile_import(
     take_over(db, handle, conn)
     t0 = time.perf_counter()
     with in_tx(db, conn) as tx:
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            AuditAction.RECONCILIATION_STARTED,
+            None,
+            {"references": sorted(spec.references)},
+        )
         row = tracking.get_import(tx, db, handle.import_id) or {}
         outcome = reconciliation.reconcile_staged(tx, db, spec, handle.import_id)
+        masters = reconciliation.master_row_counts(tx, db, handle.import_id)
         seconds = dict(row.get("phase_seconds") or {})
         seconds["reconcile"] = round(time.perf_counter() - t0, 4)
         tracking.update_import(
@@ -222,13 +231,14 @@ def reconcile_import(
             rows_failed=int(row.get("rows_failed") or 0) + outcome.rows_rejected,
             phase_seconds=seconds,
             phase=ImportPhase.CONFIRM.value,
+            **masters,
         )
         release(tx, db, handle.import_id)
         tracking.record_audit(
             tx,
             db,
             handle.import_id,
-            "reconciled",
+            AuditAction.RECONCILED,
             None,
             {
                 "matches": outcome.matches,
@@ -236,9 +246,11 @@ def reconcile_import(
                 "rows_review": outcome.rows_review,
                 "rows_rejected": outcome.rows_rejected,
                 "rows_without_id": outcome.rows_without_id,
+                **masters,
             },
         )
     return {
+        **masters,
         "rows_waiting_for_review": outcome.rows_review,
         "rows_rejected_by_reconciliation": outcome.rows_rejected,
         "rows_loaded_without_id": sum(outcome.rows_without_id.values()),
@@ -278,7 +290,7 @@ def confirm_import(
             tx,
             db,
             handle.import_id,
-            "confirmed",
+            AuditAction.CONFIRMED,
             None,
             {"failed_share": round(state.share, 4), "gate": state.gate},
         )
@@ -373,7 +385,7 @@ def fail_import(
         details: dict[str, Any] = {"error": message, "type": type(error).__name__}
         if isinstance(error, HistimportError):
             details |= {k: v for k, v in error.facts.items() if isinstance(v, str | int)}
-        tracking.record_audit(tx, db, handle.import_id, "failed", None, details)
+        tracking.record_audit(tx, db, handle.import_id, AuditAction.FAILED, None, details)
     if not keep_staging:
         load.drop_staging(db, handle.import_id)
     return ImportResult(

@@ -29,6 +29,12 @@ class ImportOptions:
     dry_run: bool = False
     import_type: ImportType = ImportType.MANUAL
     source: ImportSource = ImportSource.CLI
+    #: Who imported (``import_history.user_id``; the CLI's ``--user``, the user who
+    #: launched a Dagster run); every audit entry of the import carries it.
+    user_id: str | None = None
+    #: Their e-mail address, when known (``import_history.user_email``).
+    user_email: str | None = None
+    #: The older name of ``user_id``, used when ``user_id`` is not given.
     triggered_by: str | None = None
     partition_key: str | None = None
     business_date: date | None = None
@@ -50,6 +56,11 @@ class ImportOptions:
     #: How old a heartbeat may be before its import counts as dead (see
     #: ``tracking.fail_dead_imports``).
     stale_after: timedelta = tracking.STALE_AFTER
+
+    @property
+    def user(self) -> str | None:
+        """Who imported: ``user_id``, else ``triggered_by``."""
+        return self.user_id or self.triggered_by
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,13 @@ from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ContentBusyError, FileError
-from histimport_pipeline.engine.models import FileInfo, FileStatus, ImportPhase, ImportStatus
+from histimport_pipeline.engine.models import (
+    AuditAction,
+    FileInfo,
+    FileStatus,
+    ImportPhase,
+    ImportStatus,
+)
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, OnWait
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
 
@@ -69,7 +75,12 @@ def take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) ->
             ended = _aware(row["heartbeat_at"] or row["finished_at"] or began)
             spent = banked + max((ended - began).total_seconds(), 0.0)
             tracking.record_audit(
-                tx, db, handle.import_id, "resumed", None, {"seconds_before": round(spent, 4)}
+                tx,
+                db,
+                handle.import_id,
+                AuditAction.RESUMED,
+                None,
+                {"seconds_before": round(spent, 4)},
             )
         tracking.update_import(
             tx,
@@ -89,7 +100,7 @@ def record_parsed(conn: sa.Connection, db: Database, import_id: int, info: FileI
         conn,
         db,
         import_id,
-        file_type=info.format,
+        file_type=info.file_type,
         file_metadata=info.as_metadata(),
         column_mapping=info.mapping,
         warnings=list(info.warnings),
@@ -197,7 +208,9 @@ def _record_start(
         phase=ImportPhase.PARSE.value,
         forced=options.force,
         retry_of=options.retry_of,
-        triggered_by=options.triggered_by,
+        triggered_by=options.user,
+        user_id=options.user,
+        user_email=options.user_email,
         worker=tracking.worker_id(),
         heartbeat_at=tracking.utcnow(),
         started_at=tracking.utcnow(),
@@ -206,8 +219,22 @@ def _record_start(
         tx,
         db,
         import_id,
-        "started",
-        options.triggered_by,
+        AuditAction.FILE_RECEIVED,
+        options.user,
+        {
+            "file": name,
+            "path": str(path.resolve()),
+            "size": size,
+            "sha256": sha,
+            "source": options.source.value,
+        },
+    )
+    tracking.record_audit(
+        tx,
+        db,
+        import_id,
+        AuditAction.STARTED,
+        options.user,
         {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
     )
     claim = tracking.claim_file(
@@ -250,8 +277,8 @@ def _record_refusal(
         tx,
         db,
         busy.import_id,
-        "failed",
-        options.triggered_by,
+        AuditAction.FAILED,
+        options.user,
         {"reason": "content busy", "holder_import_id": busy.holder_import_id},
     )
 
@@ -282,8 +309,8 @@ def _record_duplicate(
         tx,
         db,
         handle.import_id,
-        "duplicate",
-        options.triggered_by,
+        AuditAction.DUPLICATE,
+        options.user,
         {"holder_import_id": claim.holder_import_id},
     )
     return replace(handle, duplicate_of=claim.holder_import_id)
@@ -324,7 +351,7 @@ def _attempt(
     t = db.tables.import_audit_trail
     resumed = conn.execute(
         sa.select(t.c.created_at, t.c.details)
-        .where(t.c.import_id == import_id, t.c.action == "resumed")
+        .where(t.c.import_id == import_id, t.c.action == AuditAction.RESUMED.value)
         .order_by(t.c.audit_id.desc())
         .limit(1)
     ).first()

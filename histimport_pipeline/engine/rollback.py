@@ -18,7 +18,7 @@ from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine import reconciliation, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ImportNotFoundError, RollbackConflictError
-from histimport_pipeline.engine.models import FileStatus, ImportStatus
+from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportStatus
 
 _LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
 
@@ -114,6 +114,8 @@ def _undo(
     conn: sa.Connection, db: Database, import_id: int, actor: str | None, cascade_of: int | None
 ) -> RolledBack:
     history = db.tables.import_history
+    started: dict[str, object] = {} if cascade_of is None else {"cascade_of": cascade_of}
+    tracking.record_audit(conn, db, import_id, AuditAction.ROLLBACK_STARTED, actor, started)
     info = conn.execute(
         sa.select(history.c.target_table, history.c.dataset, history.c.file_sha256).where(
             history.c.import_id == import_id
@@ -138,5 +140,5 @@ def _undo(
     }
     if cascade_of is not None:
         details["cascade_of"] = cascade_of
-    tracking.record_audit(conn, db, import_id, "rolled_back", actor, details)
+    tracking.record_audit(conn, db, import_id, AuditAction.ROLLED_BACK, actor, details)
     return RolledBack(import_id, info.target_table, deleted, restored, masters_deleted)

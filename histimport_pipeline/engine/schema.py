@@ -9,12 +9,14 @@ no schemas, so there they are built with ``schema=None``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from histimport_pipeline.engine.models import (
+    AuditSeverity,
     FileStatus,
     ImageOperation,
     ImportPhase,
@@ -44,7 +46,7 @@ def _updated_at() -> sa.Column[object]:
 
 def _check_in(
     column: str,
-    values: type[ImportStatus] | type[ImportPhase] | type[FileStatus] | type[ImageOperation],
+    values: type[StrEnum],
     name: str,
 ) -> sa.CheckConstraint:
     allowed = ", ".join(f"'{v.value}'" for v in values)
@@ -146,6 +148,11 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Column("started_at", Timestamp),
         sa.Column("finished_at", Timestamp),
         _updated_at(),
+        # Added by migration 0004: who imported, and the master rows reconciliation made.
+        sa.Column("user_id", sa.String(200)),
+        sa.Column("user_email", sa.String(320)),
+        sa.Column("master_rows_created", sa.BigInteger),
+        sa.Column("master_rows_linked", sa.BigInteger),
         _check_in("status", ImportStatus, "ck_import_history_status"),
         _check_in("phase", ImportPhase, "ck_import_history_phase"),
         sa.Index("ix_import_history_dataset_started", "dataset", "started_at"),
@@ -154,6 +161,8 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Index("ix_import_history_file_sha256", "file_sha256"),
         sa.Index("ix_import_history_partition", "dataset", "partition_key"),
         sa.Index("ix_import_history_target_table", "target_table"),
+        sa.Index("ix_import_history_user_id", "user_id"),
+        sa.Index("ix_import_history_user_email", "user_email"),
     )
 
 
@@ -174,6 +183,10 @@ def _processed_files(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Column("first_seen_at", Timestamp, nullable=False, server_default=sa.func.now()),
         sa.Column("last_seen_at", Timestamp, nullable=False, server_default=sa.func.now()),
         _updated_at(),
+        # Added by migration 0004: the file's type and records, the day it was processed.
+        sa.Column("file_type", sa.String(20)),
+        sa.Column("records_count", sa.BigInteger),
+        sa.Column("process_date", sa.Date),
         sa.UniqueConstraint("dataset", "sha256", name="uq_processed_files_dataset_sha256"),
         _check_in("status", FileStatus, "ck_processed_files_status"),
         sa.Index("ix_processed_files_sha256", "sha256"),
@@ -304,6 +317,10 @@ def _import_audit_trail(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Column("actor", sa.String(200)),
         sa.Column("details", Json),
         _created_at(),
+        # Added by migration 0004: how much the entry asks for attention, and what it says.
+        sa.Column("severity", sa.String(10), nullable=False, server_default="info"),
+        sa.Column("summary", sa.Text, nullable=False),
+        _check_in("severity", AuditSeverity, "ck_import_audit_trail_severity"),
         sa.Index("ix_import_audit_trail_import_id", "import_id"),
         sa.Index("ix_import_audit_trail_created_at", "created_at"),
     )

@@ -59,6 +59,15 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
         "(0: not at all; the import then ends failed).",
         "600",
     ),
+    "HISTIMPORT_USER": (
+        "Who the CLI records as the user of an import, rollback or review decision "
+        "(`--user` wins).",
+        "the OS user",
+    ),
+    "HISTIMPORT_USER_EMAIL": (
+        "That user's e-mail address, recorded on imports (`--email` wins).",
+        "none",
+    ),
 }
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -79,6 +88,8 @@ class Settings:
             ignored on SQLite, which has no schemas.
         inbox, datasets, archive, quarantine: folders, each from its own variable.
         max_field_bytes: the largest field value an import loads (``HISTIMPORT_MAX_FIELD_BYTES``).
+        user, user_email: who the CLI records as acting (``HISTIMPORT_USER``,
+            ``HISTIMPORT_USER_EMAIL``); ``None`` when unset.
     """
 
     home: Path
@@ -93,6 +104,8 @@ class Settings:
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
     stale_after_seconds: int = 600
     wait_seconds: int = 600
+    user: str | None = None
+    user_email: str | None = None
 
     @classmethod
     def from_env(
@@ -155,6 +168,8 @@ class Settings:
             partition_retention_days=whole("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
             stale_after_seconds=whole("HISTIMPORT_STALE_AFTER_SECONDS", 600, "seconds"),
             wait_seconds=whole("HISTIMPORT_WAIT_SECONDS", 600, "seconds"),
+            user=env.get("HISTIMPORT_USER", "").strip() or None,
+            user_email=env.get("HISTIMPORT_USER_EMAIL", "").strip() or None,
             home=home,
             database_url=url,
             db_schema=schema,

@@ -312,11 +312,14 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         business_date = (
             dt.date.fromisoformat(key) if current.partitioning is Partitioning.DAILY else None
         )
+        # Who launched the run, where Dagster knows it (Dagster+ tags it with their e-mail).
+        launched_by = context.run.tags.get("user") or context.run.tags.get("dagster/user")
         options = ImportOptions(
             force=config.force,
             import_type=_import_type(context, current),
             source=_source(context, settings, path),
-            triggered_by=context.run.tags.get("user") or f"dagster:{getpass.getuser()}",
+            user_id=launched_by or f"dagster:{getpass.getuser()}",
+            user_email=launched_by if launched_by and "@" in launched_by else None,
             partition_key=key,
             business_date=business_date,
             dagster_run_id=context.run_id,

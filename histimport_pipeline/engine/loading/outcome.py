@@ -14,7 +14,7 @@ from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import StagingLostError
 from histimport_pipeline.engine.loading.direct import direct_write
-from histimport_pipeline.engine.models import FileStatus, ImportPhase, ImportStatus
+from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportPhase, ImportStatus
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.pipeline_steps import seconds_spent
 from histimport_pipeline.engine.spec import DatasetSpec
@@ -178,11 +178,16 @@ def reject(
         warnings=state.warnings,
     )
     tracking.record_nothing_loaded(tx, db, handle.import_id)
+    if spec.references:
+        # The master rows it created are gone, and no row of it links to any.
+        tracking.update_import(
+            tx, db, handle.import_id, master_rows_created=0, master_rows_linked=0
+        )
     tracking.record_audit(
         tx,
         db,
         handle.import_id,
-        "rejected",
+        AuditAction.REJECTED,
         None,
         {
             "failed_share": round(share, 4),
@@ -303,7 +308,7 @@ def _complete(
         tx,
         db,
         handle.import_id,
-        "loaded",
+        AuditAction.LOADED,
         None,
         {
             "created": counts.created,
@@ -313,7 +318,9 @@ def _complete(
             "strategy": spec.strategy.value,
         },
     )
-    tracking.record_audit(tx, db, handle.import_id, "completed", None, {"status": status.value})
+    tracking.record_audit(
+        tx, db, handle.import_id, AuditAction.COMPLETED, None, {"status": status.value}
+    )
     failpoints.checkpoint("commit")
     state.base["rows_duplicate"] = duplicates
     return ImportResult(

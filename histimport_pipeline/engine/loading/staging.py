@@ -29,7 +29,13 @@ from histimport_pipeline.engine.loading.sinks import (
     TargetSink,
     target_constants,
 )
-from histimport_pipeline.engine.models import FileInfo, ImportPhase, RawRow, RowError
+from histimport_pipeline.engine.models import (
+    AuditAction,
+    FileInfo,
+    ImportPhase,
+    RawRow,
+    RowError,
+)
 from histimport_pipeline.engine.pipeline_records import (
     ImportHandle,
     ImportOptions,
@@ -69,7 +75,22 @@ def stage(
     parse_seconds = time.perf_counter() - t0
     with in_tx(db, conn) as tx:
         record_parsed(tx, db, handle.import_id, info)
-        tracking.record_audit(tx, db, handle.import_id, "parsed", None, info.as_metadata())
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            AuditAction.PARSED,
+            None,
+            {**info.as_metadata(), "file_type": info.file_type},
+        )
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            AuditAction.VALIDATION_STARTED,
+            None,
+            {"reader": "python" if columnar_plan is None else "columnar"},
+        )
     direct = load.loads_directly(db, spec) and columnar_plan is not None
     staged: _Staged | None = None
     if columnar_plan is not None:
@@ -168,7 +189,7 @@ def _record_staged(
             details["streamed_into_target"] = True
         if note:
             details["reader_note"] = note
-        tracking.record_audit(tx, db, handle.import_id, "validated", None, details)
+        tracking.record_audit(tx, db, handle.import_id, AuditAction.VALIDATED, None, details)
 
 
 @dataclass

@@ -47,6 +47,7 @@ from histimport_pipeline.engine.reconciliation.apply import (
 from histimport_pipeline.engine.reconciliation.created import (
     drop_created_masters,
     imports_using_created_masters,
+    master_row_counts,
 )
 from histimport_pipeline.engine.reconciliation.master import (
     MasterData,
@@ -91,6 +92,7 @@ __all__ = [
     "input_key",
     "key_labels",
     "list_matches",
+    "master_row_counts",
     "normalize",
     "read_aliases",
     "read_master",

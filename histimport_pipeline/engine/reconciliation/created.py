@@ -30,6 +30,34 @@ def create_master_row(
     return str(new_id)
 
 
+def master_row_counts(conn: sa.Connection, db: Database, import_id: int) -> dict[str, int]:
+    """The import's ``master_rows_created`` and ``master_rows_linked``, from its matches.
+
+    Created: the distinct master rows its reconciliation (or review) inserted under the
+    policy ``create``. Linked: the distinct master rows that already existed and that its
+    values were matched to, by a rule or accepted in review.
+    """
+    m = db.tables.import_reconciliation_matches
+
+    def distinct_masters(*decisions: MatchDecision) -> int:
+        rows = (
+            sa.select(m.c.entity, m.c.matched_id)
+            .distinct()
+            .where(
+                m.c.import_id == import_id,
+                m.c.matched_id.is_not(None),
+                m.c.decision.in_([d.value for d in decisions]),
+            )
+            .subquery()
+        )
+        return int(conn.execute(sa.select(sa.func.count()).select_from(rows)).scalar_one())
+
+    return {
+        "master_rows_created": distinct_masters(MatchDecision.CREATED),
+        "master_rows_linked": distinct_masters(MatchDecision.AUTO_ACCEPTED, MatchDecision.ACCEPTED),
+    }
+
+
 def _created_masters(
     conn: sa.Connection, db: Database, import_id: int
 ) -> dict[tuple[str, str], list[str]]:

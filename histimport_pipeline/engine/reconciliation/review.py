@@ -13,7 +13,12 @@ from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
-from histimport_pipeline.engine.models import FileStatus, ImportStatus, MatchDecision
+from histimport_pipeline.engine.models import (
+    AuditAction,
+    FileStatus,
+    ImportStatus,
+    MatchDecision,
+)
 from histimport_pipeline.engine.reconciliation.apply import (
     HOLD_REJECT,
     HOLD_REVIEW,
@@ -23,7 +28,7 @@ from histimport_pipeline.engine.reconciliation.apply import (
     values_text,
     write_rejected_rows,
 )
-from histimport_pipeline.engine.reconciliation.created import create_master_row
+from histimport_pipeline.engine.reconciliation.created import create_master_row, master_row_counts
 from histimport_pipeline.engine.reconciliation.master import reflect_master
 from histimport_pipeline.engine.reconciliation.rules import as_text
 from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched, Strategy
@@ -219,11 +224,14 @@ def decide_match(
             # An empty input is never looked up as an alias: nothing to remember.
             if any(v is not None for v in given.values()):
                 _remember_alias(conn, aliases, dict(row), str(chosen), actor, stamp)
-            action = "review_accepted"
+            suggested = row["matched_id"]
+            # A reviewer who picks another row than the one suggested overrides the rules.
+            overridden = suggested is not None and str(chosen) != str(suggested)
+            action = AuditAction.USER_OVERRIDE if overridden else AuditAction.REVIEW_ACCEPTED
         else:
             values |= {"decision": MatchDecision.REJECTED.value}
             conn.execute(sa.update(t).where(t.c.match_id.in_(match_ids)).values(values))
-            action = "review_rejected"
+            action, suggested = AuditAction.REVIEW_REJECTED, row["matched_id"]
         by_import: dict[int, list[int]] = {}
         for sibling, of_import in siblings:
             by_import.setdefault(of_import, []).append(sibling)
@@ -241,6 +249,7 @@ def decide_match(
                     "reference_column": row["reference_column"],
                     "input_values": row["input_values"],
                     "entity_id": values.get("matched_id"),
+                    "suggested_id": suggested,
                 },
             )
         updated = conn.execute(sa.select(t).where(t.c.match_id == match_id)).mappings().one()
@@ -420,6 +429,7 @@ def apply_review(
             rows_duplicate=duplicate_total,
             warnings=warnings,
             error_summary=tracking.error_summary(conn, db, import_id),
+            **master_row_counts(conn, db, import_id),
         )
         file_status = FileStatus.IMPORTED if status is ImportStatus.SUCCESS else FileStatus.PARTIAL
         tracking.set_file_status(
@@ -437,6 +447,6 @@ def apply_review(
             "rows_still_held": still_held,
             "status": status.value,
         }
-        tracking.record_audit(conn, db, import_id, "review_applied", actor, result)
+        tracking.record_audit(conn, db, import_id, AuditAction.REVIEW_APPLIED, actor, result)
         load.finish_staging(conn, db, spec, import_id)
         return result

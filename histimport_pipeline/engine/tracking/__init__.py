@@ -4,6 +4,7 @@ them back.
 
 * ``records``: creating and updating an import, the audit trail, claims on a file's content,
   outcomes, failed rows and the error summary.
+* ``audit``: an audit entry's severity and one-line summary, from its action and details.
 * ``liveness``: imports left running by a dead worker, the holder of a file's content.
 * ``history``: the queries behind ``show``, ``history``, ``stats``, ``lineage`` and ``errors``.
 * ``cleanup``: the retention cleanup.

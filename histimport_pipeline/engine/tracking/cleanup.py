@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.models import ImportStatus
+from histimport_pipeline.engine.models import AuditAction, ImportStatus
 from histimport_pipeline.engine.tracking import liveness, records
 
 #: Imports in these states may still be using their staging table.
@@ -99,7 +99,7 @@ def cleanup(
             conn,
             db,
             None,
-            "cleanup",
+            AuditAction.CLEANUP,
             actor,
             {**counts, "older_than_days": older_than_days, "cutoff": cutoff.isoformat()},
         )

@@ -44,11 +44,15 @@ LIST_COLUMNS = (
     "rows_deleted",
     "total_seconds",
     "triggered_by",
+    "user_id",
+    "user_email",
     "started_at",
     "finished_at",
     "error_message",
 )
 LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
+#: The ``by_user`` key of ``stats`` for imports recorded without a user.
+NO_USER = "(unknown)"
 _SINCE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$", re.IGNORECASE)
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -99,6 +103,7 @@ def list_imports(
     since: datetime | None = None,
     limit: int = 50,
     offset: int = 0,
+    user: str | None = None,
 ) -> list[dict[str, Any]]:
     """List imports, newest first.
 
@@ -108,6 +113,7 @@ def list_imports(
         status: only this status (see :class:`ImportStatus`).
         since: only imports created at or after this instant.
         limit, offset: the page to return.
+        user: only imports of this user (``user_id`` or ``user_email``, exactly).
 
     Returns:
         One dict per import with the columns in :data:`LIST_COLUMNS`.
@@ -120,6 +126,8 @@ def list_imports(
         query = query.where(t.c.status == status)
     if since is not None:
         query = query.where(t.c.created_at >= since.astimezone(UTC))
+    if user is not None:
+        query = query.where(sa.or_(t.c.user_id == user, t.c.user_email == user))
     query = query.order_by(t.c.import_id.desc()).limit(limit).offset(offset)
     with db.reader() as conn:
         return [_plain(r) for r in conn.execute(query).mappings()]
@@ -129,7 +137,8 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
     """Everything recorded about one import.
 
     Returns:
-        The ``import_history`` row, plus ``audit_trail`` (its entries, oldest first),
+        The ``import_history`` row, plus ``audit_trail`` (its entries, oldest first: id,
+        action, severity, summary, actor, details, created_at),
         ``failed_rows`` (``total`` and ``by_category`` of the failed-row records still kept),
         ``processed_file`` (the content's row in ``processed_files``, or ``None``) and
         ``reconciliation`` (match counts by decision).
@@ -151,6 +160,8 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
                 sa.select(
                     audit.c.audit_id,
                     audit.c.action,
+                    audit.c.severity,
+                    audit.c.summary,
                     audit.c.actor,
                     audit.c.details,
                     audit.c.created_at,
@@ -200,6 +211,7 @@ def stats(
 
     Returns:
         One dict per dataset, by name: ``imports`` (total), ``by_status`` (status -> count),
+        ``by_user`` (``user_id`` -> imports; :data:`NO_USER` for imports recorded without one),
         ``rows_loaded`` (created + updated by imports that still stand, i.e. success or
         partial; a rolled-back import's rows are no longer loaded), ``rows_failed`` (over all
         imports), ``mean_seconds`` and ``total_seconds`` (over imports that recorded a
@@ -233,6 +245,7 @@ def stats(
                     "dataset": r.dataset,
                     "imports": 0,
                     "by_status": {},
+                    "by_user": {},
                     "rows_loaded": 0,
                     "rows_failed": 0,
                     "total_seconds": None,
@@ -247,6 +260,16 @@ def stats(
             if r.timed:
                 entry["total_seconds"] = (entry["total_seconds"] or 0.0) + float(r.seconds)
                 entry["_timed"] += int(r.timed)
+        by_user = (
+            sa.select(t.c.dataset, t.c.user_id, sa.func.count())
+            .where(t.c.created_at >= since)
+            .group_by(t.c.dataset, t.c.user_id)
+            .order_by(t.c.dataset, sa.func.count().desc(), t.c.user_id)
+        )
+        if dataset is not None:
+            by_user = by_user.where(t.c.dataset == dataset)
+        for name, user, count in conn.execute(by_user):
+            out[name]["by_user"][user or NO_USER] = int(count)
     for entry in out.values():
         timed = entry.pop("_timed")
         if timed:
@@ -319,7 +342,8 @@ def lineage_of_key(
         ``None`` when no row has that key, else ``table``, ``key``, ``import_id``,
         ``source_row``, ``loaded_at``, ``row`` (the row's data columns) and ``import`` (the
         import's ``dataset``, ``file_name``, ``file_path``, ``file_sha256``, ``status``,
-        ``started_at``, ``triggered_by``; ``None`` when the history row is gone).
+        ``started_at``, ``triggered_by``, ``user_id``, ``user_email``; ``None`` when the
+        history row is gone).
 
     Raises:
         HistimportError: the dataset has no key, the key columns given are not the spec's, a
@@ -359,6 +383,8 @@ def lineage_of_key(
                     h.c.status,
                     h.c.started_at,
                     h.c.triggered_by,
+                    h.c.user_id,
+                    h.c.user_email,
                 ).where(h.c.import_id == row["_import_id"])
             )
             .mappings()

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.models import FileStatus, ImportStatus
+from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportStatus
 from histimport_pipeline.engine.tracking.records import (
     record_audit,
     record_nothing_loaded,
@@ -119,7 +119,7 @@ def _fail_dead(db: Database, row: Any, found_by: str) -> bool:
             conn,
             db,
             row.import_id,
-            "failed",
+            AuditAction.FAILED,
             "histimport",
             {"reason": "worker dead", "worker": row.worker, "found_by": found_by},
         )
@@ -229,7 +229,7 @@ def fail_unfinished_imports_of_run(db: Database, run_id: str, reason: str) -> li
                 conn,
                 db,
                 row["import_id"],
-                "failed",
+                AuditAction.FAILED,
                 "run-failure-sensor",
                 {"reason": reason, "dagster_run_id": run_id},
             )

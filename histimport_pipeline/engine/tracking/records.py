@@ -19,11 +19,14 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.models import (
+    AuditAction,
+    AuditSeverity,
     FileStatus,
     ImportStatus,
     RawRow,
     RowError,
 )
+from histimport_pipeline.engine.tracking.audit import severity_of, summary_of
 
 #: Failed-row messages kept in the error summary.
 TOP_ERRORS = 5
@@ -43,17 +46,37 @@ def record_audit(
     conn: sa.Connection,
     db: Database,
     import_id: int | None,
-    action: str,
+    action: AuditAction,
     actor: str | None = None,
     details: Mapping[str, Any] | None = None,
+    *,
+    severity: AuditSeverity | None = None,
+    summary: str | None = None,
 ) -> None:
-    """Append one entry to ``import_audit_trail``."""
+    """Append one entry to ``import_audit_trail``.
+
+    Args:
+        import_id: the import it is about (``None``: an entry of no import, e.g. cleanup).
+        action: what happened.
+        actor: who did it; ``None``: the import's user (``import_history.user_id``), so
+            every step of an import carries who imported it.
+        details: the facts, JSON-ready.
+        severity, summary: default to what ``tracking.audit`` makes of the action and
+            details (see ``severity_of`` and ``summary_of``).
+    """
+    facts = dict(details) if details else {}
+    who: Any = actor
+    if actor is None and import_id is not None:
+        h = db.tables.import_history
+        who = sa.select(h.c.user_id).where(h.c.import_id == import_id).scalar_subquery()
     conn.execute(
         sa.insert(db.tables.import_audit_trail).values(
             import_id=import_id,
-            action=action,
-            actor=actor,
-            details=dict(details) if details else None,
+            action=action.value,
+            actor=who,
+            details=facts or None,
+            severity=(severity or severity_of(action, facts)).value,
+            summary=summary or summary_of(action, actor, facts),
             created_at=utcnow(),
         )
     )
@@ -116,7 +139,12 @@ def record_file_moved(db: Database, import_id: int, moved_to: Path, reason: str)
         path = str(moved_to.resolve())
         update_import(conn, db, import_id, file_path=path)
         record_audit(
-            conn, db, import_id, "moved", None, {"reason": reason, "from": before, "to": path}
+            conn,
+            db,
+            import_id,
+            AuditAction.MOVED,
+            None,
+            {"reason": reason, "from": before, "to": path},
         )
 
 
@@ -213,12 +241,28 @@ def claim_file(
 def set_file_status(
     conn: sa.Connection, db: Database, dataset: str, sha256: str, import_id: int, status: FileStatus
 ) -> None:
-    """Set the ``processed_files`` status of content last claimed by ``import_id``."""
-    t = db.tables.processed_files
+    """Set the ``processed_files`` status of content last claimed by ``import_id``.
+
+    When the import ended (any status but ``rolled_back``), the content's row also takes the
+    import's file type and records in the file, and today (UTC) as its ``process_date``.
+    """
+    t, h = db.tables.processed_files, db.tables.import_history
+    stamp = utcnow()
+    values: dict[str, Any] = {"status": status.value, "updated_at": stamp}
+    if status is not FileStatus.ROLLED_BACK:
+
+        def of_import(column: sa.Column[Any]) -> Any:
+            return sa.select(column).where(h.c.import_id == import_id).scalar_subquery()
+
+        values |= {
+            "file_type": of_import(h.c.file_type),
+            "records_count": of_import(h.c.rows_in_file),
+            "process_date": stamp.date(),
+        }
     conn.execute(
         sa.update(t)
         .where(t.c.dataset == dataset, t.c.sha256 == sha256, t.c.last_import_id == import_id)
-        .values(status=status.value, updated_at=utcnow())
+        .values(**values)
     )
 
 
