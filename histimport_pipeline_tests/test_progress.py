@@ -146,6 +146,43 @@ def test_a_failed_import_keeps_where_it_stopped(db: Database, tmp_path: Path) ->
     assert (final["rows_done"], final["rows_expected"], final["progress_percent"]) == (0, 2, 0)
 
 
+def test_a_sqlite_progress_write_is_skipped_while_another_holds_the_lock(
+    sqlite_url: str,
+) -> None:
+    """Another import's long load holds SQLite's write lock: a progress write neither waits
+    for it (the busy timeout is minutes) nor fails with "database is locked"; once the lock
+    is free the next one is written."""
+    db = Database.connect(sqlite_url)
+    migrations.upgrade(db)
+    t = db.tables.import_history
+    with db.engine.begin() as conn:
+        import_id = int(
+            conn.execute(
+                sa.insert(t)
+                .values(
+                    dataset="signups",
+                    target_table="signups",
+                    import_type="MANUAL",
+                    source="cli",
+                    status="running",
+                )
+                .returning(t.c.import_id)
+            ).scalar_one()
+        )
+    writer = tracking.ProgressWriter(db, import_id, 0.0)
+    with db.engine.begin() as holder:  # BEGIN IMMEDIATE: the write lock, until the block ends
+        holder.execute(sa.update(t).values(triggered_by="the other import"))
+        t0 = time.monotonic()
+        writer.rows(10, 100)
+        waited = time.monotonic() - t0
+    assert waited < 30  # not the 300 s busy timeout
+    assert progress_of(db, import_id)["rows_done"] is None  # skipped
+    writer.rows(20, 100)
+    row = progress_of(db, import_id)
+    assert (row["rows_done"], row["rows_expected"], row["progress_percent"]) == (20, 100, 20)
+    db.dispose()
+
+
 def test_liveness_reads_the_progress_stamp(db: Database) -> None:
     """A worker on another host that sends progress (a PostgreSQL load) but no heartbeat is
     alive; one that sends neither is dead."""
@@ -296,3 +333,14 @@ def test_show_watch_of_an_ended_import_exits_as_the_import_did(
     loaded = runner.invoke(app, ["show", "2", "--watch"], env=env)
     assert loaded.exit_code == 0 and "success" in loaded.stdout
     assert runner.invoke(app, ["show", "1"], env=env).exit_code == 0  # without --watch: 0
+
+
+def test_the_throttle_comes_from_the_environment(tmp_path: Path) -> None:
+    from histimport_pipeline.engine.settings import Settings, SettingsError
+
+    assert Settings.from_env({}, cwd=tmp_path).progress_every_s == 2.0
+    env = {"HISTIMPORT_PROGRESS_EVERY_S": "0.5"}
+    assert Settings.from_env(env, cwd=tmp_path).progress_every_s == 0.5
+    for bad in ("soon", "-1", "nan"):
+        with pytest.raises(SettingsError, match="HISTIMPORT_PROGRESS_EVERY_S"):
+            Settings.from_env({"HISTIMPORT_PROGRESS_EVERY_S": bad}, cwd=tmp_path)

@@ -137,7 +137,10 @@ class ProgressWriter:
 
         def beat() -> None:
             while not stop.wait(interval):
-                self._write(None, None)
+                try:
+                    self._write(None, None)
+                except Exception:  # the load meets the same trouble and reports it
+                    return
 
         thread = threading.Thread(target=beat, name="histimport-progress", daemon=True)
         thread.start()
