@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from histimport_pipeline.cli import app
-from histimport_pipeline.engine import migrations, tracking
+from histimport_pipeline.engine import migrations, pipeline, tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.pipeline import ImportOptions, run_import
@@ -132,6 +132,49 @@ def test_the_load_phase_is_written_before_the_load_and_kept_alive_during_it(
     assert result.status is ImportStatus.SUCCESS, result.error_message
     final = progress_of(db, 1)
     assert (final["phase"], final["rows_done"], final["progress_percent"]) == ("COMPLETE", n, 100)
+
+
+@pytest.mark.postgres
+def test_a_direct_load_counts_the_rows_written_block_by_block(
+    pg_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The load step of an append without key (Dagster's step by step) COPYs the file into
+    the target in blocks: frozen after the first block, the row says LOAD and how many rows
+    that block wrote, while the load transaction is still open."""
+    n = 200_000  # about 7 MB: a few 2 MiB blocks
+    path = signups_file(tmp_path / "signups_1.csv", n)
+    spec = make_spec(strategy="append", key=[])
+    options = ImportOptions(progress_every_s=0)
+    handle = pipeline.start_import(pg_db, spec, path, options)
+    pipeline.stage_file(pg_db, spec, handle, options)
+    pipeline.reconcile_import(pg_db, spec, handle)
+    assert pipeline.confirm_import(pg_db, spec, handle, options) is None
+    frozen, resume = tmp_path / "frozen", tmp_path / "resume"
+    monkeypatch.setenv("HISTIMPORT_FAILPOINT", "copy")
+    monkeypatch.setenv("HISTIMPORT_FAILPOINT_FILE", str(frozen))
+    monkeypatch.setenv("HISTIMPORT_FAILPOINT_RESUME", str(resume))
+    results: list[Any] = []
+    worker = threading.Thread(
+        target=lambda: results.append(pipeline.load_import(pg_db, spec, handle, options))
+    )
+    worker.start()
+    try:
+        wait_for("the first block COPYed", frozen.exists, worker.is_alive)
+        during = progress_of(pg_db, handle.import_id)
+        assert (during["status"], during["phase"], during["rows_expected"]) == (
+            "running",
+            "LOAD",
+            n,
+        )
+        assert 0 < during["rows_done"] < n
+        assert during["progress_percent"] == round(100 * during["rows_done"] / n, 1)
+    finally:
+        resume.touch()
+        worker.join()
+    [result] = results
+    assert result.status is ImportStatus.SUCCESS and result.rows_created == n
+    final = progress_of(pg_db, handle.import_id)
+    assert (final["rows_done"], final["progress_percent"]) == (n, 100)
 
 
 def test_a_failed_import_keeps_where_it_stopped(db: Database, tmp_path: Path) -> None:

@@ -62,9 +62,10 @@ def direct_write(
                     if block.payload is None:
                         continue
                     assert reader.copy_columns is not None
-                    sink.write(reader.copy_columns, block.payload)
                     written += block.valid
+                    # Counted as the block goes to the COPY (its pump sends it meanwhile).
                     writer.rows(written, int(row["rows_processed"] or 0))
+                    sink.write(reader.copy_columns, block.payload)
             except columnar.Declined as declined:
                 raise FileChangedError(
                     path, handle.import_id, f"the file no longer reads as before ({declined})"

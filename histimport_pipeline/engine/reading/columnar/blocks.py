@@ -288,13 +288,13 @@ class ColumnarFile:
         return out
 
 
-def _pieces(path: Path, quote: bytes | None, size: int, digest: Any) -> Iterator[bytes]:
+def _pieces(path: Path, quote: bytes | None, size: int, reader: Any) -> Iterator[bytes]:
     """The file in pieces of about ``size`` bytes, each ending at a record boundary; every
-    byte read also goes into ``digest``."""
+    chunk read also goes to ``reader.update`` (hashed and counted)."""
     rest = b""
     with path.open("rb") as fh:
         while chunk := fh.read(size):
-            digest.update(chunk)
+            reader.update(chunk)
             buf = rest + chunk
             cut = _last_break(buf, quote)
             if cut == 0:  # no boundary yet: one record longer than the piece
