@@ -54,6 +54,7 @@ def show_settings() -> None:
         "HISTIMPORT_PARTITION_RETENTION_DAYS": str(settings.partition_retention_days),
         "HISTIMPORT_MAX_FIELD_BYTES": str(settings.max_field_bytes),
         "HISTIMPORT_STALE_AFTER_SECONDS": str(settings.stale_after_seconds),
+        "HISTIMPORT_PROGRESS_EVERY_S": f"{settings.progress_every_s:g}",
         "HISTIMPORT_WAIT_SECONDS": str(settings.wait_seconds),
         "HISTIMPORT_USER": settings.user or f"{os_user() or '?'} (the OS user)",
         "HISTIMPORT_USER_EMAIL": settings.user_email or "",

@@ -24,6 +24,8 @@ from histimport_pipeline.cli.common import (
     tracked,
     when,
 )
+from histimport_pipeline.cli.imports import EXIT_IMPORT_FAILED
+from histimport_pipeline.cli.watch import follow, progress_text
 from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.settings import Settings
@@ -73,6 +75,7 @@ def show_history(
         "failed",
         "seconds",
         "by",
+        "progress",
     )
     for r in rows:
         table.add_row(
@@ -88,6 +91,8 @@ def show_history(
             num(r["rows_failed"]),
             secs(r["total_seconds"]),
             escape(r["user_id"] or r["triggered_by"] or ""),
+            # Only a running import's: a finished one says it all in its status and counts.
+            escape(progress_text(r)) if r["status"] in history.ACTIVE else "",
         )
     out.print(table)
     if len(rows) == limit:
@@ -147,13 +152,29 @@ def _compact(value: Any) -> str:
 def show_import(
     import_id: Annotated[int, typer.Argument(help="The import id (see `histimport history`).")],
     as_json: JsonOption = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Follow a running import's progress until it ends, then show it; exit 1 "
+            "when it ended failed or rejected, as `histimport import` does.",
+        ),
+    ] = False,
 ) -> None:
     """Show everything recorded about one import."""
-    with tracked() as (_settings, db):
+    with tracked() as (settings, db):
+        if watch:
+            follow(settings, db, import_id)
         detail = history.get_import_detail(db, import_id)
     if as_json:
         print_json(detail)
-        return
+    else:
+        _print_detail(import_id, detail)
+    if watch and detail["status"] in (ImportStatus.FAILED.value, ImportStatus.REJECTED.value):
+        raise typer.Exit(EXIT_IMPORT_FAILED)
+
+
+def _print_detail(import_id: int, detail: Mapping[str, Any]) -> None:
     out.print(f"[bold]import {import_id}[/bold]: {status_markup(detail['status'])}")
     fields = Table.grid(padding=(0, 2))
     for name in _SHOW_FIELDS:
@@ -177,6 +198,10 @@ def show_import(
     )
     if masters:
         fields.add_row("master rows", masters)
+    if detail.get("progress_updated_at") is not None:
+        fields.add_row(
+            "progress", f"{escape(progress_text(detail))}, at {when(detail['progress_updated_at'])}"
+        )
     if detail.get("phase_seconds"):
         seconds = " | ".join(f"{k} {secs(v)}" for k, v in detail["phase_seconds"].items())
         fields.add_row("seconds", f"{seconds} | total {secs(detail.get('total_seconds'))}")

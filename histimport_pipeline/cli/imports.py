@@ -202,6 +202,7 @@ def import_file(
             max_field_bytes=settings.max_field_bytes,
             wait_for_holder_s=wait_s,
             stale_after=timedelta(seconds=settings.stale_after_seconds),
+            progress_every_s=settings.progress_every_s,
         )
 
         def waiting(holder: int) -> None:

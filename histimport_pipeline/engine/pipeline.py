@@ -209,6 +209,11 @@ def reconcile_import(
         return {}
     take_over(db, handle, conn)
     t0 = time.perf_counter()
+    staged = _rows_processed(db, handle, conn)
+    writer = tracking.ProgressWriter(db, handle.import_id, 0.0, enabled=conn is None)
+    # It works set-wise in one transaction (on SQLite holding the write lock): its start is
+    # written here, its end with its outcome.
+    writer.start(ImportPhase.RECONCILE, staged)
     with in_tx(db, conn) as tx:
         tracking.record_audit(
             tx,
@@ -232,6 +237,10 @@ def reconcile_import(
             phase_seconds=seconds,
             phase=ImportPhase.CONFIRM.value,
             **masters,
+            rows_done=staged,
+            rows_expected=staged,
+            progress_percent=tracking.percent(staged, staged),
+            progress_updated_at=tracking.utcnow(),
         )
         release(tx, db, handle.import_id)
         tracking.record_audit(
@@ -317,14 +326,30 @@ def load_import(
     """
     take_over(db, handle, conn)
     t0 = time.perf_counter()
-    with in_tx(db, conn) as tx:
+    # With a caller's transaction (a dry run, or the one pass that holds the import's row
+    # since its confirm step) a progress write would wait for it: only the end is recorded.
+    writer = tracking.ProgressWriter(
+        db, handle.import_id, options.progress_every_s, enabled=conn is None
+    )
+    writer.start(ImportPhase.LOAD, _rows_processed(db, handle, conn))
+    with in_tx(db, conn) as tx, writer.holding_lock():
         load.tune_session(tx, db)
         row = tracking.get_import(tx, db, handle.import_id)
         if row is None:
             raise HistimportError(f"import {handle.import_id} vanished from import_history")
         state = outcome.load_state(tx, db, spec, handle, options, row)
-        write = outcome.prepare_write(tx, db, spec, handle, row, streamed)
-        return outcome.write_and_finish(tx, db, spec, handle, state, t0, write)
+        write = outcome.prepare_write(tx, db, spec, handle, row, streamed, writer)
+        return outcome.write_and_finish(tx, db, spec, handle, state, t0, write, writer)
+
+
+def _rows_processed(db: Database, handle: ImportHandle, conn: sa.Connection | None) -> int:
+    """The rows the stage step found valid: what reconciliation and the load go through."""
+    t = db.tables.import_history
+    query = sa.select(t.c.rows_processed).where(t.c.import_id == handle.import_id)
+    if conn is not None:
+        return int(conn.execute(query).scalar() or 0)
+    with db.reader() as reader:
+        return int(reader.execute(query).scalar() or 0)
 
 
 def _confirm_and_load(

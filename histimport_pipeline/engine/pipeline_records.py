@@ -56,6 +56,9 @@ class ImportOptions:
     #: How old a heartbeat may be before its import counts as dead (see
     #: ``tracking.fail_dead_imports``).
     stale_after: timedelta = tracking.STALE_AFTER
+    #: Fewest seconds between two writes of the import's live progress
+    #: (``HISTIMPORT_PROGRESS_EVERY_S``; see ``tracking.progress``).
+    progress_every_s: float = tracking.PROGRESS_EVERY_S
 
     @property
     def user(self) -> str | None:

@@ -137,6 +137,11 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Column("rows_duplicate", sa.BigInteger),
         sa.Column("rows_review", sa.BigInteger),
         sa.Column("rows_deleted", sa.BigInteger),
+        # Live progress of the current phase (see tracking.progress), written while it runs.
+        sa.Column("rows_done", sa.BigInteger),
+        sa.Column("rows_expected", sa.BigInteger),
+        sa.Column("progress_percent", sa.Float),
+        sa.Column("progress_updated_at", Timestamp),
         sa.Column("phase_seconds", Json),
         sa.Column("total_seconds", sa.Float),
         sa.Column("forced", sa.Boolean, nullable=False, server_default=sa.false()),

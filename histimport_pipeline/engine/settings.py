@@ -54,6 +54,11 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
         "taken for dead (on the same host a gone process decides at once).",
         "600",
     ),
+    "HISTIMPORT_PROGRESS_EVERY_S": (
+        "Fewest seconds between two writes of a running import's progress (rows done, "
+        "percent) on import_history; 0: after every batch.",
+        "2",
+    ),
     "HISTIMPORT_WAIT_SECONDS": (
         "How long `histimport import` waits for another running import of the same content "
         "(0: not at all; the import then ends failed).",
@@ -106,6 +111,7 @@ class Settings:
     wait_seconds: int = 600
     user: str | None = None
     user_email: str | None = None
+    progress_every_s: float = 2.0
 
     @classmethod
     def from_env(
@@ -162,7 +168,17 @@ class Settings:
                 f"HISTIMPORT_MAX_FIELD_BYTES={raw_limit!r} must be a whole number of bytes, "
                 "at least 1"
             )
+        raw_every = env.get("HISTIMPORT_PROGRESS_EVERY_S", "").strip() or "2"
+        try:
+            progress_every_s = float(raw_every)
+        except ValueError:
+            progress_every_s = -1.0
+        if not progress_every_s >= 0:  # also refuses nan
+            raise SettingsError(
+                f"HISTIMPORT_PROGRESS_EVERY_S={raw_every!r} must be a number of seconds, 0 or more"
+            )
         return cls(
+            progress_every_s=progress_every_s,
             max_field_bytes=int(raw_limit) if raw_limit else DEFAULT_MAX_FIELD_BYTES,
             lookback_days=whole("HISTIMPORT_LOOKBACK_DAYS", 7),
             partition_retention_days=whole("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),

@@ -369,7 +369,10 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             return handle
         settings, current = _spec(name)
         try:
-            options = ImportOptions(max_field_bytes=settings.max_field_bytes)
+            options = ImportOptions(
+                max_field_bytes=settings.max_field_bytes,
+                progress_every_s=settings.progress_every_s,
+            )
             staged = pipeline.stage_file(database.database, current, handle, options)
         except Exception as exc:
             raise _fail(context, settings, current, handle, database, exc) from exc
@@ -456,7 +459,12 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             )
         else:
             try:
-                result = pipeline.load_import(database.database, current, handle)
+                result = pipeline.load_import(
+                    database.database,
+                    current,
+                    handle,
+                    ImportOptions(progress_every_s=settings.progress_every_s),
+                )
             except Exception as exc:
                 raise _fail(context, settings, current, handle, database, exc) from exc
         _settle(context, settings, current, handle, result, database)

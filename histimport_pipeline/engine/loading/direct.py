@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from histimport_pipeline.engine import loading as load
+from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.errors import FileChangedError
 from histimport_pipeline.engine.loading.sinks import IntoTarget, TargetSink, target_constants
 from histimport_pipeline.engine.pipeline_records import ImportHandle
@@ -18,14 +19,19 @@ from histimport_pipeline.engine.validation import Validator
 
 
 def direct_write(
-    tx: sa.Connection, spec: DatasetSpec, handle: ImportHandle, row: dict[str, Any]
+    tx: sa.Connection,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    row: dict[str, Any],
+    writer: tracking.ProgressWriter,
 ) -> load.DirectWrite:
     """The load of an import that staged nothing: read the checked file again with the
     columnar reader and COPY its valid rows straight into the target, in ``tx``.
 
     The file must be the one validated (same SHA-256, hashed as it streams) and give the same
     counts, else the write is refused and the transaction rolls back; its failed rows were
-    recorded by the validate step and are skipped here.
+    recorded by the validate step and are skipped here. ``writer`` hears of the rows written
+    after each block.
     """
 
     def write(target: sa.Table) -> int:
@@ -56,8 +62,10 @@ def direct_write(
                     if block.payload is None:
                         continue
                     assert reader.copy_columns is not None
-                    sink.write(reader.copy_columns, block.payload)
                     written += block.valid
+                    # Counted as the block goes to the COPY (its pump sends it meanwhile).
+                    writer.rows(written, int(row["rows_processed"] or 0))
+                    sink.write(reader.copy_columns, block.payload)
             except columnar.Declined as declined:
                 raise FileChangedError(
                     path, handle.import_id, f"the file no longer reads as before ({declined})"

@@ -66,6 +66,8 @@ def finish_import(
         ImportStatus.PARTIAL: FileStatus.PARTIAL,
         ImportStatus.REJECTED: FileStatus.REJECTED,
     }.get(status, FileStatus.FAILED)
+    if status in (ImportStatus.SUCCESS, ImportStatus.PARTIAL):
+        values |= tracking.final_values(row["rows_processed"] or 0)
     tracking.update_import(
         tx,
         db,
@@ -221,8 +223,10 @@ def prepare_write(
     handle: ImportHandle,
     row: dict[str, Any],
     streamed: tuple[sa.Table, int] | None,
+    writer: tracking.ProgressWriter,
 ) -> Write:
-    """Check that the rows to load are all there, or plan the direct write.
+    """Check that the rows to load are all there, or plan the direct write (which reports
+    its rows written to ``writer``).
 
     Raises:
         StagingLostError: the staged rows are not all there (nor was the file streamed).
@@ -235,7 +239,7 @@ def prepare_write(
         expected = int(row["rows_processed"] or 0)
         return Write(staged_rows=check_staging(tx, db, spec, handle.import_id, expected))
     if load.loads_directly(db, spec):
-        return Write(direct=direct_write(tx, spec, handle, row))
+        return Write(direct=direct_write(tx, spec, handle, row, writer))
     raise StagingLostError(handle.import_id, int(row["rows_processed"] or 0), 0)
 
 
@@ -247,23 +251,28 @@ def write_and_finish(
     state: LoadState,
     t0: float,
     write: Write,
+    writer: tracking.ProgressWriter,
 ) -> ImportResult:
-    """Under the gate: write the target, then the import's final tracking rows."""
-    tracking.update_import(tx, db, handle.import_id, phase=ImportPhase.LOAD.value)
+    """Under the gate: write the target, then the import's final tracking rows.
+
+    The import's row is not updated in ``tx`` before the final rows: on PostgreSQL its lock
+    would hold up the progress writes (``writer``, another connection) until the commit.
+    """
     duplicates = state.duplicates
-    if spec.strategy.value == "append" and spec.key:
-        duplicates += load.record_append_conflicts(tx, db, spec, handle.import_id)
-    counts = load.write_target(
-        tx,
-        db,
-        spec,
-        handle.import_id,
-        handle.business_date,
-        direct=write.direct,
-        target=write.target,
-        staged_rows=write.staged_rows,
-    )
-    failpoints.checkpoint("write")
+    with writer.keeping_alive():
+        if spec.strategy.value == "append" and spec.key:
+            duplicates += load.record_append_conflicts(tx, db, spec, handle.import_id)
+        counts = load.write_target(
+            tx,
+            db,
+            spec,
+            handle.import_id,
+            handle.business_date,
+            direct=write.direct,
+            target=write.target,
+            staged_rows=write.staged_rows,
+        )
+        failpoints.checkpoint("write")
     state.seconds["load"] = round(time.perf_counter() - t0, 4)
     review, warnings = state.review, state.warnings
     status = ImportStatus.PARTIAL if state.failed or duplicates or review else ImportStatus.SUCCESS

@@ -91,6 +91,11 @@ def stage(
             None,
             {"reader": "python" if columnar_plan is None else "columnar"},
         )
+    # A caller's transaction (a dry run) is seen by no one: no progress for it.
+    writer = tracking.ProgressWriter(
+        db, handle.import_id, options.progress_every_s, enabled=conn is None
+    )
+    writer.start(ImportPhase.VALIDATE, None)
     direct = load.loads_directly(db, spec) and columnar_plan is not None
     staged: _Staged | None = None
     if columnar_plan is not None:
@@ -106,12 +111,13 @@ def stage(
                 progress,
                 conn,
                 into if direct else None,
+                writer,
             )
         except columnar.Declined as declined:
             note = f"columnar reader declined: {declined.reason}"
             direct = False
     if staged is None:
-        staged = _stage_python(db, spec, handle, options, progress, conn)
+        staged = _stage_python(db, spec, handle, options, progress, conn, writer)
     staged.seconds["parse"] += parse_seconds
     _index_staged(db, spec, handle, staged, direct, conn)
     result = StageResult(
@@ -175,6 +181,11 @@ def _record_staged(
             rows_duplicate=staged.duplicates,
             phase=ImportPhase.RECONCILE.value,
             phase_seconds=result.seconds,
+            # The progress of the phase it moves on to: none of the checked rows yet.
+            rows_done=0,
+            rows_expected=staged.valid,
+            progress_percent=tracking.percent(0, staged.valid),
+            progress_updated_at=tracking.utcnow(),
         )
         release(tx, db, handle.import_id)
         details: dict[str, Any] = {
@@ -197,6 +208,10 @@ class _Staged:
     """Running counts and seconds of the stage step."""
 
     reader_python: bool
+    #: Writes the import's live progress.
+    writer: tracking.ProgressWriter
+    #: The file's size, for the estimate of its rows.
+    file_size: int
     #: The valid rows went straight into the target (``IntoTarget``).
     into_target: bool = False
     read: int = 0
@@ -259,10 +274,11 @@ def _stage_python(
     options: ImportOptions,
     progress: Progress | None,
     conn: sa.Connection | None,
+    writer: tracking.ProgressWriter,
 ) -> _Staged:
     """The Python reader: parse, validate and stage batch by batch (one transaction each)."""
     _reset_staging(db, spec, handle.import_id, conn, create=True)
-    staged = _Staged(reader_python=True)
+    staged = _Staged(reader_python=True, writer=writer, file_size=handle.file_size)
     seconds = staged.seconds
     t0 = time.perf_counter()
     with (
@@ -292,7 +308,7 @@ def _stage_python(
                 load.stage_rows(tx, db, spec, handle.import_id, outcome.valid)
                 _record_batch(tx, db, handle, headers, staged, outcome.failed + outcome.duplicates)
             seconds["stage"] += time.perf_counter() - t2
-            _batch_done(staged, progress)
+            _batch_done(staged, progress, parsed.bytes_read)
     return staged
 
 
@@ -323,7 +339,10 @@ def _record_batch(
         )
 
 
-def _batch_done(staged: _Staged, progress: Progress | None) -> None:
+def _batch_done(staged: _Staged, progress: Progress | None, bytes_read: int | None) -> None:
+    """A batch (or block) is checked and staged: the import's progress, then the CLI's."""
+    expected = tracking.estimate_rows(staged.read, bytes_read, staged.file_size)
+    staged.writer.rows(staged.read, expected)
     failpoints.checkpoint("staging")
     if progress is not None:
         progress(staged.read)
@@ -339,7 +358,8 @@ def _stage_columnar(
     options: ImportOptions,
     progress: Progress | None,
     conn: sa.Connection | None,
-    into: IntoTarget | None = None,
+    into: IntoTarget | None,
+    writer: tracking.ProgressWriter,
 ) -> _Staged:
     """The columnar reader: validate block by block; unless ``direct``, COPY the valid rows
     into the staging table as one stream (its own transaction, committed at the end), or with
@@ -351,7 +371,12 @@ def _stage_columnar(
             (the caller's Python pass starts from a clean slate).
     """
     _reset_staging(db, spec, handle.import_id, conn, create=not direct)
-    staged = _Staged(reader_python=False, into_target=into is not None)
+    staged = _Staged(
+        reader_python=False,
+        writer=writer,
+        file_size=handle.file_size,
+        into_target=into is not None,
+    )
     seconds = staged.seconds
     reader = columnar.ColumnarFile(
         Path(handle.file_path),
@@ -383,7 +408,7 @@ def _stage_columnar(
                 with in_tx(db, conn) as tx:
                     _record_batch(tx, db, handle, info.headers, staged, block.failed)
             seconds["stage"] += time.perf_counter() - t1
-            _batch_done(staged, progress)
+            _batch_done(staged, progress, reader.bytes_read)
         if reader.sha256 != handle.sha256:
             raise FileChangedError(handle.file_path, handle.import_id, "the file's content changed")
         t0 = time.perf_counter()

@@ -31,9 +31,12 @@ class ParsedFile:
         rows: Iterator[RawRow],
         closers: Sequence[Callable[[], object]],
         batch_size: int,
+        position: Callable[[], int] | None = None,
     ) -> None:
         self.info = info
         self.rows_read = 0
+        self._position = position
+        self._bytes_read: int | None = None
         self._rows = rows
         self._closers = list(closers)
         self._batch_size = batch_size
@@ -53,6 +56,13 @@ class ParsedFile:
         self._started = True
         return self._batches()
 
+    @property
+    def bytes_read(self) -> int | None:
+        """Bytes of the file read so far (a little ahead of the rows yielded: the decoder
+        reads in chunks), for a progress estimate; ``None`` for a format read otherwise (a
+        workbook)."""
+        return self._bytes_read
+
     def _batches(self) -> Iterator[list[RawRow]]:
         size = self._batch_size
         batch: list[RawRow] = []
@@ -60,11 +70,20 @@ class ParsedFile:
             batch.append(row)
             self.rows_read += 1
             if len(batch) >= size:
+                self._note_position()
                 yield batch
                 batch = []
+        self._note_position()
         if batch:
             yield batch
         self.close()
+
+    def _note_position(self) -> None:
+        if self._position is not None:
+            try:
+                self._bytes_read = self._position()
+            except (OSError, ValueError):  # the reader closed the file already
+                self._position = None
 
     def close(self) -> None:
         """Release the file handles; safe to call more than once."""

@@ -65,4 +65,4 @@ def open_file(
         raise
     if suffix_note:
         info = _add_warnings(info, [suffix_note])
-    return ParsedFile(info, rows, [fh.close], batch_size)
+    return ParsedFile(info, rows, [fh.close], batch_size, position=fh.tell)

@@ -6,6 +6,7 @@ them back.
   outcomes, failed rows and the error summary.
 * ``audit``: an audit entry's severity and one-line summary, from its action and details.
 * ``liveness``: imports left running by a dead worker, the holder of a file's content.
+* ``progress``: live progress of a running import (rows done of rows expected, percent).
 * ``history``: the queries behind ``show``, ``history``, ``stats``, ``lineage`` and ``errors``.
 * ``cleanup``: the retention cleanup.
 
@@ -19,6 +20,13 @@ from histimport_pipeline.engine.tracking.liveness import (
     fail_unfinished_imports_of_run,
     imports_of_run,
     running_holder,
+)
+from histimport_pipeline.engine.tracking.progress import (
+    PROGRESS_EVERY_S,
+    ProgressWriter,
+    estimate_rows,
+    final_values,
+    percent,
 )
 from histimport_pipeline.engine.tracking.records import (
     EXTRA_VALUE_PREFIX,
@@ -45,19 +53,24 @@ from histimport_pipeline.engine.tracking.records import (
 
 __all__ = [
     "EXTRA_VALUE_PREFIX",
+    "PROGRESS_EVERY_S",
     "STALE_AFTER",
     "TOP_ERRORS",
     "Claim",
+    "ProgressWriter",
     "claim_file",
     "create_import",
     "dates_needing_import",
     "error_summary",
+    "estimate_rows",
     "expired_partition_keys",
     "fail_dead_imports",
     "fail_unfinished_imports_of_run",
+    "final_values",
     "get_import",
     "imports_of_run",
     "original_values",
+    "percent",
     "record_audit",
     "record_file_moved",
     "record_nothing_loaded",

@@ -23,6 +23,8 @@ from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking.records import utcnow
 from histimport_pipeline.engine.validation import CoercionError, coerce_value
 
+#: A running import's live progress (see ``tracking.progress``).
+PROGRESS_COLUMNS = ("rows_done", "rows_expected", "progress_percent", "progress_updated_at")
 #: Columns of ``import_history`` shown in a listing (the full row is in :func:`get_import_detail`).
 LIST_COLUMNS = (
     "import_id",
@@ -49,7 +51,20 @@ LIST_COLUMNS = (
     "started_at",
     "finished_at",
     "error_message",
+    *PROGRESS_COLUMNS,
 )
+#: What ``import_progress`` reads: enough to follow a running import.
+_PROGRESS_READ = (
+    "import_id",
+    "dataset",
+    "file_name",
+    "status",
+    "phase",
+    "worker",
+    "heartbeat_at",
+    *PROGRESS_COLUMNS,
+)
+ACTIVE = (ImportStatus.RUNNING.value, ImportStatus.PENDING.value)
 LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
 #: The ``by_user`` key of ``stats`` for imports recorded without a user.
 NO_USER = "(unknown)"
@@ -131,6 +146,27 @@ def list_imports(
     query = query.order_by(t.c.import_id.desc()).limit(limit).offset(offset)
     with db.reader() as conn:
         return [_plain(r) for r in conn.execute(query).mappings()]
+
+
+def import_progress(db: Database, import_id: int) -> dict[str, Any]:
+    """One import's status, phase and live progress (see ``tracking.progress``): a cheap
+    read, meant to be polled while it runs.
+
+    Returns:
+        The columns ``import_id``, ``dataset``, ``file_name``, ``status``, ``phase``,
+        ``worker``, ``heartbeat_at`` and the progress columns (``rows_done``,
+        ``rows_expected``, ``progress_percent``, ``progress_updated_at``).
+
+    Raises:
+        ImportNotFoundError: no import with that id.
+    """
+    t = db.tables.import_history
+    query = sa.select(*(t.c[name] for name in _PROGRESS_READ)).where(t.c.import_id == import_id)
+    with db.reader() as conn:
+        row = conn.execute(query).mappings().first()
+    if row is None:
+        raise ImportNotFoundError(import_id)
+    return _plain(row)
 
 
 def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:

@@ -41,7 +41,9 @@ def fail_dead_imports(
     An import's worker is recorded as ``host:pid`` while a step runs, and cleared between
     steps run one by one (a Dagster run may run the next step in another process). It is
     dead when it ran on this host and that process is gone (or a zombie); otherwise, when
-    its heartbeat is older than ``stale_after``. The dead ones are marked failed (the row is
+    its last sign of life is older than ``stale_after``: the newer of its heartbeat and its
+    last progress write (``tracking.progress``: written during a PostgreSQL load too, which
+    sends no heartbeat). The dead ones are marked failed (the row is
     changed only if it is still active, so an import that finishes meanwhile keeps its
     outcome), their claim on the file is released, the dataset's process status records the
     error, and their staging tables are dropped.
@@ -63,12 +65,17 @@ def fail_dead_imports(
         t.c.business_date,
         t.c.worker,
         t.c.heartbeat_at,
+        t.c.progress_updated_at,
     ).where(t.c.status.in_(_ACTIVE))
     if dataset is not None:
         query = query.where(t.c.dataset == dataset)
     with db.reader() as conn:
         candidates = [
-            r for r in conn.execute(query) if _is_dead(r.worker, r.heartbeat_at, here, stale_after)
+            r
+            for r in conn.execute(query)
+            if _is_dead(
+                r.worker, _last_sign(r.heartbeat_at, r.progress_updated_at), here, stale_after
+            )
         ]
     marked = [int(row.import_id) for row in candidates if _fail_dead(db, row, found_by)]
     from histimport_pipeline.engine.loading import drop_staging
@@ -81,7 +88,8 @@ def fail_dead_imports(
 def _fail_dead(db: Database, row: Any, found_by: str) -> bool:
     """Mark one dead import failed in one transaction; ``False`` if it ended meanwhile."""
     t = db.tables.import_history
-    last = row.heartbeat_at.isoformat(sep=" ", timespec="seconds") if row.heartbeat_at else "never"
+    sign = _last_sign(row.heartbeat_at, row.progress_updated_at)
+    last = sign.isoformat(sep=" ", timespec="seconds") if sign else "never"
     message = (
         f"the worker running this import ({row.worker or 'between steps'}) died or stopped "
         f"sending heartbeats (last: {last}); found by {found_by}. Nothing was loaded: import "
@@ -142,6 +150,12 @@ def running_holder(db: Database, dataset: str, sha256: str) -> int | None:
             )
         ).scalar()
     return int(holder) if holder is not None else None
+
+
+def _last_sign(heartbeat: datetime | None, progress: datetime | None) -> datetime | None:
+    """The newer of an import's heartbeat and its last progress write."""
+    stamps = [s if s.tzinfo else s.replace(tzinfo=UTC) for s in (heartbeat, progress) if s]
+    return max(stamps, default=None)
 
 
 def _is_dead(

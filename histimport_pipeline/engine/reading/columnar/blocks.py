@@ -144,8 +144,15 @@ class ColumnarFile:
         self._rows_before = 0
         self._declined: str | None = None
         self._digest = hashlib.sha256()
+        #: Bytes of the file read so far (a block ahead of the blocks yielded).
+        self.bytes_read = 0
         #: The COPY column order, fixed by the first block (see ``_order``).
         self.copy_columns: tuple[str, ...] | None = None
+
+    def update(self, chunk: bytes) -> None:
+        """Take in a chunk read from the file (hashed and counted; see ``_pieces``)."""
+        self._digest.update(chunk)
+        self.bytes_read += len(chunk)
 
     @property
     def sha256(self) -> str:
@@ -207,7 +214,7 @@ class ColumnarFile:
         )
         quote = quotechar.encode() if self.has_quotes else None
         names: list[str] | None = None  # the first piece's header row names the columns
-        for piece in _pieces(self.path, quote, self.block_bytes, self._digest):
+        for piece in _pieces(self.path, quote, self.block_bytes, self):
             read = pacsv.ReadOptions(
                 use_threads=False,
                 block_size=len(piece) + 1,
@@ -281,13 +288,13 @@ class ColumnarFile:
         return out
 
 
-def _pieces(path: Path, quote: bytes | None, size: int, digest: Any) -> Iterator[bytes]:
+def _pieces(path: Path, quote: bytes | None, size: int, reader: Any) -> Iterator[bytes]:
     """The file in pieces of about ``size`` bytes, each ending at a record boundary; every
-    byte read also goes into ``digest``."""
+    chunk read also goes to ``reader.update`` (hashed and counted)."""
     rest = b""
     with path.open("rb") as fh:
         while chunk := fh.read(size):
-            digest.update(chunk)
+            reader.update(chunk)
             buf = rest + chunk
             cut = _last_break(buf, quote)
             if cut == 0:  # no boundary yet: one record longer than the piece
