@@ -69,6 +69,47 @@ def test_upgrade_downgrade_upgrade(empty_db: Database) -> None:
     assert tables_in(empty_db) >= TRACKING
 
 
+def test_migration_0006_adds_and_removes_the_error_file_and_archive_columns(
+    empty_db: Database,
+) -> None:
+    def columns() -> set[str]:
+        inspector = sa.inspect(empty_db.engine)
+        return {c["name"] for c in inspector.get_columns("import_history", schema=empty_db.schema)}
+
+    migrations.upgrade(empty_db, "0006")
+    assert {"error_file_path", "archived_at"} <= columns()
+    stamp = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    with empty_db.engine.begin() as conn:
+        import_id = _new_import(
+            conn, empty_db, error_file_path="/e/x.csv", archived_at=stamp, updated_at=stamp
+        )
+
+    assert migrations.downgrade(empty_db, "0003") == ["0006"]
+    assert not {"error_file_path", "archived_at"} & columns()
+    h = sa.Table(
+        "import_history", sa.MetaData(schema=empty_db.schema), autoload_with=empty_db.engine
+    )
+    with empty_db.engine.begin() as conn:
+        assert conn.execute(sa.select(h.c.dataset).where(h.c.import_id == import_id)).scalar_one()
+        # A plain update still refreshes updated_at (on SQLite the trigger survived the drop).
+        conn.execute(sa.update(h).where(h.c.import_id == import_id).values(status="failed"))
+
+    migrations.upgrade(empty_db)
+    assert {"error_file_path", "archived_at"} <= columns()
+    row = _history_row(empty_db, import_id)
+    assert row["error_file_path"] is None and row["archived_at"] is None
+    assert row["status"] == "failed"
+    updated = row["updated_at"]
+    assert isinstance(updated, dt.datetime)
+    assert updated.replace(tzinfo=updated.tzinfo or dt.UTC) > stamp
+
+
+def _history_row(db: Database, import_id: int) -> dict[str, object]:
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        return dict(conn.execute(sa.select(t).where(t.c.import_id == import_id)).mappings().one())
+
+
 def test_migrated_schema_matches_the_code(db: Database) -> None:
     with db.engine.connect() as conn:
         ctx = MigrationContext.configure(
