@@ -224,6 +224,7 @@ def test_show_has_everything_recorded(run: Run, tmp_path: Path) -> None:
         ("confirmed", "info"),
         ("loaded", "info"),
         ("completed", "warning"),  # partly
+        ("error_file_written", "info"),
     ]
     assert {e["actor"] for e in trail} == {getpass.getuser()}
     assert trail[4]["summary"] == "validated 5 rows: 3 valid, 2 failed, 0 duplicate"
@@ -251,7 +252,7 @@ def test_rejected_import_exits_1_and_loads_nothing(run: Run, db: Database, tmp_p
     result = run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)
     assert "import 1: rejected" in result.stdout
     assert "2 of 3 rows failed" in result.stdout
-    assert "histimport errors 1 -o errors.csv" in result.stdout
+    assert "error file" in result.stdout and "import_1_errors.csv" in result.stdout
     assert table_rows(db, "signups") == []
 
 

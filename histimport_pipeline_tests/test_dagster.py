@@ -113,6 +113,8 @@ def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
     h = history(db, int(meta["import_id"]))
     assert h["partition_key"] == key and h["dagster_run_id"] == result.run_id
     assert h["import_type"] == "MANUAL" and h["source"] == "inbox"
+    assert h["error_file_path"] == str(meta["failed_rows_csv"])  # the engine wrote it
+    assert h["error_file_path"] == str(home / "errors" / f"import_{h['import_id']}_errors.csv")
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {
         "failed_share_within_gate": True,

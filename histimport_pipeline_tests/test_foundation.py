@@ -117,15 +117,19 @@ def test_0004_backfills_users_audit_summaries_and_file_facts_and_goes_back(
             )
 
     assert migrations.upgrade(db, "0004") == ["0004"]
+    # the tables as 0004 left them (the code's definitions have later migrations' columns)
+    md = sa.MetaData(schema=db.schema)
+    h, processed, audit = (
+        sa.Table(name, md, autoload_with=db.engine)
+        for name in ("import_history", "processed_files", "import_audit_trail")
+    )
     with db.engine.connect() as conn:
-        h = t.import_history
         users = {r.import_id: r.user_id for r in conn.execute(sa.select(h))}
-        types = set(conn.execute(sa.select(t.import_history.c.file_type)).scalars())
+        types = set(conn.execute(sa.select(h.c.file_type)).scalars())
         files = {
             r.last_import_id: (r.file_type, r.records_count, r.process_date)
-            for r in conn.execute(sa.select(t.processed_files))
+            for r in conn.execute(sa.select(processed))
         }
-        audit = t.import_audit_trail
         trail = [
             (r.action, r.actor, r.severity, r.summary)
             for r in conn.execute(sa.select(audit).order_by(audit.c.audit_id))
@@ -166,6 +170,47 @@ def test_0004_backfills_users_audit_summaries_and_file_facts_and_goes_back(
         ).scalars()
         assert set(kinds) == {"csv"}
     assert migrations.upgrade(db) and migrations.current(db) == migrations.head()
+
+
+def test_migration_0006_adds_and_removes_the_error_file_and_archive_columns(
+    empty_db: Database,
+) -> None:
+    def columns() -> set[str]:
+        inspector = sa.inspect(empty_db.engine)
+        return {c["name"] for c in inspector.get_columns("import_history", schema=empty_db.schema)}
+
+    migrations.upgrade(empty_db, "0006")
+    assert {"error_file_path", "archived_at"} <= columns()
+    stamp = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    with empty_db.engine.begin() as conn:
+        import_id = _new_import(
+            conn, empty_db, error_file_path="/e/x.csv", archived_at=stamp, updated_at=stamp
+        )
+
+    assert migrations.downgrade(empty_db, "0005") == ["0006"]
+    assert not {"error_file_path", "archived_at"} & columns()
+    h = sa.Table(
+        "import_history", sa.MetaData(schema=empty_db.schema), autoload_with=empty_db.engine
+    )
+    with empty_db.engine.begin() as conn:
+        assert conn.execute(sa.select(h.c.dataset).where(h.c.import_id == import_id)).scalar_one()
+        # A plain update still refreshes updated_at (on SQLite the trigger survived the drop).
+        conn.execute(sa.update(h).where(h.c.import_id == import_id).values(status="failed"))
+
+    migrations.upgrade(empty_db)
+    assert {"error_file_path", "archived_at"} <= columns()
+    row = _history_row(empty_db, import_id)
+    assert row["error_file_path"] is None and row["archived_at"] is None
+    assert row["status"] == "failed"
+    updated = row["updated_at"]
+    assert isinstance(updated, dt.datetime)
+    assert updated.replace(tzinfo=updated.tzinfo or dt.UTC) > stamp
+
+
+def _history_row(db: Database, import_id: int) -> dict[str, object]:
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        return dict(conn.execute(sa.select(t).where(t.c.import_id == import_id)).mappings().one())
 
 
 def test_migrated_schema_matches_the_code(db: Database) -> None:

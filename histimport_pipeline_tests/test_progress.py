@@ -266,7 +266,7 @@ def test_migration_0005_adds_and_removes_the_progress_columns(empty_db: Database
 
     migrations.upgrade(empty_db)
     assert columns() >= set(PROGRESS)
-    assert migrations.downgrade(empty_db, "0003") == ["0005"]
+    assert migrations.downgrade(empty_db, "0004")[-1] == "0005"  # and any later ones
     assert columns() & set(PROGRESS) == set()
     assert "rows_deleted" in columns()
     migrations.upgrade(empty_db)

@@ -55,6 +55,9 @@ def show_settings() -> None:
         "HISTIMPORT_MAX_FIELD_BYTES": str(settings.max_field_bytes),
         "HISTIMPORT_STALE_AFTER_SECONDS": str(settings.stale_after_seconds),
         "HISTIMPORT_PROGRESS_EVERY_S": f"{settings.progress_every_s:g}",
+        "HISTIMPORT_ERROR_DIR": str(settings.error_dir),
+        "HISTIMPORT_RETENTION_DAYS": str(settings.retention_days),
+        "HISTIMPORT_ARCHIVE_AFTER_DAYS": str(settings.archive_after_days),
         "HISTIMPORT_WAIT_SECONDS": str(settings.wait_seconds),
         "HISTIMPORT_USER": settings.user or f"{os_user() or '?'} (the OS user)",
         "HISTIMPORT_USER_EMAIL": settings.user_email or "",
@@ -120,27 +123,73 @@ def db_sql(
 
 def cleanup(
     older_than: Annotated[
-        int, typer.Option("--older-than", min=0, help="Retention period in days.")
-    ] = 30,
+        int | None,
+        typer.Option(
+            "--older-than",
+            min=0,
+            metavar="DAYS",
+            help="Retention period of failed rows and error files "
+            "(default: HISTIMPORT_RETENTION_DAYS, 30).",
+        ),
+    ] = None,
+    archive_after: Annotated[
+        int | None,
+        typer.Option(
+            "--archive-after",
+            min=0,
+            metavar="DAYS",
+            help="Archive imports older than this (default: HISTIMPORT_ARCHIVE_AFTER_DAYS, 365).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be removed; remove nothing.")
+    ] = False,
 ) -> None:
-    """Remove failed-row records and error files past the retention period (history is kept),
-    mark imports whose worker died failed, and drop leftover staging tables of imports that
-    are not running."""
+    """Remove failed-row records and error files past the retention period, archive imports
+    past the archive period (their detail rows go, the history row stays, no rollback any
+    more), mark imports whose worker died failed, and drop leftover staging tables of imports
+    that are not running. The daily Dagster retention schedule runs the same."""
     with tracked() as (settings, db):
+        days = settings.retention_days if older_than is None else older_than
+        archive_days = settings.archive_after_days if archive_after is None else archive_after
         counts = retention.cleanup(
             db,
-            older_than,
-            error_dir=settings.home / "errors",
+            days,
+            error_dir=settings.error_dir,
             actor=user(settings),
             stale_after=timedelta(seconds=settings.stale_after_seconds),
+            archive_after_days=archive_days,
+            dry_run=dry_run,
         )
+
+    def did(past: str, base: str) -> str:
+        return f"would {base}" if dry_run else past
+
     out.print(
-        f"failed {counts['dead_imports_failed']:,} import(s) left running by a dead worker; "
-        f"removed {counts['failed_rows_deleted']:,} failed-row record(s) and "
-        f"{counts['error_files_deleted']:,} error file(s) older than {older_than} day(s); "
-        f"dropped {counts['staging_tables_dropped']:,} leftover staging table(s). "
-        "Import history is kept.",
+        f"{did('failed', 'fail')} {counts['dead_imports_failed']:,} import(s) left running by "
+        "a dead worker",
         highlight=False,
+    )
+    out.print(
+        f"{did('archived', 'archive')} {counts['imports_archived']:,} import(s) older than "
+        f"{archive_days} day(s), with {counts['reconciliation_matches_deleted']:,} "
+        f"reconciliation match(es) and {counts['row_images_deleted']:,} before-image(s)",
+        highlight=False,
+    )
+    out.print(
+        f"{did('removed', 'remove')} {counts['failed_rows_deleted']:,} failed-row record(s) and "
+        f"{counts['error_files_deleted']:,} error file(s) older than {days} day(s)",
+        highlight=False,
+    )
+    if dry_run:
+        for path in counts["error_files"]:
+            out.print(f"  {escape(path)}", highlight=False)
+    out.print(
+        f"{did('dropped', 'drop')} {counts['staging_tables_dropped']:,} leftover staging table(s)",
+        highlight=False,
+    )
+    out.print(
+        "dry run: nothing was changed" if dry_run else "Import history is kept.", highlight=False
     )
 
 

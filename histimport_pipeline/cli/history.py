@@ -126,6 +126,8 @@ _SHOW_FIELDS = (
     "finished_at",
     "heartbeat_at",
     "error_message",
+    "error_file_path",
+    "archived_at",
 )
 _SHOW_COUNTS = (
     "rows_in_file",
@@ -272,14 +274,15 @@ def export_errors(
             "--output",
             "-o",
             dir_okay=False,
-            help="CSV file to write (default: $HISTIMPORT_HOME/errors/import_ID_errors.csv, "
-            "which `histimport cleanup` removes after the retention period).",
+            help="CSV file to write (default: the import's error file, "
+            "$HISTIMPORT_ERROR_DIR/import_ID_errors.csv, which `histimport cleanup` removes "
+            "after the retention period).",
         ),
     ] = None,
 ) -> None:
     """Write the failed rows of an import as CSV: original columns plus _error_* columns."""
     with tracked() as (settings, db):
-        path = output or settings.home / "errors" / f"import_{import_id}_errors.csv"
+        path = output or settings.error_dir / failed_rows.error_file_name(import_id)
         written = failed_rows.export_failed_rows(db, import_id, path)
     out.print(f"wrote {written:,} failed row(s) of import {import_id} to {escape(str(path))}")
 

@@ -104,6 +104,8 @@ def _print_summary(result: ImportResult, detail: Mapping[str, Any] | None) -> No
         seconds["total"] = float(detail["total_seconds"])
     if seconds:
         line("seconds", " | ".join(f"{k} {float(v):.2f}" for k, v in seconds.items()))
+    if result.error_file_path:
+        line("error file", escape(result.error_file_path))
     for warning in result.warnings:
         line("warning", escape(warning))
     summary = (detail or {}).get("error_summary") or result.error_summary or {}
@@ -130,7 +132,9 @@ def _next_steps(result: ImportResult) -> list[str]:
     if status is ImportStatus.DUPLICATE:
         return [f"histimport show {result.duplicate_of}"]
     hints = []
-    if result.rows_failed or result.rows_duplicate:
+    if result.error_file_path:
+        hints.append("fix the rows in the error file and import it again")
+    elif result.rows_failed or result.rows_duplicate:
         hints.append(f"histimport errors {iid} -o errors.csv")
     if status in (ImportStatus.SUCCESS, ImportStatus.PARTIAL):
         hints.append(f"histimport show {iid}   (undo: histimport rollback {iid})")
@@ -203,6 +207,7 @@ def import_file(
             wait_for_holder_s=wait_s,
             stale_after=timedelta(seconds=settings.stale_after_seconds),
             progress_every_s=settings.progress_every_s,
+            error_dir=settings.error_dir,
         )
 
         def waiting(holder: int) -> None:

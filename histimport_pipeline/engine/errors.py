@@ -6,6 +6,7 @@ data; ``transient`` ones (the database went away) may pass on a retry.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 #: Longest cause kept for an unexpected error (a driver may quote a whole row or statement).
@@ -142,6 +143,31 @@ class RollbackConflictError(HistimportError):
         )
         self.import_id = import_id
         self.later_imports = later_imports
+
+
+class ImportArchivedError(HistimportError):
+    """A rollback needs detail rows that archiving removed (its own, or a later import's)."""
+
+    def __init__(self, import_id: int, archived_import_id: int, archived_at: object) -> None:
+        day = archived_at.date().isoformat() if isinstance(archived_at, datetime) else archived_at
+        if archived_import_id == import_id:
+            why = (
+                f"it was archived on {day} by the retention cleanup, which removed the "
+                "before-images a rollback restores"
+            )
+        else:
+            why = (
+                f"the later import {archived_import_id} was archived on {day} and its "
+                "rollback records are gone, so a rollback could undo its changes unseen"
+            )
+        super().__init__(
+            f"cannot roll back import {import_id}: {why}. Its rows stay as they are; "
+            "delete or correct them by hand if they must go "
+            "(HISTIMPORT_ARCHIVE_AFTER_DAYS sets when imports are archived)."
+        )
+        self.import_id = import_id
+        self.archived_import_id = archived_import_id
+        self.archived_at = archived_at
 
 
 class StagingLostError(HistimportError):

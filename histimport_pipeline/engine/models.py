@@ -140,6 +140,12 @@ class AuditAction(StrEnum):
     REVIEW_APPLIED = "review_applied"
     ROLLBACK_STARTED = "rollback_started"
     ROLLED_BACK = "rolled_back"
+    #: The failed rows were written as the import's error file.
+    ERROR_FILE_WRITTEN = "error_file_written"
+    #: The retention cleanup archived the import (its detail rows removed).
+    ARCHIVED = "archived"
+    #: A later import of a corrected file loaded: this failure is no longer open.
+    SUPERSEDED = "superseded"
     #: The retention cleanup (an entry of no import).
     CLEANUP = "cleanup"
 

@@ -63,6 +63,7 @@ from histimport_pipeline.engine.pipeline_steps import (
 )
 from histimport_pipeline.engine.reading import open_file
 from histimport_pipeline.engine.spec import DatasetSpec, Strategy
+from histimport_pipeline.engine.tracking import failed_rows
 
 __all__ = [
     "ImportHandle",
@@ -81,6 +82,7 @@ __all__ = [
     "run_import",
     "stage_file",
     "start_import",
+    "with_error_file",
 ]
 
 
@@ -457,30 +459,72 @@ def run_import(
         ensure_schema(db)
         if options.dry_run:
             return _dry_run(db, spec, Path(path), options, progress)
-        try:
-            handle = start_import(db, spec, Path(path), options, on_wait=on_wait)
-        except ContentBusyError as busy:
-            return _busy_result(spec, Path(path), options, busy)
-        if handle.duplicate_of is not None:
-            return _duplicate_result(spec, handle)
-        steps_here = all_steps_here.set(True)
-        try:
-            if load.loads_directly(db, spec) and spec.strategy is Strategy.APPEND:
-                return _import_in_one_pass(db, spec, handle, options, progress)
-            stage_file(db, spec, handle, options, progress)
-            reconcile_import(db, spec, handle)
-            return _confirm_and_load(db, spec, handle, options)
-        except HistimportError as exc:
-            if not exc.terminal:
-                raise
-            return fail_import(db, spec, handle, exc)
-        except BaseException as exc:
-            fail_import(db, spec, handle, exc)
-            if not isinstance(exc, Exception) or is_unavailable(exc):
-                raise  # an interrupt, or a lost database (retried as transient)
-            raise UnexpectedImportError(handle.import_id, describe_cause(exc)) from exc
-        finally:
-            all_steps_here.reset(steps_here)
+        result = _run_steps(db, spec, Path(path), options, progress, on_wait)
+        return with_error_file(db, result, options.error_dir)
+
+
+def _run_steps(
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions,
+    progress: Progress | None,
+    on_wait: OnWait | None,
+) -> ImportResult:
+    try:
+        handle = start_import(db, spec, path, options, on_wait=on_wait)
+    except ContentBusyError as busy:
+        return _busy_result(spec, path, options, busy)
+    if handle.duplicate_of is not None:
+        return _duplicate_result(spec, handle)
+    steps_here = all_steps_here.set(True)
+    try:
+        if load.loads_directly(db, spec) and spec.strategy is Strategy.APPEND:
+            return _import_in_one_pass(db, spec, handle, options, progress)
+        stage_file(db, spec, handle, options, progress)
+        reconcile_import(db, spec, handle)
+        return _confirm_and_load(db, spec, handle, options)
+    except HistimportError as exc:
+        if not exc.terminal:
+            raise
+        return fail_import(db, spec, handle, exc)
+    except BaseException as exc:
+        fail_import(db, spec, handle, exc)
+        if not isinstance(exc, Exception) or is_unavailable(exc):
+            raise  # an interrupt, or a lost database (retried as transient)
+        raise UnexpectedImportError(handle.import_id, describe_cause(exc)) from exc
+    finally:
+        all_steps_here.reset(steps_here)
+
+
+def with_error_file(db: Database, result: ImportResult, error_dir: Path | None) -> ImportResult:
+    """Write the error file of an import that ended with failed rows (loaded, rejected or
+    failed) and return its result with ``error_file_path`` set.
+
+    Every surface calls it once the import has ended: ``run_import`` (the CLI), the Dagster
+    step that settles the import. A dry run, a duplicate, an import without failed rows or
+    ``error_dir`` ``None`` write nothing. A file that cannot be written (disk full, no
+    permission) does not undo the import: the result carries a warning instead.
+
+    Args:
+        error_dir: the error folder (``HISTIMPORT_ERROR_DIR``), or ``None``.
+    """
+    if (
+        error_dir is None
+        or result.dry_run
+        or result.status is ImportStatus.DUPLICATE
+        or not (result.rows_failed or result.rows_duplicate)
+    ):
+        return result
+    try:
+        path = failed_rows.write_error_file(db, result.import_id, error_dir)
+    except OSError as exc:
+        warning = (
+            f"could not write the error file in {error_dir} ({exc.strerror or exc}); "
+            f"`histimport errors {result.import_id} -o FILE` writes it elsewhere"
+        )
+        return replace(result, warnings=(*result.warnings, warning))
+    return replace(result, error_file_path=str(path) if path else None)
 
 
 def _import_in_one_pass(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 from histimport_pipeline.engine import tracking
@@ -65,6 +66,11 @@ class ImportOptions:
         """Who imported: ``user_id``, else ``triggered_by``."""
         return self.user_id or self.triggered_by
 
+    #: The error folder (``HISTIMPORT_ERROR_DIR``): an import that ends with failed rows
+    #: writes its error file there (``tracking.failed_rows.write_error_file``); ``None``: no
+    #: error file.
+    error_dir: Path | None = None
+
 
 @dataclass(frozen=True)
 class ImportHandle:
@@ -119,6 +125,9 @@ class ImportResult:
     dry_run: bool = False
     #: Failed rows per category and the most frequent errors (see tracking.error_summary).
     error_summary: dict[str, Any] = field(default_factory=dict)
+    #: The error file written for the import's failed rows (also in
+    #: ``import_history.error_file_path``), or ``None``.
+    error_file_path: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -5,7 +5,8 @@ are inserted back, in one transaction; so are the master rows its reconciliation
 (policy ``create``). A row that a later import changed belongs to that import now: rolling
 back underneath it would lose the later change, so the rollback refuses and names those
 imports, unless asked to cascade (newest first). The same holds for a later import whose
-rows point at a master row this one created.
+rows point at a master row this one created. An archived import (``tracking.cleanup``) is
+never rolled back: its before-images are gone.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine import reconciliation, tracking
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.errors import ImportNotFoundError, RollbackConflictError
-from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportStatus
+from histimport_pipeline.engine.errors import (
+    ImportArchivedError,
+    ImportNotFoundError,
+    RollbackConflictError,
+)
+from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportStatus, MatchDecision
 
 _LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
 
@@ -72,11 +77,15 @@ def rollback_import(
     Raises:
         ImportNotFoundError: no such import.
         RollbackConflictError: later imports changed its rows and ``cascade`` is off.
+        ImportArchivedError: the import, or a later one that may depend on it, was archived
+            by the retention cleanup (its rollback records are gone).
     """
     history = db.tables.import_history
     with db.engine.begin() as conn:
         row = conn.execute(
-            sa.select(history.c.status).where(history.c.import_id == import_id)
+            sa.select(history.c.status, history.c.archived_at, history.c.target_table).where(
+                history.c.import_id == import_id
+            )
         ).first()
         if row is None:
             raise ImportNotFoundError(import_id)
@@ -84,6 +93,9 @@ def rollback_import(
             return RollbackResult(import_id=import_id, already=True)
         if row.status not in _LOADED:
             return RollbackResult(import_id=import_id, nothing_loaded=True)
+        if row.archived_at is not None:
+            raise ImportArchivedError(import_id, import_id, row.archived_at)
+        _refuse_under_archived(conn, db, import_id, row.target_table)
         order = _dependents(conn, db, import_id)
         if len(order) > 1 and not cascade:
             raise RollbackConflictError(import_id, sorted(set(order) - {import_id}))
@@ -92,6 +104,34 @@ def rollback_import(
             for i in sorted(order, reverse=True)
         ]
     return RollbackResult(import_id=import_id, undone=tuple(undone))
+
+
+def _refuse_under_archived(
+    conn: sa.Connection, db: Database, import_id: int, target_table: str
+) -> None:
+    """Refuse when a later loaded import that may depend on this one is archived: its
+    before-images and reconciliation matches, which :func:`_dependents` reads, are gone.
+
+    It may depend on this one when it wrote the same table or, when this import created
+    master rows, whatever it wrote (its rows may point at them).
+
+    Raises:
+        ImportArchivedError: naming the oldest such import.
+    """
+    h, m = db.tables.import_history, db.tables.import_reconciliation_matches
+    created = conn.execute(
+        sa.select(m.c.match_id)
+        .where(m.c.import_id == import_id, m.c.decision == MatchDecision.CREATED.value)
+        .limit(1)
+    ).first()
+    query = sa.select(h.c.import_id, h.c.archived_at).where(
+        h.c.import_id > import_id, h.c.archived_at.is_not(None), h.c.status.in_(_LOADED)
+    )
+    if created is None:
+        query = query.where(h.c.target_table == target_table)
+    later = conn.execute(query.order_by(h.c.import_id).limit(1)).first()
+    if later is not None:
+        raise ImportArchivedError(import_id, int(later.import_id), later.archived_at)
 
 
 def _dependents(conn: sa.Connection, db: Database, import_id: int) -> list[int]:

@@ -158,6 +158,10 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Column("user_email", sa.String(320)),
         sa.Column("master_rows_created", sa.BigInteger),
         sa.Column("master_rows_linked", sa.BigInteger),
+        # Added by migration 0006: the import's error file (failed rows as CSV) while it
+        # exists, and when the retention cleanup archived the import (detail rows removed).
+        sa.Column("error_file_path", sa.Text),
+        sa.Column("archived_at", Timestamp),
         _check_in("status", ImportStatus, "ck_import_history_status"),
         _check_in("phase", ImportPhase, "ck_import_history_phase"),
         sa.Index("ix_import_history_dataset_started", "dataset", "started_at"),

@@ -18,6 +18,10 @@ from sqlalchemy.engine import URL, make_url
 DEFAULT_PG_SCHEMA = "histimport"
 #: The largest value of one field, in UTF-8 bytes, that an import loads (32 MiB).
 DEFAULT_MAX_FIELD_BYTES = 32 * 1024 * 1024
+#: Days failed-row records and error files are kept (the source designs' 30 days).
+DEFAULT_RETENTION_DAYS = 30
+#: Days after which an import is archived (the source designs keep detail for a year).
+DEFAULT_ARCHIVE_AFTER_DAYS = 365
 
 #: name -> (meaning, default) for the README and ``histimport settings``.
 ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
@@ -59,6 +63,21 @@ ENVIRONMENT_VARIABLES: dict[str, tuple[str, str]] = {
         "percent) on import_history; 0: after every batch.",
         "2",
     ),
+    "HISTIMPORT_ERROR_DIR": (
+        "Where each import with failed rows gets its error file (the failed rows as CSV).",
+        "$HISTIMPORT_HOME/errors",
+    ),
+    "HISTIMPORT_RETENTION_DAYS": (
+        "Days failed-row records and error files are kept (`histimport cleanup` and the "
+        "daily retention schedule remove older ones; the history stays).",
+        str(DEFAULT_RETENTION_DAYS),
+    ),
+    "HISTIMPORT_ARCHIVE_AFTER_DAYS": (
+        "Days after which an import is archived: its detail rows (failed rows, "
+        "reconciliation detail, before-images) are removed, its history row is kept, and it "
+        "can no longer be rolled back.",
+        str(DEFAULT_ARCHIVE_AFTER_DAYS),
+    ),
     "HISTIMPORT_WAIT_SECONDS": (
         "How long `histimport import` waits for another running import of the same content "
         "(0: not at all; the import then ends failed).",
@@ -95,6 +114,11 @@ class Settings:
         max_field_bytes: the largest field value an import loads (``HISTIMPORT_MAX_FIELD_BYTES``).
         user, user_email: who the CLI records as acting (``HISTIMPORT_USER``,
             ``HISTIMPORT_USER_EMAIL``); ``None`` when unset.
+        error_dir: where an import's error file is written (``HISTIMPORT_ERROR_DIR``).
+        retention_days: how long failed rows and error files are kept
+            (``HISTIMPORT_RETENTION_DAYS``).
+        archive_after_days: the age at which an import is archived
+            (``HISTIMPORT_ARCHIVE_AFTER_DAYS``).
     """
 
     home: Path
@@ -104,6 +128,7 @@ class Settings:
     datasets: Path
     archive: Path
     quarantine: Path
+    error_dir: Path
     lookback_days: int = 7
     partition_retention_days: int = 90
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
@@ -112,6 +137,8 @@ class Settings:
     user: str | None = None
     user_email: str | None = None
     progress_every_s: float = 2.0
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    archive_after_days: int = DEFAULT_ARCHIVE_AFTER_DAYS
 
     @classmethod
     def from_env(
@@ -186,6 +213,9 @@ class Settings:
             wait_seconds=whole("HISTIMPORT_WAIT_SECONDS", 600, "seconds"),
             user=env.get("HISTIMPORT_USER", "").strip() or None,
             user_email=env.get("HISTIMPORT_USER_EMAIL", "").strip() or None,
+            retention_days=whole("HISTIMPORT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
+            archive_after_days=whole("HISTIMPORT_ARCHIVE_AFTER_DAYS", DEFAULT_ARCHIVE_AFTER_DAYS),
+            error_dir=folder("HISTIMPORT_ERROR_DIR", home / "errors"),
             home=home,
             database_url=url,
             db_schema=schema,

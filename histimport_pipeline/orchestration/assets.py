@@ -20,7 +20,6 @@ from histimport_pipeline.engine.models import ImportSource, ImportStatus, Import
 from histimport_pipeline.engine.pipeline import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
-from histimport_pipeline.engine.tracking import failed_rows
 from histimport_pipeline.orchestration.partitions import dataset_partitions
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
@@ -517,11 +516,8 @@ def _settle(
     the file to the archive or quarantine, and show the outcome as the step's metadata."""
     db = database.database
     path = Path(handle.file_path)
-    csv = None
-    if result.rows_failed or result.rows_duplicate:
-        csv = settings.home / "errors" / f"import_{result.import_id}_errors.csv"
-        csv.parent.mkdir(parents=True, exist_ok=True)
-        failed_rows.export_failed_rows(db, result.import_id, csv)
+    result = pipeline.with_error_file(db, result, settings.error_dir)
+    csv = Path(result.error_file_path) if result.error_file_path else None
     folder = settings.quarantine if result.status is ImportStatus.REJECTED else settings.archive
     # A file retried from quarantine moves on to the archive once it loads.
     retried = files.is_under(path, settings.quarantine) and folder == settings.archive

@@ -16,7 +16,11 @@ from histimport_pipeline.orchestration.assets import (
 from histimport_pipeline.orchestration.checks import build_checks
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import JOB_SUFFIX, JOB_TAG
-from histimport_pipeline.orchestration.schedules import build_daily_schedule
+from histimport_pipeline.orchestration.schedules import (
+    build_daily_schedule,
+    retention_job,
+    retention_schedule,
+)
 from histimport_pipeline.orchestration.sensors import build_inbox_sensor, run_failure_sensor
 
 
@@ -31,9 +35,9 @@ def build_definitions(
     """Assets, checks, jobs, sensors and schedules for ``specs``."""
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = list(external_assets(specs))
     checks: list[dg.AssetChecksDefinition] = []
-    jobs = []
+    jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [retention_job]
     sensors: list[dg.SensorDefinition] = [run_failure_sensor]
-    schedules = []
+    schedules: list[dg.ScheduleDefinition] = [retention_schedule]
     for spec in specs.values():
         asset = build_dataset_asset(spec)
         assets.append(asset)

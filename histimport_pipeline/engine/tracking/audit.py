@@ -190,6 +190,15 @@ _SUMMARIES: dict[AuditAction, _Summary] = {
     ),
     AuditAction.ROLLBACK_STARTED: _rollback_started,
     AuditAction.ROLLED_BACK: _rolled_back,
+    AuditAction.ERROR_FILE_WRITTEN: lambda d, _a: (
+        f"failed rows ({_n(d, 'rows')}) written to {d.get('path', '?')}"
+    ),
+    AuditAction.ARCHIVED: lambda d, _a: (
+        f"archived (ended before {d.get('ended_before', '?')}): detail rows removed, no rollback"
+    ),
+    AuditAction.SUPERSEDED: lambda d, _a: (
+        f"superseded by import {_n(d, 'superseded_by')}, which loaded a corrected file"
+    ),
     AuditAction.CLEANUP: _cleanup,
 }
 

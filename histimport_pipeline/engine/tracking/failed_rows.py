@@ -1,6 +1,6 @@
-"""Failed rows read back: streaming an import's failed-row records, and the errors CSV (the
+"""Failed rows read back: streaming an import's failed-row records, the errors CSV (the
 file's original columns plus the error, safe to open in a spreadsheet, fixable and importable
-again).
+again), and the error file every import with failed rows gets in the error folder.
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import cells
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ImportNotFoundError
-from histimport_pipeline.engine.models import ErrorCategory
-from histimport_pipeline.engine.tracking.records import EXTRA_VALUE_PREFIX
+from histimport_pipeline.engine.models import AuditAction, ErrorCategory
+from histimport_pipeline.engine.tracking.records import (
+    EXTRA_VALUE_PREFIX,
+    record_audit,
+    update_import,
+)
 
 _EXTRA_KEY = re.compile(re.escape(EXTRA_VALUE_PREFIX) + r"[1-9][0-9]*")
 
@@ -160,3 +164,52 @@ def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:
     finally:
         partial.unlink(missing_ok=True)
     return written
+
+
+def error_file_name(import_id: int) -> str:
+    """The name of an import's error file: ``import_<id>_errors.csv``."""
+    return f"import_{import_id}_errors.csv"
+
+
+def write_error_file(db: Database, import_id: int, error_dir: Path) -> Path | None:
+    """Write the error file of an import that ended with failed rows, and record its path.
+
+    The file is ``error_dir/import_<id>_errors.csv`` in the format of
+    :func:`export_failed_rows` (what ``histimport errors`` writes). Its path is stored in
+    ``import_history.error_file_path`` and the audit trail records ``error_file_written``;
+    ``histimport cleanup`` deletes the file after the retention period and clears the path.
+    Writing it again (a re-run of the step) replaces the file.
+
+    Args:
+        db: the target database.
+        import_id: an import that has ended (its failed rows are committed).
+        error_dir: the error folder (``HISTIMPORT_ERROR_DIR``); created if needed.
+
+    Returns:
+        The file's path, or ``None`` when the import has no failed-row records (then nothing
+        is written or recorded).
+
+    Raises:
+        ImportNotFoundError: no import with that id.
+    """
+    t = db.tables.import_failed_rows
+    with db.reader() as conn:
+        _require_import(conn, db, import_id)
+        any_failed = conn.execute(
+            sa.select(t.c.failed_row_id).where(t.c.import_id == import_id).limit(1)
+        ).first()
+    if any_failed is None:
+        return None
+    path = Path(error_dir) / error_file_name(import_id)
+    written = export_failed_rows(db, import_id, path)
+    with db.engine.begin() as conn:
+        update_import(conn, db, import_id, error_file_path=str(path))
+        record_audit(
+            conn,
+            db,
+            import_id,
+            AuditAction.ERROR_FILE_WRITTEN,
+            None,
+            {"path": str(path), "rows": written},
+        )
+    return path

@@ -56,6 +56,24 @@ def fail_dead_imports(
     Returns:
         The ids of the imports marked failed.
     """
+    candidates = _dead(db, dataset, stale_after)
+    marked = [int(row.import_id) for row in candidates if _fail_dead(db, row, found_by)]
+    from histimport_pipeline.engine.loading import drop_staging
+
+    for import_id in marked:
+        drop_staging(db, import_id)
+    return marked
+
+
+def dead_imports(
+    db: Database, dataset: str | None = None, *, stale_after: timedelta = STALE_AFTER
+) -> list[int]:
+    """The imports :func:`fail_dead_imports` would mark failed now, changing nothing (for
+    ``histimport cleanup --dry-run``)."""
+    return [int(r.import_id) for r in _dead(db, dataset, stale_after)]
+
+
+def _dead(db: Database, dataset: str | None, stale_after: timedelta) -> list[Any]:
     t = db.tables.import_history
     here = socket.gethostname()
     query = sa.select(
@@ -70,19 +88,13 @@ def fail_dead_imports(
     if dataset is not None:
         query = query.where(t.c.dataset == dataset)
     with db.reader() as conn:
-        candidates = [
+        return [
             r
             for r in conn.execute(query)
             if _is_dead(
                 r.worker, _last_sign(r.heartbeat_at, r.progress_updated_at), here, stale_after
             )
         ]
-    marked = [int(row.import_id) for row in candidates if _fail_dead(db, row, found_by)]
-    from histimport_pipeline.engine.loading import drop_staging
-
-    for import_id in marked:
-        drop_staging(db, import_id)
-    return marked
 
 
 def _fail_dead(db: Database, row: Any, found_by: str) -> bool:
