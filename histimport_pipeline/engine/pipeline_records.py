@@ -105,6 +105,9 @@ class ImportResult:
     dry_run: bool = False
     #: Failed rows per category and the most frequent errors (see tracking.error_summary).
     error_summary: dict[str, Any] = field(default_factory=dict)
+    #: How the file's columns differ from the dataset's previous successful import
+    #: (``import_history.schema_drift``); ``None`` when they do not.
+    schema_drift: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

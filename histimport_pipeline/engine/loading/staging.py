@@ -68,7 +68,7 @@ def stage(
     columnar_plan, note = _columnar_plan(db, spec, info, path, options)
     parse_seconds = time.perf_counter() - t0
     with in_tx(db, conn) as tx:
-        record_parsed(tx, db, handle.import_id, info)
+        record_parsed(tx, db, handle, info)
         tracking.record_audit(tx, db, handle.import_id, "parsed", None, info.as_metadata())
     direct = load.loads_directly(db, spec) and columnar_plan is not None
     staged: _Staged | None = None

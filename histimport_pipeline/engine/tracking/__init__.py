@@ -6,6 +6,7 @@ them back.
   outcomes, failed rows and the error summary.
 * ``liveness``: imports left running by a dead worker, the holder of a file's content.
 * ``history``: the queries behind ``show``, ``history``, ``stats``, ``lineage`` and ``errors``.
+* ``drift``: the fingerprint of the schema an import read, and its drift from the last one.
 * ``cleanup``: the retention cleanup.
 
 The write side is re-exported here, so callers write ``tracking.update_import(...)``; the read
