@@ -49,9 +49,7 @@ def schema_fingerprint(
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[
-        :FINGERPRINT_CHARS
-    ]
+    return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:FINGERPRINT_CHARS]
 
 
 def compare_schemas(
@@ -149,8 +147,10 @@ def detect_drift(
         .mappings()
         .first()
     )
-    metadata = (previous or {}).get("file_metadata") or {}
-    if previous is None or not isinstance(metadata.get("headers"), list):
+    if previous is None:
+        return fingerprint, None
+    metadata = previous["file_metadata"] or {}
+    if not isinstance(metadata.get("headers"), list):
         return fingerprint, None
     old_headers = [str(x) for x in metadata["headers"]]
     old_mapping = {str(k): str(v) for k, v in (previous["column_mapping"] or {}).items()}
