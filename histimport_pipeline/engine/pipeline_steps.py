@@ -202,7 +202,7 @@ def _record_start(
         file_size=size,
         file_sha256=sha,
         strategy=spec.strategy.value,
-        spec_used=spec.model_dump(mode="json"),
+        spec_used=spec.model_dump(mode="json", exclude_unset=True),
         status=ImportStatus.RUNNING.value,
         phase=ImportPhase.PARSE.value,
         forced=options.force,
