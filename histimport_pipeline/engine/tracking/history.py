@@ -344,26 +344,12 @@ def stats(
         for r in conn.execute(query):
             for entry in (out.setdefault(r.dataset, _stats_entry(r.dataset)), totals):
                 _add_stats(entry, r)
-        tables = list(
-            conn.execute(
-                sa.select(t.c.target_table).where(*where).distinct().order_by(t.c.target_table)
-            ).scalars()
-        )
-        users = list(
-            conn.execute(
-                sa.select(t.c.triggered_by)
-                .where(*where, t.c.triggered_by.is_not(None))
-                .distinct()
-                .order_by(t.c.triggered_by)
-            ).scalars()
+        tables, users = (
+            _distinct(conn, t.c.target_table, where),
+            _distinct(conn, t.c.triggered_by, where),
         )
     for entry in (*out.values(), totals):
-        timed = entry.pop("_timed")
-        if timed:
-            entry["total_seconds"] = round(entry["total_seconds"], 3)
-            entry["mean_seconds"] = round(entry["total_seconds"] / timed, 3)
-        entry["by_status"] = dict(sorted(entry["by_status"].items()))
-        entry["duplicate_imports"] = entry["by_status"].get(ImportStatus.DUPLICATE.value, 0)
+        _finish_stats(entry)
     totals.pop("dataset")
     totals |= {
         "tables_affected": len(tables),
@@ -386,6 +372,24 @@ def _stats_entry(dataset: str | None) -> dict[str, Any]:
         "mean_seconds": None,
         "_timed": 0,
     }
+
+
+def _distinct(
+    conn: sa.Connection, column: sa.Column[Any], where: Sequence[sa.ColumnElement[bool]]
+) -> list[Any]:
+    """The distinct non-empty values of ``column`` among the imports ``where`` selects."""
+    query = sa.select(column).where(*where, column.is_not(None)).distinct().order_by(column)
+    return list(conn.execute(query).scalars())
+
+
+def _finish_stats(entry: dict[str, Any]) -> None:
+    """Round the seconds, order the statuses and count the duplicate imports of ``entry``."""
+    timed = entry.pop("_timed")
+    if timed:
+        entry["total_seconds"] = round(entry["total_seconds"], 3)
+        entry["mean_seconds"] = round(entry["total_seconds"] / timed, 3)
+    entry["by_status"] = dict(sorted(entry["by_status"].items()))
+    entry["duplicate_imports"] = entry["by_status"].get(ImportStatus.DUPLICATE.value, 0)
 
 
 def _add_stats(entry: dict[str, Any], r: sa.Row[Any]) -> None:
