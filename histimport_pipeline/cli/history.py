@@ -28,7 +28,7 @@ from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, load_specs
-from histimport_pipeline.engine.tracking import failed_rows, history, lineage
+from histimport_pipeline.engine.tracking import failed_rows, history
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -384,6 +384,8 @@ def show_lineage(
 ) -> None:
     """Which imports wrote the rows of TABLE; with --key, where one row came from; with
     --import, the rows one import wrote."""
+    from histimport_pipeline.engine.tracking import lineage
+
     if import_id is not None:
         if key:
             raise typer.BadParameter("give --key or --import, not both")
@@ -430,6 +432,8 @@ def show_lineage(
 def _show_rows_of_import(
     import_id: int, table: str | None, limit: int, offset: int, as_json: bool
 ) -> None:
+    from histimport_pipeline.engine.tracking import lineage
+
     with tracked() as (_settings, db):
         page = lineage.rows_of_import(db, import_id, table, limit, offset)
     if as_json:
@@ -454,6 +458,8 @@ def _show_rows_of_import(
 
 
 def _show_lineage_of_key(table: str, key: list[str], as_json: bool) -> None:
+    from histimport_pipeline.engine.tracking import lineage
+
     with tracked() as (settings, db):
         spec = _spec_of_table(settings, table)
         wanted = _key_values(spec, key)
