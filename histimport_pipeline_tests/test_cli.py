@@ -158,6 +158,14 @@ def as_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
+def listed(result: Result) -> list[dict[str, Any]]:
+    """The imports of one page of ``history --json``."""
+    page = as_json(result)
+    assert set(page) == {"imports", "total_count", "limit", "offset"}
+    imports: list[dict[str, Any]] = page["imports"]
+    return imports
+
+
 def table_rows(db: Database, table: str) -> list[dict[str, Any]]:
     with db.engine.connect() as conn:
         if not sa.inspect(conn).has_table(table):
@@ -184,20 +192,20 @@ def test_import_prints_a_summary_and_history_records_it(run: Run, tmp_path: Path
     again = run("import", str(path))  # same content: a harmless duplicate
     assert "already imported by import 1" in again.stdout
 
-    listed = as_json(run("history", "--json"))
-    assert [(r["import_id"], r["status"]) for r in listed] == [(2, "duplicate"), (1, "success")]
-    newest_first = listed[1]
+    imports = listed(run("history", "--json"))
+    assert [(r["import_id"], r["status"]) for r in imports] == [(2, "duplicate"), (1, "success")]
+    newest_first = imports[1]
     assert newest_first["rows_created"] == 3 and newest_first["rows_in_file"] == 3
     assert newest_first["triggered_by"] == getpass.getuser()
     assert (newest_first["source"], newest_first["import_type"]) == ("cli", "MANUAL")
     assert newest_first["file_name"] == "signups_1.csv"
 
-    assert [r["import_id"] for r in as_json(run("history", "--status", "success", "--json"))] == [1]
-    assert as_json(run("history", "--dataset", "trades", "--json")) == []
-    assert len(as_json(run("history", "--since", "1d", "--json"))) == 2
-    assert as_json(run("history", "--since", "2999-01-01", "--json")) == []
+    assert [r["import_id"] for r in listed(run("history", "--status", "success", "--json"))] == [1]
+    assert listed(run("history", "--dataset", "trades", "--json")) == []
+    assert len(listed(run("history", "--since", "1d", "--json"))) == 2
+    assert listed(run("history", "--since", "2999-01-01", "--json")) == []
     assert [
-        r["import_id"] for r in as_json(run("history", "--limit", "1", "--offset", "1", "--json"))
+        r["import_id"] for r in listed(run("history", "--limit", "1", "--offset", "1", "--json"))
     ] == [1]
     table = run("history").stdout
     assert "signups_1.csv" in table and "duplicate" in table
@@ -269,7 +277,7 @@ def test_dry_run_prints_would_be_counts_and_keeps_nothing(
         db.tables.import_audit_trail,
     ):
         assert count(db, table) == 0, table.name
-    assert as_json(run("history", "--json")) == []
+    assert listed(run("history", "--json")) == []
     # And the real import afterwards is not taken for a duplicate of the dry run.
     assert "success" in run("import", str(tmp_path / "signups_1.csv")).stdout
 
@@ -292,7 +300,7 @@ def test_refused_and_duplicate_imports_record_zero_counts(run: Run, tmp_path: Pa
     run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)  # 3: rejected
     run("import", str(write(tmp_path, "signups_odd.csv", "who,what\n1,2\n")), code=1)  # 4: failed
 
-    statuses = {r["import_id"]: r["status"] for r in as_json(run("history", "--json"))}
+    statuses = {r["import_id"]: r["status"] for r in listed(run("history", "--json"))}
     assert statuses == {1: "success", 2: "duplicate", 3: "rejected", 4: "failed"}
     for import_id in (2, 3, 4):
         detail = as_json(run("show", str(import_id), "--json"))
@@ -307,7 +315,7 @@ def test_rows_a_replace_date_import_deleted_are_shown(run: Run, tmp_path: Path) 
     redo = run("import", str(write(tmp_path, "daily_2024-01-01_v2.csv", "n\n4\n")))
     assert "created 1 |" in redo.stdout and "deleted 3" in redo.stdout
 
-    assert as_json(run("history", "--json"))[0]["rows_deleted"] == 3
+    assert listed(run("history", "--json"))[0]["rows_deleted"] == 3
     assert as_json(run("show", "2", "--json"))["rows_deleted"] == 3
     assert "deleted 3" in run("show", "2").stdout
     assert as_json(run("show", "1", "--json"))["rows_deleted"] == 0
@@ -379,7 +387,7 @@ def test_stats_per_dataset(run: Run, tmp_path: Path) -> None:
     run("import", str(write(tmp_path, "signups_bad.csv", BAD)), code=1)
     run("import", str(write(tmp_path, "trades_1.csv", "account,trade_no,qty\nA,1,5\n")))
 
-    by_dataset = {r["dataset"]: r for r in as_json(run("stats", "--json"))}
+    by_dataset = {r["dataset"]: r for r in as_json(run("stats", "--json"))["datasets"]}
     signups = by_dataset["signups"]
     assert signups["imports"] == 2
     assert signups["by_status"] == {"rejected": 1, "success": 1}
@@ -388,7 +396,7 @@ def test_stats_per_dataset(run: Run, tmp_path: Path) -> None:
     assert by_dataset["trades"]["rows_loaded"] == 1
 
     only = as_json(run("stats", "--days", "7", "--dataset", "trades", "--json"))
-    assert [r["dataset"] for r in only] == ["trades"]
+    assert [r["dataset"] for r in only["datasets"]] == ["trades"]
     text = run("stats").stdout
     assert "signups" in text and "rejected 1" in text and "last 30 days" in text
 
@@ -415,22 +423,24 @@ def test_who_imported_is_recorded_filtered_and_counted(
     monkeypatch.delenv("HISTIMPORT_USER_EMAIL")
     run("import", str(write(tmp_path, "signups_2.csv", PARTIAL)))
 
-    listed = as_json(run("history", "--json"))
-    assert [(r["user_id"], r["user_email"]) for r in listed] == [
+    imports = listed(run("history", "--json"))
+    assert [(r["user_id"], r["user_email"]) for r in imports] == [
         (getpass.getuser(), None),  # neither --user nor HISTIMPORT_USER: the OS user
         ("carol", None),
         ("bob", "bob@example.com"),
         ("alice", "alice@example.com"),
     ]
-    assert [r["import_id"] for r in as_json(run("history", "--user", "alice", "--json"))] == [1]
-    by_email = as_json(run("history", "--user", "bob@example.com", "--json"))
+    assert [r["import_id"] for r in listed(run("history", "--user", "alice", "--json"))] == [1]
+    by_email = listed(run("history", "--user", "bob@example.com", "--json"))
     assert [r["import_id"] for r in by_email] == [2]
     assert "no imports match" in run("history", "--user", "nobody").stdout
     assert "alice" in run("history").stdout
 
-    by_dataset = {r["dataset"]: r for r in as_json(run("stats", "--json"))}
+    figures = as_json(run("stats", "--json"))
+    by_dataset = {r["dataset"]: r for r in figures["datasets"]}
     assert by_dataset["signups"]["by_user"] == {"alice": 1, "bob": 1, getpass.getuser(): 1}
     assert by_dataset["trades"]["by_user"] == {"carol": 1}
+    assert figures["totals"]["distinct_users"] == 4
     assert "alice 1" in run("stats").stdout
 
     # The rollback's entries carry who rolled back.
@@ -460,7 +470,7 @@ def test_lineage_of_a_table_and_of_one_row(run: Run, tmp_path: Path) -> None:
         ),
     )
 
-    contributed = as_json(run("lineage", "signups", "--json"))
+    contributed = as_json(run("lineage", "signups", "--json"))["imports"]
     assert [(r["import_id"], r["rows"], r["file_name"], r["status"]) for r in contributed] == [
         (1, 2, "signups_1.csv", "success"),
         (2, 2, "signups_2.csv", "success"),
@@ -510,7 +520,7 @@ def test_rollback_restores_and_is_harmless_twice(run: Run, db: Database, tmp_pat
 
     run("rollback", "1")
     assert table_rows(db, "signups") == []
-    assert [r["status"] for r in as_json(run("history", "--json"))] == ["rolled_back"] * 2
+    assert [r["status"] for r in listed(run("history", "--json"))] == ["rolled_back"] * 2
     assert "no import with id 9" in run("rollback", "9", code=2).stderr
 
 

@@ -20,6 +20,7 @@ from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.settings import dagster_instance_url
 from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking import history as hist
+from histimport_pipeline.engine.tracking import lineage
 from histimport_pipeline.orchestration.assets import build_dataset_asset
 from histimport_pipeline.orchestration.checks import build_checks
 from histimport_pipeline.orchestration.definitions import build_definitions
@@ -445,7 +446,7 @@ def test_show_and_lineage_name_where_a_moved_file_is_now(home: Path, db_url: str
     assert history(db, 1)["file_path"] == str(archived.resolve())
     assert history(db, 2)["file_path"] == str(quarantined.resolve())
     assert hist.get_import_detail(db, 1)["file_path"] == str(archived.resolve())
-    found = hist.lineage_of_key(db, spec, {"signup_id": "007"})
+    found = lineage.lineage_of_key(db, spec, {"signup_id": "007"})
     assert found is not None and found["import"]["file_path"] == str(archived.resolve())
     moved = [e for e in hist.get_import_detail(db, 2)["audit_trail"] if e["action"] == "moved"]
     assert moved[0]["details"]["from"] == str(bad.resolve())

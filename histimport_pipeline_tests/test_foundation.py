@@ -213,6 +213,41 @@ def _history_row(db: Database, import_id: int) -> dict[str, object]:
         return dict(conn.execute(sa.select(t).where(t.c.import_id == import_id)).mappings().one())
 
 
+SCHEMA_COLUMNS = {"schema_fingerprint", "schema_drift", "header_present", "spec_used"}
+
+
+def _history_columns(db: Database) -> set[str]:
+    inspector = sa.inspect(db.engine)
+    return {c["name"] for c in inspector.get_columns("import_history", schema=db.schema)}
+
+
+def test_migration_0007_adds_and_removes_the_schema_columns(db: Database) -> None:
+    """Down to 0003 drops the schema and spec columns and keeps the imports (and, on SQLite,
+    the updated_at trigger); up again brings the columns back, empty for older imports."""
+    assert _history_columns(db) >= SCHEMA_COLUMNS
+    with db.engine.begin() as conn:
+        import_id = _new_import(
+            conn, db, schema_fingerprint="0123456789abcdef", spec_used={"name": "signups"}
+        )
+    migrations.downgrade(db, "0003")
+    assert migrations.current(db) == "0003"
+    assert _history_columns(db) & SCHEMA_COLUMNS == set()
+    past = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+    history = _qualified(db, "import_history")
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {history} SET updated_at = :past"), {"past": past})
+        conn.execute(sa.text(f"UPDATE {history} SET status = 'failed'"))
+        stamp = conn.execute(sa.text(f"SELECT updated_at FROM {history}")).scalar_one()
+    assert str(stamp) >= "2026"  # the trigger still keeps updated_at current
+    migrations.upgrade(db)
+    assert _history_columns(db) >= SCHEMA_COLUMNS
+    t = db.tables.import_history
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.select(t).where(t.c.import_id == import_id)).mappings().one()
+    assert row["status"] == "failed"
+    assert [row[c] for c in sorted(SCHEMA_COLUMNS)] == [None] * 4
+
+
 def test_migrated_schema_matches_the_code(db: Database) -> None:
     with db.engine.connect() as conn:
         ctx = MigrationContext.configure(

@@ -65,7 +65,7 @@ def test_rows_done_grows_while_the_file_is_read_and_ends_at_100(
     seen: list[dict[str, Any]] = []
 
     def after_batch(_rows_read: int) -> None:
-        [row] = history.list_imports(db, limit=1)
+        [row] = history.list_imports(db, limit=1)["imports"]
         seen.append(progress_of(db, row["import_id"]))
 
     # The Python reader in batches of 1,000: twenty batches, each a chance to write progress.
@@ -314,7 +314,7 @@ def test_history_shows_a_running_imports_percent(db: Database, db_url: str, tmp_
     ended = CliRunner().invoke(app, ["history"], env=env)
     [line] = [x for x in ended.stdout.splitlines() if "signups_1.csv" in x]
     assert "success" in line and "%" not in line, ended.stdout
-    [row] = history.list_imports(db)
+    [row] = history.list_imports(db)["imports"]
     assert (row["rows_done"], row["progress_percent"]) == (30_000, 100)
 
 

@@ -42,27 +42,49 @@ def show_history(
         str | None,
         typer.Option(help="Only imports since a date (2024-01-31) or an age (7d, 12h, 30m)."),
     ] = None,
-    limit: Annotated[int, typer.Option(min=1, help="At most this many imports.")] = 20,
-    offset: Annotated[int, typer.Option(min=0, help="Skip the newest OFFSET imports.")] = 0,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="Only imports before a timestamp, an age (7d: older than a week), or up to "
+            "and including a date (2024-01-31)."
+        ),
+    ] = None,
+    file: Annotated[
+        str | None, typer.Option("--file", help="Only files whose name contains this (any case).")
+    ] = None,
+    table: Annotated[str | None, typer.Option(help="Only imports into this target table.")] = None,
     user: Annotated[
         str | None, typer.Option(help="Only imports of this user (user id or e-mail).")
     ] = None,
+    sort: Annotated[
+        str,
+        typer.Option(help="Sort by a column of the listing; a leading - sorts descending."),
+    ] = history.DEFAULT_SORT,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many imports.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Skip the first OFFSET imports.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """List imports, newest first."""
+    """List imports, newest first (or by --sort); --json gives {imports, total_count, ...}."""
     with tracked() as (_settings, db):
-        after = history.parse_since(since) if since else None
-        rows = history.list_imports(
-            db, dataset, status.value if status else None, after, limit, offset, user=user
+        filters = history.HistoryFilter(
+            dataset=dataset,
+            status=status.value if status else None,
+            since=history.parse_since(since) if since else None,
+            until=history.parse_until(until) if until else None,
+            file=file,
+            table=table,
+            user=user,
         )
+        page = history.list_imports(db, filters, sort, limit, offset)
     if as_json:
-        print_json(rows)
+        print_json(page)
         return
+    rows = page["imports"]
     if not rows:
-        filtered = dataset or status or since or offset or user
+        filtered = any((dataset, status, since, until, file, table, user, offset))
         out.print("no imports match" if filtered else "no imports yet")
         return
-    table = Table(
+    grid = Table(
         "id",
         "dataset",
         "status",
@@ -76,9 +98,10 @@ def show_history(
         "seconds",
         "by",
         "progress",
+        "schema",
     )
     for r in rows:
-        table.add_row(
+        grid.add_row(
             str(r["import_id"]),
             escape(r["dataset"]),
             status_markup(r["status"]),
@@ -93,10 +116,26 @@ def show_history(
             escape(r["user_id"] or r["triggered_by"] or ""),
             # Only a running import's: a finished one says it all in its status and counts.
             escape(progress_text(r)) if r["status"] in history.ACTIVE else "",
+            _drift_marker(r["schema_drift"]),
         )
-    out.print(table)
-    if len(rows) == limit:
-        out.print(f"[dim]more may exist: --offset {offset + limit}[/dim]")
+    out.print(grid)
+    shown_to = offset + len(rows)
+    total = page["total_count"]
+    more = f" (next: --offset {shown_to})" if shown_to < total else ""
+    out.print(f"[dim]imports {offset + 1}-{shown_to} of {total}{more}[/dim]")
+
+
+def _drift_marker(drift: Mapping[str, Any] | None) -> str:
+    """``drift +1 -1 ~1``: the import's columns differ from the previous successful one's
+    (added, removed, renamed)."""
+    if not drift:
+        return ""
+    counts = [
+        f"{sign}{len(drift.get(key) or ())}"
+        for sign, key in (("+", "added"), ("-", "removed"), ("~", "renamed"))
+        if drift.get(key)
+    ]
+    return "[yellow]drift[/yellow]" + (" " + " ".join(counts) if counts else "")
 
 
 _SHOW_FIELDS = (
@@ -207,9 +246,12 @@ def _print_detail(import_id: int, detail: Mapping[str, Any]) -> None:
     if detail.get("phase_seconds"):
         seconds = " | ".join(f"{k} {secs(v)}" for k, v in detail["phase_seconds"].items())
         fields.add_row("seconds", f"{seconds} | total {secs(detail.get('total_seconds'))}")
+    _schema_rows(fields, detail)
+    drifted = (detail.get("schema_drift") or {}).get("message")
+    shown = {**detail, "warnings": [w for w in detail.get("warnings") or [] if w != drifted]}
     for name in ("file_metadata", "column_mapping", "warnings", "reconciliation"):
-        if detail.get(name):
-            fields.add_row(name, _compact(detail[name]))
+        if shown.get(name):
+            fields.add_row(name, _compact(shown[name]))
     failed = detail["failed_rows"]
     fields.add_row(
         "failed rows kept",
@@ -266,6 +308,29 @@ def _processed_file(row: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _schema_rows(fields: Table, detail: Mapping[str, Any]) -> None:
+    """The schema the import read, its drift and the spec it used, as rows of ``show``."""
+    if detail.get("schema_fingerprint"):
+        header = "no header row (by position)" if detail.get("header_present") is False else ""
+        fields.add_row(
+            "schema", escape(detail["schema_fingerprint"]) + (f", {header}" if header else "")
+        )
+    drift = detail.get("schema_drift")
+    if drift:
+        fields.add_row("schema drift", f"[yellow]{escape(str(drift.get('message')))}[/yellow]")
+    spec = detail.get("spec_used")
+    if isinstance(spec, Mapping):
+        key = ", ".join(spec.get("key") or ()) or "none"
+        fields.add_row(
+            "spec used",
+            escape(
+                f"{len(spec.get('columns') or {})} columns, {len(spec.get('references') or {})} "
+                f"references, strategy {spec.get('strategy')}, key {key} "
+                f"(all of it: histimport show {detail['import_id']} --json)"
+            ),
+        )
+
+
 def export_errors(
     import_id: Annotated[int, typer.Argument(help="The import id.")],
     output: Annotated[
@@ -290,42 +355,54 @@ def export_errors(
 def show_stats(
     days: Annotated[int, typer.Option(min=1, help="Look back this many days.")] = 30,
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+    table: Annotated[str | None, typer.Option(help="Only imports into this target table.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="Only imports of this user (user id or e-mail).")
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Per dataset: imports by status and by user, rows loaded and failed, seconds spent."""
+    """Per dataset and overall: imports by status and by user, rows loaded, failed and
+    duplicate, seconds spent, tables affected and users."""
     with tracked() as (_settings, db):
-        rows = history.stats(db, days, dataset)
+        figures = history.stats(db, days, dataset, table=table, user=user)
     if as_json:
-        print_json(rows)
+        print_json(figures)
         return
+    rows, totals = figures["datasets"], figures["totals"]
     if not rows:
         out.print(f"no imports in the last {days} days")
         return
-    table = Table(
+    grid = Table(
         "dataset",
         "imports",
         "by status",
         "rows loaded",
         "rows failed",
+        "rows duplicate",
         "mean s",
         "total s",
         "by user",
         title=f"last {days} days",
     )
-    for r in rows:
+    for r in [*rows, {**totals, "dataset": "all"}]:
         by_status = ", ".join(f"{s} {n}" for s, n in r["by_status"].items())
         by_user = ", ".join(f"{u} {n}" for u, n in r["by_user"].items())
-        table.add_row(
+        grid.add_row(
             escape(r["dataset"]),
             num(r["imports"]),
             escape(by_status),
             num(r["rows_loaded"]),
             num(r["rows_failed"]),
+            num(r["rows_duplicate"]),
             secs(r["mean_seconds"]),
             secs(r["total_seconds"]),
             escape(by_user),
+            end_section=r is rows[-1],
         )
-    out.print(table)
+    out.print(grid)
+    line("duplicates", f"{totals['duplicate_imports']:,} file(s) already imported")
+    line("tables", f"{totals['tables_affected']:,}: " + escape(", ".join(totals["tables"])))
+    line("users", f"{totals['distinct_users']:,}: " + escape(", ".join(totals["users"])))
 
 
 def _key_values(spec: DatasetSpec, items: list[str]) -> dict[str, str]:
@@ -361,7 +438,9 @@ def _spec_of_table(settings: Settings, table: str) -> DatasetSpec:
 
 
 def show_lineage(
-    table: Annotated[str, typer.Argument(help="A target table.")],
+    table: Annotated[
+        str | None, typer.Argument(help="A target table (with --import: the import's own).")
+    ] = None,
     key: Annotated[
         list[str] | None,
         typer.Option(
@@ -370,43 +449,95 @@ def show_lineage(
             help="The row's key: --key 42, or --key a=1 --key b=2 for a composite key.",
         ),
     ] = None,
+    import_id: Annotated[
+        int | None, typer.Option("--import", help="List the rows this import wrote.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="With --import: at most this many rows.")] = 50,
+    offset: Annotated[int, typer.Option(min=0, help="With --import: skip OFFSET rows.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
-    """Which imports wrote the rows of TABLE; with --key, where one row came from."""
-    with tracked() as (settings, db):
+    """Which imports wrote the rows of TABLE; with --key, where one row came from; with
+    --import, the rows one import wrote."""
+    from histimport_pipeline.engine.tracking import lineage
+
+    if import_id is not None:
         if key:
-            spec = _spec_of_table(settings, table)
-            wanted = _key_values(spec, key)
-            found = history.lineage_of_key(db, spec, wanted)
-        else:
-            contributed = history.lineage(db, table)
-    if not key:
-        if as_json:
-            print_json(contributed)
-            return
-        if not contributed:
-            out.print(f"table {escape(table)} has no rows")
-            return
-        grid = Table(
-            "import",
-            "dataset",
-            "file",
-            "started (UTC)",
-            "status",
-            "rows in table",
-            title=f"lineage of {table}",
-        )
-        for r in contributed:
-            grid.add_row(
-                str(r["import_id"]),
-                escape(r["dataset"] or ""),
-                escape(r["file_name"] or "(not in history)"),
-                when(r["started_at"]),
-                status_markup(r["status"]) if r["status"] else "",
-                num(r["rows"]),
-            )
-        out.print(grid)
+            raise typer.BadParameter("give --key or --import, not both")
+        _show_rows_of_import(import_id, table, limit, offset, as_json)
         return
+    if table is None:
+        raise typer.BadParameter("name a table, or give --import ID")
+    if key:
+        _show_lineage_of_key(table, key, as_json)
+        return
+    with tracked() as (_settings, db):
+        found = lineage.lineage(db, table)
+    if as_json:
+        print_json(found)
+        return
+    contributed = found["imports"]
+    if not contributed and not found["rows_without_import"]:
+        out.print(f"table {escape(table)} has no rows")
+        return
+    grid = Table(
+        "import",
+        "dataset",
+        "file",
+        "started (UTC)",
+        "status",
+        "rows in table",
+        title=f"lineage of {table}",
+    )
+    for r in contributed:
+        grid.add_row(
+            str(r["import_id"]),
+            escape(r["dataset"] or ""),
+            escape(r["file_name"] or "(not in history)"),
+            when(r["started_at"]),
+            status_markup(r["status"]) if r["status"] else "",
+            num(r["rows"]),
+        )
+    out.print(grid)
+    line("total", f"{found['total_rows']:,} row(s) from {found['total_imports']:,} import(s)")
+    if found["rows_without_import"]:
+        line("before", f"{found['rows_without_import']:,} row(s) predate histimport")
+
+
+def _show_rows_of_import(
+    import_id: int, table: str | None, limit: int, offset: int, as_json: bool
+) -> None:
+    from histimport_pipeline.engine.tracking import lineage
+
+    with tracked() as (_settings, db):
+        page = lineage.rows_of_import(db, import_id, table, limit, offset)
+    if as_json:
+        print_json(page)
+        return
+    rows, total = page["rows"], page["total_count"]
+    if not rows:
+        out.print(
+            f"no rows of {escape(page['table'])} carry import {import_id}"
+            + (f" past offset {offset}" if offset and total else "")
+        )
+        return
+    grid = Table(
+        *(escape(c) for c in rows[0]), title=f"rows of {page['table']} from import {import_id}"
+    )
+    for r in rows:
+        grid.add_row(*(_compact(v) for v in r.values()))
+    out.print(grid)
+    shown_to = offset + len(rows)
+    more = f" (next: --offset {shown_to})" if shown_to < total else ""
+    out.print(f"[dim]rows {offset + 1}-{shown_to} of {total}{more}[/dim]")
+
+
+def _show_lineage_of_key(table: str, key: list[str], as_json: bool) -> None:
+    from histimport_pipeline.engine.tracking import lineage
+
+    with tracked() as (settings, db):
+        spec = _spec_of_table(settings, table)
+        wanted = _key_values(spec, key)
+        found = lineage.lineage_of_key(db, spec, wanted)
     shown = ", ".join(f"{k}={v}" for k, v in wanted.items())
     if found is None:
         if as_json:

@@ -262,6 +262,9 @@ class FileInfo:
     #: How ``encoding`` was chosen: "declared in the dataset spec", "byte order mark",
     #: "valid UTF-8", or the rule that picked a single-byte code page.
     encoding_decided_by: str | None = None
+    #: Whether the file had a header row; without one (``header: false`` in the spec) the
+    #: ``headers`` are the spec's column names, by position.
+    header_present: bool = True
 
     @property
     def file_type(self) -> str:
@@ -280,6 +283,7 @@ class FileInfo:
             "delimiter": self.delimiter,
             "quotechar": self.quotechar,
             "header_row": self.header_row,
+            "header_present": self.header_present,
             "sheet": self.sheet,
             "headers": list(self.headers),
             "extra_headers": list(self.extra_headers),

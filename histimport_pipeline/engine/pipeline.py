@@ -168,7 +168,7 @@ def inspect_file(
     with open_file(Path(handle.file_path), spec) as parsed:
         info = parsed.info
     with in_tx(db, conn) as tx:
-        record_parsed(tx, db, handle.import_id, info)
+        record_parsed(tx, db, handle, info)
         release(tx, db, handle.import_id)
     return {**info.as_metadata(), "mapping": info.mapping, "warnings": list(info.warnings)}
 

@@ -128,6 +128,9 @@ class ImportResult:
     #: The error file written for the import's failed rows (also in
     #: ``import_history.error_file_path``), or ``None``.
     error_file_path: str | None = None
+    #: How the file's columns differ from the dataset's previous successful import
+    #: (``import_history.schema_drift``); ``None`` when they do not.
+    schema_drift: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -30,6 +30,7 @@ from histimport_pipeline.engine.models import (
 )
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, OnWait
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
+from histimport_pipeline.engine.tracking.drift import detect_drift
 
 #: Seconds between two looks at that other import while waiting.
 HOLDER_POLL_S = 1.0
@@ -94,16 +95,24 @@ def take_over(db: Database, handle: ImportHandle, conn: sa.Connection | None) ->
         )
 
 
-def record_parsed(conn: sa.Connection, db: Database, import_id: int, info: FileInfo) -> None:
-    """Record what parsing detected on the import; it moves on to validation."""
+def record_parsed(conn: sa.Connection, db: Database, handle: ImportHandle, info: FileInfo) -> None:
+    """Record what parsing detected on the import, with its schema's fingerprint and drift
+    (a warning too); it moves on to validation."""
+    fingerprint, drift = detect_drift(conn, db, handle.dataset, handle.import_id, info)
+    warnings = list(info.warnings)
+    if drift is not None:
+        warnings.append(drift["message"])
     tracking.update_import(
         conn,
         db,
-        import_id,
+        handle.import_id,
         file_type=info.file_type,
         file_metadata=info.as_metadata(),
         column_mapping=info.mapping,
-        warnings=list(info.warnings),
+        warnings=warnings,
+        schema_fingerprint=fingerprint,
+        schema_drift=drift,
+        header_present=info.header_present,
         phase=ImportPhase.VALIDATE.value,
     )
 
@@ -204,6 +213,7 @@ def _record_start(
         file_size=size,
         file_sha256=sha,
         strategy=spec.strategy.value,
+        spec_used=spec.model_dump(mode="json", exclude_unset=True),
         status=ImportStatus.RUNNING.value,
         phase=ImportPhase.PARSE.value,
         forced=options.force,

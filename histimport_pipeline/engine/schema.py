@@ -162,6 +162,11 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         # exists, and when the retention cleanup archived the import (detail rows removed).
         sa.Column("error_file_path", sa.Text),
         sa.Column("archived_at", Timestamp),
+        # Added by migration 0007: the schema the import read and the spec it used.
+        sa.Column("schema_fingerprint", sa.String(64)),
+        sa.Column("schema_drift", Json),
+        sa.Column("header_present", sa.Boolean),
+        sa.Column("spec_used", Json),
         _check_in("status", ImportStatus, "ck_import_history_status"),
         _check_in("phase", ImportPhase, "ck_import_history_phase"),
         sa.Index("ix_import_history_dataset_started", "dataset", "started_at"),

@@ -245,6 +245,8 @@ def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict
         meta["failed_rows_csv"] = dg.MetadataValue.path(str(csv))
     if result.duplicate_of is not None:
         meta["duplicate_of_import"] = result.duplicate_of
+    if result.schema_drift:
+        meta["schema_drift"] = dg.MetadataValue.json(result.schema_drift)
     return meta
 
 

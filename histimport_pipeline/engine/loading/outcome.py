@@ -138,6 +138,7 @@ def load_state(
         "rows_review": review,
         "dry_run": options.dry_run,
         "error_summary": tracking.error_summary(tx, db, handle.import_id),
+        "schema_drift": row.get("schema_drift"),
     }
     return LoadState(row, seconds, read, failed, duplicates, review, warnings, gate, share, base)
 

@@ -74,7 +74,7 @@ def stage(
     columnar_plan, note = _columnar_plan(db, spec, info, path, options)
     parse_seconds = time.perf_counter() - t0
     with in_tx(db, conn) as tx:
-        record_parsed(tx, db, handle.import_id, info)
+        record_parsed(tx, db, handle, info)
         tracking.record_audit(
             tx,
             db,

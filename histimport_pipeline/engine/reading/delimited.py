@@ -31,13 +31,16 @@ def _open_delimited(
         text.sample_text(head), len(head) < SAMPLE_BYTES, spec.delimiter
     )
     records = _records(path, text, delimiter, quotechar, max_field_bytes)
-    first = next(records, None)
-    if first is None:
-        raise HeaderError(path, "the file is empty: no header row", hint="Check the export")
-    _, header_fields, _ = first
-    if isinstance(header_fields, str):
-        raise HeaderError(path, f"cannot read the header row: {header_fields}", row=1)
-    layout = _Layout.build(path, spec, tuple(header_fields), header_row=1)
+    if spec.header:
+        first = next(records, None)
+        if first is None:
+            raise HeaderError(path, "the file is empty: no header row", hint="Check the export")
+        _, header_fields, _ = first
+        if isinstance(header_fields, str):
+            raise HeaderError(path, f"cannot read the header row: {header_fields}", row=1)
+        layout = _Layout.build(path, spec, tuple(header_fields), header_row=1)
+    else:
+        layout = _Layout.positional(spec)
     info = FileInfo(
         path=str(path),
         format="csv",
@@ -45,7 +48,8 @@ def _open_delimited(
         encoding_decided_by=text.decided_by,
         delimiter=delimiter,
         quotechar=quotechar,
-        header_row=1,
+        header_row=1 if layout.header_present else None,
+        header_present=layout.header_present,
         sheet=None,
         headers=layout.headers,
         mapping=layout.mapping,

@@ -49,20 +49,24 @@ def _open_xlsx(
         ws, warnings = _choose_sheet(path, wb, spec.sheet)
         ws.reset_dimensions()  # a stale <dimension> would cut rows short
         cells = _xlsx_rows(path, ws)
-        first = next(cells, None)
-        if first is None:
-            raise HeaderError(
-                path,
-                f"sheet {ws.title!r} is empty: no header row",
-                hint="Set `sheet:` in the dataset spec if the data is on another sheet",
-            )
-        header_row, header_cells = first
-        layout = _Layout.build(path, spec, tuple(header_cells), header_row=header_row)
+        header_row: int | None = None
+        if spec.header:
+            first = next(cells, None)
+            if first is None:
+                raise HeaderError(
+                    path,
+                    f"sheet {ws.title!r} is empty: no header row",
+                    hint="Set `sheet:` in the dataset spec if the data is on another sheet",
+                )
+            header_row, header_cells = first
+            layout = _Layout.build(path, spec, tuple(header_cells), header_row=header_row)
+        else:
+            layout = _Layout.positional(spec)
         width = len(layout.headers)
         merged = []
         for ref in _merged_ranges(path, ws):
             min_col, _, _, max_row = range_boundaries(ref)
-            if max_row >= header_row and min_col <= width:
+            if max_row >= (header_row or 1) and min_col <= width:
                 merged.append(ref)
         if merged:
             warnings.append(
@@ -78,6 +82,7 @@ def _open_xlsx(
             delimiter=None,
             quotechar=None,
             header_row=header_row,
+            header_present=layout.header_present,
             sheet=ws.title,
             headers=layout.headers,
             mapping=layout.mapping,
@@ -88,7 +93,7 @@ def _open_xlsx(
         def rows() -> Iterator[RawRow]:
             for number, values in cells:
                 if len(values) > width:
-                    error = f"row has values in {len(values)} columns, header has {width}"
+                    error = layout.width_error(f"values in {len(values)} columns")
                     yield layout.error_row(number, values, error)
                 else:
                     # Excel leaves out trailing empty cells: they are empty, not missing.

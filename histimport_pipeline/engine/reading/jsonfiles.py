@@ -61,7 +61,7 @@ def _open_json(
         headers=layout.headers,
         mapping=layout.mapping,
         extra_headers=layout.extra_headers,
-        warnings=(*text.warnings, *layout.warnings),
+        warnings=(*text.warnings, *layout.warnings, *_header_flag_note(spec)),
     )
     known = set(layout.headers)
 
@@ -256,3 +256,12 @@ def _json_kind(value: object) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return "null" if value is None else "an object"
+
+
+def _header_flag_note(spec: DatasetSpec) -> tuple[str, ...]:
+    if spec.header:
+        return ()
+    return (
+        "`header: false` applies to delimited text and sheets: JSON records name their "
+        "fields, which were mapped as headers",
+    )

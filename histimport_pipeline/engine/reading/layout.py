@@ -1,7 +1,8 @@
 """What every format shares: the header mapping (``_Layout``) and the opened file.
 
 ``_Layout`` matches a file's headers to the dataset's columns (name, folded name or
-alias), refuses bad header rows with every problem named at once, and builds the
+alias), or, for a file without a header row (``header: false``), takes the spec's columns by
+position; it refuses bad header rows with every problem named at once, and builds the
 ``RawRow`` records; ``ParsedFile`` streams them in batches.
 """
 
@@ -112,6 +113,8 @@ class _Layout:
     mapping: dict[str, str]
     extra_headers: tuple[str, ...]
     warnings: tuple[str, ...]
+    #: ``False`` when the file has no header row: ``headers`` are the spec's column names.
+    header_present: bool = True
     #: The spec columns of the mapped positions, in file order, and the function picking
     #: those positions' cells out of a full-width record.
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -191,6 +194,30 @@ class _Layout:
             warnings=tuple(warnings),
         )
 
+    @classmethod
+    def positional(cls, spec: DatasetSpec) -> _Layout:
+        """The layout of a file without a header row: the spec's columns, by position."""
+        names = tuple(spec.columns)
+        return cls(
+            headers=names,
+            columns=names,
+            mapping={name: name for name in names},
+            extra_headers=(),
+            warnings=(),
+            header_present=False,
+        )
+
+    def width_error(self, found: str) -> str:
+        """Why a record does not fit the header (or the spec's columns); ``found`` says what
+        the row has (``"6 fields"``)."""
+        width = len(self.headers)
+        if self.header_present:
+            return f"row has {found}, header has {width}"
+        return (
+            f"row has {found}, the dataset has {width} columns (the file has no header row, "
+            "so its columns are read by position in the spec's column order)"
+        )
+
     def __post_init__(self) -> None:
         positions = [i for i, column in enumerate(self.columns) if column is not None]
         # Precomputed once: ``row`` runs for every record of the file.
@@ -208,7 +235,7 @@ class _Layout:
             for i, column in enumerate(self.columns)
             if column is not None
         }
-        return RawRow(number, values, raw, f"row has {len(raw)} fields, header has {width}")
+        return RawRow(number, values, raw, self.width_error(f"{len(raw)} fields"))
 
     def error_row(
         self,

@@ -69,6 +69,9 @@ class DatasetSpec(StrictModel):
     sheet: str | None = None
     encoding: str | None = None
     delimiter: str | None = Field(default=None, min_length=1, max_length=1)
+    #: ``False``: the files have no header row; delimited text and sheets are read by
+    #: position, in the order of ``columns`` (JSON records always name their fields).
+    header: bool = True
     columns: dict[str, ColumnSpec]
     references: dict[str, ReferenceSpec] = Field(default_factory=dict)
 

@@ -7,11 +7,14 @@ them back.
 * ``audit``: an audit entry's severity and one-line summary, from its action and details.
 * ``liveness``: imports left running by a dead worker, the holder of a file's content.
 * ``progress``: live progress of a running import (rows done of rows expected, percent).
-* ``history``: the queries behind ``show``, ``history``, ``stats``, ``lineage`` and ``errors``.
+* ``history``: the queries behind ``show``, ``history`` and ``stats``.
+* ``lineage``: the queries behind ``lineage`` (per table, per import, per row).
+* ``drift``: the fingerprint of the schema an import read, and its drift from the last one.
 * ``cleanup``: the retention cleanup.
 
 The write side is re-exported here, so callers write ``tracking.update_import(...)``; the read
-side is imported as ``from histimport_pipeline.engine.tracking import history``.
+side is imported as ``from histimport_pipeline.engine.tracking import history`` (or
+``lineage``).
 """
 
 from histimport_pipeline.engine.tracking.liveness import (

@@ -43,6 +43,8 @@ def decline_reason(spec: DatasetSpec, info: FileInfo, dialect: str) -> str | Non
         "utf-8-sig",
     ):
         return "the spec declares an encoding other than UTF-8"
+    if not info.header_present:
+        return "files without a header row are read by the Python reader"
     if info.header_row != 1 or not info.delimiter or not info.quotechar:
         return "the file's layout was not detected as plain delimited text"
     return None
