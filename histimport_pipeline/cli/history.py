@@ -109,6 +109,8 @@ _SHOW_FIELDS = (
     "strategy",
     "forced",
     "retry_of",
+    "corrects_import_id",
+    "superseded_by",
     "triggered_by",
     "worker",
     "created_at",

@@ -24,6 +24,7 @@ from histimport_pipeline.engine.errors import ContentBusyError, FileError
 from histimport_pipeline.engine.models import FileInfo, FileStatus, ImportPhase, ImportStatus
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, OnWait
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
+from histimport_pipeline.engine.tracking import corrections
 
 #: Seconds between two looks at that other import while waiting.
 HOLDER_POLL_S = 1.0
@@ -178,6 +179,9 @@ def _record_start(
 ) -> tuple[ImportHandle, tracking.Claim]:
     """The new import's history row and its claim on the content, in ``tx``."""
     name = options.file_name or path.name
+    corrects = corrections.failure_to_correct(
+        tx, db, dataset=spec.name, file_name=name, business_date=business_date, sha256=sha
+    )
     import_id = tracking.create_import(
         tx,
         db,
@@ -197,6 +201,7 @@ def _record_start(
         phase=ImportPhase.PARSE.value,
         forced=options.force,
         retry_of=options.retry_of,
+        corrects_import_id=corrects,
         triggered_by=options.triggered_by,
         worker=tracking.worker_id(),
         heartbeat_at=tracking.utcnow(),
@@ -208,7 +213,13 @@ def _record_start(
         import_id,
         "started",
         options.triggered_by,
-        {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
+        {
+            "file": name,
+            "sha256": sha,
+            "force": options.force,
+            "dry_run": options.dry_run,
+            **({"corrects_import_id": corrects} if corrects is not None else {}),
+        },
     )
     claim = tracking.claim_file(
         tx,

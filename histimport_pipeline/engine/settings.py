@@ -79,6 +79,8 @@ class Settings:
             ignored on SQLite, which has no schemas.
         inbox, datasets, archive, quarantine: folders, each from its own variable.
         max_field_bytes: the largest field value an import loads (``HISTIMPORT_MAX_FIELD_BYTES``).
+        web_url: base URL of the web history page (``HISTIMPORT_WEB_URL``), where the Dagster
+            metadata links an import's failed rows; None links the error file instead.
     """
 
     home: Path
@@ -93,6 +95,7 @@ class Settings:
     max_field_bytes: int = DEFAULT_MAX_FIELD_BYTES
     stale_after_seconds: int = 600
     wait_seconds: int = 600
+    web_url: str | None = None
 
     @classmethod
     def from_env(
@@ -155,6 +158,7 @@ class Settings:
             partition_retention_days=whole("HISTIMPORT_PARTITION_RETENTION_DAYS", 90),
             stale_after_seconds=whole("HISTIMPORT_STALE_AFTER_SECONDS", 600, "seconds"),
             wait_seconds=whole("HISTIMPORT_WAIT_SECONDS", 600, "seconds"),
+            web_url=env.get("HISTIMPORT_WEB_URL", "").strip().rstrip("/") or None,
             home=home,
             database_url=url,
             db_schema=schema,

@@ -9,19 +9,22 @@ handling; splitting the ops into modules of their own is the next step of the la
 import datetime as dt
 import getpass
 import inspect
+import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import dagster as dg
 
 from histimport_pipeline.engine import files, pipeline, tracking
 from histimport_pipeline.engine.errors import FileError, HistimportError
+from histimport_pipeline.engine.loading.targets import count_rows
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
 from histimport_pipeline.engine.pipeline import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
-from histimport_pipeline.engine.tracking import failed_rows
-from histimport_pipeline.orchestration.partitions import dataset_partitions
+from histimport_pipeline.engine.tracking import corrections, failed_rows
+from histimport_pipeline.orchestration.checks import check_evaluations, top_errors_table
+from histimport_pipeline.orchestration.partitions import dataset_partitions, file_partitions_name
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
 
@@ -205,6 +208,8 @@ def _fail(
         tracking.record_file_moved(database.database, handle.import_id, moved, "quarantined")
         context.log.warning(f"moved {handle.file_name} to quarantine: {moved}")
     facts = exc.facts if isinstance(exc, HistimportError) else {}
+    if terminal:
+        _observe_failure(context, settings, spec, handle.import_id, str(exc), database)
     return dg.Failure(
         description=str(exc),
         metadata={"import_id": handle.import_id, **{k: str(v) for k, v in facts.items()}},
@@ -212,7 +217,109 @@ def _fail(
     )
 
 
-def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict[str, Any]:
+def _raise_failure(
+    context: dg.OpExecutionContext,
+    settings: Settings,
+    spec: DatasetSpec,
+    handle: ImportHandle,
+    database: DatabaseResource,
+    exc: BaseException,
+) -> NoReturn:
+    """Fail the step with the engine's sentence. A terminal error is not chained to the
+    engine's exception (its traceback says nothing an operator can act on); a transient one
+    keeps it for whoever debugs the retries."""
+    failure = _fail(context, settings, spec, handle, database, exc)
+    if failure.allow_retries:
+        raise failure from exc
+    raise failure from None
+
+
+def failed_rows_link(settings: Settings, import_id: int, csv: Path | None) -> dg.MetadataValue:
+    """Where a person gets an import's failed rows: the web history page when configured
+    (HISTIMPORT_WEB_URL), else the exported CSV, else the command that writes it."""
+    if settings.web_url:
+        return dg.MetadataValue.url(f"{settings.web_url}/imports/{import_id}")
+    if csv is not None:
+        return dg.MetadataValue.path(str(csv))
+    return dg.MetadataValue.text(f"histimport errors {import_id} -o errors.csv")
+
+
+def _observe_failure(
+    context: dg.OpExecutionContext,
+    settings: Settings,
+    spec: DatasetSpec,
+    import_id: int,
+    message: str,
+    database: DatabaseResource,
+    csv: Path | None = None,
+) -> None:
+    """Record on the asset's partition why it did not materialize: Dagster's open-source
+    storage keeps no metadata on a failed materialization, so an observation carries it."""
+    with database.database.reader() as conn:
+        row = tracking.get_import(conn, database.database, import_id) or {}
+    read = int(row.get("rows_in_file") or 0)
+    failed = int(row.get("rows_failed") or 0)
+    meta: dict[str, Any] = {
+        "import_id": dg.MetadataValue.text(str(import_id)),
+        "status": str(row.get("status") or "failed"),
+        "phase": str(row.get("phase") or ""),
+        "message": dg.MetadataValue.text(message),
+        "rows_read": read,
+        "rows_failed": failed,
+        "failed_share": round(failed / read, 4) if read else 0.0,
+        "failed_rows": failed_rows_link(settings, import_id, csv),
+        "what_to_do": dg.MetadataValue.text(_what_to_do(spec, row)),
+    }
+    top = (row.get("error_summary") or {}).get("top_errors") or []
+    if top:
+        meta["top_errors"] = dg.MetadataValue.md(top_errors_table(top))
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=dg.AssetKey(spec.name),
+            partition=context.partition_key if context.has_partition_key else None,
+            description=f"import {import_id} {meta['status']}: {message}",
+            metadata=meta,
+        )
+    )
+
+
+def _what_to_do(spec: DatasetSpec, row: dict[str, Any]) -> str:
+    """The next step for an operator, by how the import ended."""
+    if row.get("status") == ImportStatus.REJECTED.value:
+        return rejection_hint(spec, row)
+    return (
+        "Fix the cause in the message and re-execute the run from failure (or re-run the "
+        "partition); a file problem needs a fixed file dropped into the inbox."
+    )
+
+
+def rejection_hint(spec: DatasetSpec, row: dict[str, Any]) -> str:
+    """What makes a rejected import load: a fixed file, or a run with a higher gate (the same
+    file is rejected again by every plain retry)."""
+    read = int(row.get("rows_in_file") or 0)
+    failed = int(row.get("rows_failed") or 0)
+    needed = math.ceil(100 * failed / read) / 100 if read else spec.max_error_ratio
+    config = {
+        "ops": {spec.name: {"ops": {f"{spec.name}_parse": {"config": {"max_error_ratio": needed}}}}}
+    }
+    return (
+        "A retry of the same file is rejected again. Fix the rows (histimport errors "
+        f"{row.get('import_id')} -o errors.csv) and drop the fixed file into the inbox under "
+        "the same name: it supersedes this partition. Or, to load the valid rows as they are, "
+        f"launch this partition with run config {config}."
+    )
+
+
+def _metadata(
+    settings: Settings,
+    spec: DatasetSpec,
+    result: ImportResult,
+    csv: Path | None,
+    table_rows: int | None,
+) -> dict[str, Any]:
+    """The outcome as Dagster shows it: ``dagster/row_count`` is the table's rows after the
+    import; the import's own counts have keys of their own. Values that never change between
+    imports are text, so Dagster draws no flat plots of them."""
     written = result.rows_created + result.rows_updated + result.rows_unchanged
     meta: dict[str, Any] = {
         "import_id": dg.MetadataValue.text(str(result.import_id)),
@@ -220,7 +327,9 @@ def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict
         "file": result.file_name,
         "sha256": result.sha256,
         "strategy": spec.strategy.value,
+        "dagster/table_name": spec.target_table,
         "rows_read": result.rows_read,
+        "rows_loaded": written,
         "rows_created": result.rows_created,
         "rows_updated": result.rows_updated,
         "rows_unchanged": result.rows_unchanged,
@@ -229,23 +338,18 @@ def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict
         "rows_waiting_for_review": result.rows_review,
         "dagster/column_schema": column_schema(spec),
     }
-    if result.status is not ImportStatus.DUPLICATE:
-        meta["dagster/row_count"] = written
+    if table_rows is not None:
+        meta["dagster/row_count"] = table_rows
     meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
     top = (result.error_summary or {}).get("top_errors") or []
     if top:
-        meta["top_errors"] = dg.MetadataValue.md(
-            "| column | category | rows | example |\n|---|---|---|---|\n"
-            + "\n".join(
-                f"| {e.get('column') or '(row)'} | {e.get('category')} | {e.get('count')} | "
-                f"{str(e.get('example')).replace('|', '/')[:120]} |"
-                for e in top
-            )
-        )
+        meta["top_errors"] = dg.MetadataValue.md(top_errors_table(top))
     if csv is not None:
         meta["failed_rows_csv"] = dg.MetadataValue.path(str(csv))
+    if result.rows_failed or result.rows_duplicate:
+        meta["failed_rows"] = failed_rows_link(settings, result.import_id, csv)
     if result.duplicate_of is not None:
-        meta["duplicate_of_import"] = result.duplicate_of
+        meta["duplicate_of_import"] = dg.MetadataValue.text(str(result.duplicate_of))
     return meta
 
 
@@ -339,7 +443,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         try:
             detected = pipeline.inspect_file(database.database, current, handle)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            _raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {
                 "import_id": handle.import_id,
@@ -369,7 +473,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             options = ImportOptions(max_field_bytes=settings.max_field_bytes)
             staged = pipeline.stage_file(database.database, current, handle, options)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            _raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {
                 "rows_read": staged.rows_read,
@@ -396,7 +500,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         try:
             counts = pipeline.reconcile_import(database.database, current, handle)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            _raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {k: v for k, v in counts.items() if isinstance(v, int | float | str)}
         )
@@ -425,10 +529,23 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             options = ImportOptions(max_error_ratio=_parse_config(context, name).max_error_ratio)
             rejected = pipeline.confirm_import(database.database, current, handle, options)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            _raise_failure(context, settings, current, handle, database, exc)
         if rejected is not None:
-            meta = _settle(context, settings, current, handle, rejected, database)
-            raise dg.Failure(description=rejected.error_message, metadata=meta, allow_retries=False)
+            meta, csv = _settle(context, settings, current, handle, rejected, database)
+            # The check steps never run after a failed step: record their verdicts here, so
+            # the partition's checks show the failed gate with its figures.
+            key = context.partition_key
+            for evaluation in check_evaluations(current, database, handle.import_id, key):
+                context.log_event(evaluation)  # type: ignore[arg-type]  # accepted since 1.7
+            message = rejected.error_message or "rejected"
+            _observe_failure(context, settings, current, handle.import_id, message, database, csv)
+            with database.database.reader() as conn:
+                row = tracking.get_import(conn, database.database, handle.import_id) or {}
+            raise dg.Failure(
+                description=f"{message}\n\n{rejection_hint(current, row)}",
+                metadata=meta,
+                allow_retries=False,
+            )
         return handle
 
     @dg.op(
@@ -455,8 +572,9 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             try:
                 result = pipeline.load_import(database.database, current, handle)
             except Exception as exc:
-                raise _fail(context, settings, current, handle, database, exc) from exc
+                _raise_failure(context, settings, current, handle, database, exc)
         _settle(context, settings, current, handle, result, database)
+        _drop_superseded(context, current, result.import_id, database)
 
     def compose(**upstream_inputs: Any) -> Any:
         handle = parse(**upstream_inputs)
@@ -470,7 +588,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     return dg.graph_asset(
         name=name,
         description=spec.description or f"Rows imported into table {spec.target_table}.",
-        group_name=name,
+        group_name=spec.group,
+        owners=list(spec.owners) or None,
         partitions_def=dataset_partitions(spec),
         ins={
             n: dg.AssetIn(key=k, dagster_type=dg.Nothing)
@@ -479,7 +598,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         tags={DATASET_TAG: name},
         kinds={"sql"},
         metadata={
-            "target_table": spec.target_table,
+            "dagster/table_name": spec.target_table,
             "strategy": spec.strategy.value,
             "dagster/column_schema": column_schema(spec),
         },
@@ -501,9 +620,13 @@ def _settle(
     handle: ImportHandle,
     result: ImportResult,
     database: DatabaseResource,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Path | None]:
     """After an import ended (loaded, rejected or duplicate): export its failed rows, move
-    the file to the archive or quarantine, and show the outcome as the step's metadata."""
+    the file to the archive or quarantine, and show the outcome as the step's metadata.
+
+    Returns:
+        The metadata, and the failed-rows CSV if one was written.
+    """
     db = database.database
     path = Path(handle.file_path)
     csv = None
@@ -528,9 +651,32 @@ def _settle(
         reason = "archived" if folder == settings.archive else "quarantined"
         tracking.record_file_moved(db, result.import_id, moved, reason)
         context.log.info(f"moved {handle.file_name} to {moved}")
-    meta = _metadata(spec, result, csv)
+    meta = _metadata(settings, spec, result, csv, count_rows(db, spec))
     context.add_output_metadata(meta)
-    return meta
+    return meta, csv
+
+
+def _drop_superseded(
+    context: dg.OpExecutionContext, spec: DatasetSpec, import_id: int, database: DatabaseResource
+) -> None:
+    """A loaded correction supersedes failed imports of the same file name: their file
+    partitions leave the partition set (their runs and events stay), so the catalog stops
+    showing them as the dataset's open failures."""
+    superseded = corrections.superseded_partitions(database.database, import_id)
+    if spec.partitioning is not Partitioning.FILE:
+        for item in superseded:
+            context.log.info(f"import {import_id} supersedes failed import {item['import_id']}")
+        return
+    name = file_partitions_name(spec)
+    existing = set(context.instance.get_dynamic_partitions(name))
+    for item in superseded:
+        key = item["partition_key"]
+        if key and key != context.partition_key and key in existing:
+            context.instance.delete_dynamic_partition(name, key)
+            context.log.info(
+                f"import {import_id} supersedes {item['status']} import {item['import_id']}: "
+                f"removed its partition {key} (its runs stay in the history)"
+            )
 
 
 def _in_inbox(path: Path, settings: Settings) -> bool:
