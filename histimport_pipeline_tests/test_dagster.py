@@ -664,7 +664,9 @@ def test_reexecution_from_failure_resumes_at_the_load_after_a_lost_database(
             assert failed == ["signups_load"]
             parent = first.run_id
         options = dg.ReexecutionOptions.from_failure(parent, instance)
-        with dg.execute_job(job, instance, reexecution_options=options) as again:
+        # the UI and the daemon's automatic retries carry the parent's tags (its partition)
+        # over to the re-execution; execute_job only does when told
+        with dg.execute_job(job, instance, reexecution_options=options, tags=tags) as again:
             assert again.success
             started = [
                 str(e.step_key).rsplit(".", 1)[-1]

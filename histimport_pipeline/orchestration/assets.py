@@ -2,28 +2,34 @@
 reconcile, confirm, load) that pass a small import handle and keep the rows in staging
 tables.
 
-Long because: the asset factory and its five ops close over one spec and share the failure
-handling; splitting the ops into modules of their own is the next step of the layout work.
+How a failure shows is in :mod:`.failures`, the outcome's metadata in :mod:`.metadata`, and
+which file a partition reads in :mod:`.partition_files`.
 """
 
 import datetime as dt
 import getpass
 import inspect
-import math
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import dagster as dg
 
 from histimport_pipeline.engine import files, pipeline, tracking
-from histimport_pipeline.engine.errors import FileError, HistimportError
+from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.loading.targets import count_rows
-from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.models import ImportStatus, ImportType
 from histimport_pipeline.engine.pipeline import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
+from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, load_specs
 from histimport_pipeline.engine.tracking import corrections, failed_rows
-from histimport_pipeline.orchestration.checks import check_evaluations, top_errors_table
+from histimport_pipeline.orchestration.checks import check_evaluations
+from histimport_pipeline.orchestration.failures import (
+    observe_failure,
+    raise_failure,
+    rejection_hint,
+)
+from histimport_pipeline.orchestration.metadata import column_schema, outcome_metadata
+from histimport_pipeline.orchestration.partition_files import find_file, in_inbox, source_of
 from histimport_pipeline.orchestration.partitions import dataset_partitions, file_partitions_name
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
@@ -104,64 +110,6 @@ def parse_run_config(spec: DatasetSpec, path: Path | str) -> dict[str, Any]:
     return {"ops": {spec.name: {"ops": {f"{spec.name}_parse": {"config": {"path": str(path)}}}}}}
 
 
-def _matches_partition(spec: DatasetSpec, name: str, path: Path, partition_key: str) -> bool:
-    if spec.partitioning is Partitioning.DAILY:
-        day = spec.business_date(name)
-        return day is not None and day.isoformat() == partition_key
-    stem = files.partition_key_for(Path(name), "0" * 12)[:-13]
-    if partition_key.rsplit("-", 1)[0] != stem:
-        return False  # cheap name test before hashing
-    return files.partition_key_for(Path(name), files.sha256_of(path)) == partition_key
-
-
-def _find_file(
-    settings: Settings, spec: DatasetSpec, partition_key: str, config_path: str | None
-) -> Path:
-    """The file of a partition: the configured path (or its moved copy), else the file in the
-    inbox, archive or quarantine whose name and content give ``partition_key``."""
-    folders = (settings.archive, settings.quarantine)
-    if config_path:
-        path = Path(config_path)
-        prefix = (
-            None
-            if spec.partitioning is Partitioning.DAILY
-            else files.sha_prefix_of_key(partition_key)
-        )
-        found = files.locate(path, spec.name, prefix, *folders)
-        if found is None:
-            raise dg.Failure(
-                f"{path} is gone from the inbox, archive and quarantine", allow_retries=False
-            )
-        return found
-    for entry in files.dataset_candidates(settings.inbox, spec):
-        if isinstance(entry, files.Entry) and _matches_partition(
-            spec, entry.path.name, entry.path, partition_key
-        ):
-            return entry.path
-    moved = sorted(
-        files.moved_copies(spec.name, *folders), key=lambda p: p.stat().st_mtime_ns, reverse=True
-    )
-    for path in moved:
-        if _matches_partition(spec, files.original_name(path), path, partition_key):
-            return path
-    raise dg.Failure(
-        f"no file for partition {partition_key} of {spec.name} in {settings.inbox} (nor in "
-        "the archive or quarantine): drop the file into the inbox and re-run the partition",
-        allow_retries=False,
-    )
-
-
-def _source(context: dg.OpExecutionContext, settings: Settings, path: Path) -> ImportSource:
-    """Where the file was read from: a moved copy's folder, else how the run came about."""
-    if files.is_under(path, settings.quarantine):
-        return ImportSource.QUARANTINE
-    if files.is_under(path, settings.archive):
-        return ImportSource.ARCHIVE
-    if context.run.tags.get(TRIGGER_TAG) == "schedule":
-        return ImportSource.SCHEDULE
-    return ImportSource.INBOX
-
-
 def _tag_run(context: dg.OpExecutionContext, dataset: str, path: Path) -> None:
     """Give the run the tags a sensor's run has: the queue adds the dataset and trigger to
     runs built from an asset selection, but only the run knows which file it found."""
@@ -184,206 +132,6 @@ def _retry_of(context: dg.OpExecutionContext, database: DatabaseResource) -> int
     with database.database.reader() as conn:
         earlier = tracking.imports_of_run(conn, database.database, parent)
     return int(earlier[-1]["import_id"]) if earlier else None
-
-
-def _fail(
-    context: dg.OpExecutionContext,
-    settings: Settings,
-    spec: DatasetSpec,
-    handle: ImportHandle,
-    database: DatabaseResource,
-    exc: BaseException,
-) -> dg.Failure:
-    """Record the failure; a terminal file problem moves the file to quarantine."""
-    terminal = not isinstance(exc, HistimportError) or exc.terminal
-    pipeline.fail_import(database.database, spec, handle, exc, keep_staging=not terminal)
-    if isinstance(exc, FileError) and Path(handle.file_path).exists():
-        moved = files.move_aside(
-            Path(handle.file_path),
-            settings.quarantine,
-            spec.name,
-            handle.import_id,
-            {"status": "failed", "error": str(exc)},
-        )
-        tracking.record_file_moved(database.database, handle.import_id, moved, "quarantined")
-        context.log.warning(f"moved {handle.file_name} to quarantine: {moved}")
-    facts = exc.facts if isinstance(exc, HistimportError) else {}
-    if terminal:
-        _observe_failure(context, settings, spec, handle.import_id, str(exc), database)
-    return dg.Failure(
-        description=str(exc),
-        metadata={"import_id": handle.import_id, **{k: str(v) for k, v in facts.items()}},
-        allow_retries=not terminal,
-    )
-
-
-def _raise_failure(
-    context: dg.OpExecutionContext,
-    settings: Settings,
-    spec: DatasetSpec,
-    handle: ImportHandle,
-    database: DatabaseResource,
-    exc: BaseException,
-) -> NoReturn:
-    """Fail the step with the engine's sentence. A terminal error is not chained to the
-    engine's exception (its traceback says nothing an operator can act on); a transient one
-    keeps it for whoever debugs the retries."""
-    failure = _fail(context, settings, spec, handle, database, exc)
-    if failure.allow_retries:
-        raise failure from exc
-    raise failure from None
-
-
-def failed_rows_link(settings: Settings, import_id: int, csv: Path | None) -> dg.MetadataValue:
-    """Where a person gets an import's failed rows: the web history page when configured
-    (HISTIMPORT_WEB_URL), else the exported CSV, else the command that writes it."""
-    if settings.web_url:
-        return dg.MetadataValue.url(f"{settings.web_url}/imports/{import_id}")
-    if csv is not None:
-        return dg.MetadataValue.path(str(csv))
-    return dg.MetadataValue.text(f"histimport errors {import_id} -o errors.csv")
-
-
-def _observe_failure(
-    context: dg.OpExecutionContext,
-    settings: Settings,
-    spec: DatasetSpec,
-    import_id: int,
-    message: str,
-    database: DatabaseResource,
-    csv: Path | None = None,
-) -> None:
-    """Record on the asset's partition why it did not materialize: Dagster's open-source
-    storage keeps no metadata on a failed materialization, so an observation carries it."""
-    with database.database.reader() as conn:
-        row = tracking.get_import(conn, database.database, import_id) or {}
-    read = int(row.get("rows_in_file") or 0)
-    failed = int(row.get("rows_failed") or 0)
-    meta: dict[str, Any] = {
-        "import_id": dg.MetadataValue.text(str(import_id)),
-        "status": str(row.get("status") or "failed"),
-        "phase": str(row.get("phase") or ""),
-        "message": dg.MetadataValue.text(message),
-        "rows_read": read,
-        "rows_failed": failed,
-        "failed_share": round(failed / read, 4) if read else 0.0,
-        "failed_rows": failed_rows_link(settings, import_id, csv),
-        "what_to_do": dg.MetadataValue.text(_what_to_do(spec, row)),
-    }
-    top = (row.get("error_summary") or {}).get("top_errors") or []
-    if top:
-        meta["top_errors"] = dg.MetadataValue.md(top_errors_table(top))
-    context.log_event(
-        dg.AssetObservation(
-            asset_key=dg.AssetKey(spec.name),
-            partition=context.partition_key if context.has_partition_key else None,
-            description=f"import {import_id} {meta['status']}: {message}",
-            metadata=meta,
-        )
-    )
-
-
-def _what_to_do(spec: DatasetSpec, row: dict[str, Any]) -> str:
-    """The next step for an operator, by how the import ended."""
-    if row.get("status") == ImportStatus.REJECTED.value:
-        return rejection_hint(spec, row)
-    return (
-        "Fix the cause in the message and re-execute the run from failure (or re-run the "
-        "partition); a file problem needs a fixed file dropped into the inbox."
-    )
-
-
-def rejection_hint(spec: DatasetSpec, row: dict[str, Any]) -> str:
-    """What makes a rejected import load: a fixed file, or a run with a higher gate (the same
-    file is rejected again by every plain retry)."""
-    read = int(row.get("rows_in_file") or 0)
-    failed = int(row.get("rows_failed") or 0)
-    needed = math.ceil(100 * failed / read) / 100 if read else spec.max_error_ratio
-    config = {
-        "ops": {spec.name: {"ops": {f"{spec.name}_parse": {"config": {"max_error_ratio": needed}}}}}
-    }
-    return (
-        "A retry of the same file is rejected again. Fix the rows (histimport errors "
-        f"{row.get('import_id')} -o errors.csv) and drop the fixed file into the inbox under "
-        "the same name: it supersedes this partition. Or, to load the valid rows as they are, "
-        f"launch this partition with run config {config}."
-    )
-
-
-def _metadata(
-    settings: Settings,
-    spec: DatasetSpec,
-    result: ImportResult,
-    csv: Path | None,
-    table_rows: int | None,
-) -> dict[str, Any]:
-    """The outcome as Dagster shows it: ``dagster/row_count`` is the table's rows after the
-    import; the import's own counts have keys of their own. Values that never change between
-    imports are text, so Dagster draws no flat plots of them."""
-    written = result.rows_created + result.rows_updated + result.rows_unchanged
-    meta: dict[str, Any] = {
-        "import_id": dg.MetadataValue.text(str(result.import_id)),
-        "status": result.status.value,
-        "file": result.file_name,
-        "sha256": result.sha256,
-        "strategy": spec.strategy.value,
-        "dagster/table_name": spec.target_table,
-        "rows_read": result.rows_read,
-        "rows_loaded": written,
-        "rows_created": result.rows_created,
-        "rows_updated": result.rows_updated,
-        "rows_unchanged": result.rows_unchanged,
-        "rows_failed": result.rows_failed,
-        "rows_duplicate": result.rows_duplicate,
-        "rows_waiting_for_review": result.rows_review,
-        "dagster/column_schema": column_schema(spec),
-    }
-    if table_rows is not None:
-        meta["dagster/row_count"] = table_rows
-    meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
-    top = (result.error_summary or {}).get("top_errors") or []
-    if top:
-        meta["top_errors"] = dg.MetadataValue.md(top_errors_table(top))
-    if csv is not None:
-        meta["failed_rows_csv"] = dg.MetadataValue.path(str(csv))
-    if result.rows_failed or result.rows_duplicate:
-        meta["failed_rows"] = failed_rows_link(settings, result.import_id, csv)
-    if result.duplicate_of is not None:
-        meta["duplicate_of_import"] = dg.MetadataValue.text(str(result.duplicate_of))
-    return meta
-
-
-_SQL_TYPES = {
-    ColumnType.INTEGER: "bigint",
-    ColumnType.DECIMAL: "numeric",
-    ColumnType.BOOLEAN: "boolean",
-    ColumnType.DATE: "date",
-    ColumnType.TIMESTAMP: "timestamp",
-}
-
-
-def column_schema(spec: DatasetSpec) -> dg.TableSchema:
-    """The target table's columns as Dagster shows them."""
-    cols = [
-        dg.TableColumn(
-            name,
-            _SQL_TYPES.get(col.type, "text"),
-            description=col.description,
-            constraints=dg.TableColumnConstraints(
-                nullable=not (col.required or name in spec.key), unique=list(spec.key) == [name]
-            ),
-        )
-        for name, col in spec.columns.items()
-    ]
-    cols += [
-        dg.TableColumn(name, "reference", description=f"id in {ref.entity}")
-        for name, ref in spec.references.items()
-    ]
-    cols += [
-        dg.TableColumn("_import_id", "bigint", description="import that wrote the row"),
-        dg.TableColumn("_source_row", "bigint", description="row number in the file"),
-    ]
-    return dg.TableSchema(columns=cols)
 
 
 def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -411,7 +159,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     ) -> ImportHandle:
         settings, current = _spec(name)
         key = context.partition_key
-        path = _find_file(settings, current, key, config.path)
+        path = find_file(settings, current, key, config.path)
         _tag_run(context, name, path)
         business_date = (
             dt.date.fromisoformat(key) if current.partitioning is Partitioning.DAILY else None
@@ -419,14 +167,14 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         options = ImportOptions(
             force=config.force,
             import_type=_import_type(context, current),
-            source=_source(context, settings, path),
+            source=source_of(context, settings, path),
             triggered_by=context.run.tags.get("user") or f"dagster:{getpass.getuser()}",
             partition_key=key,
             business_date=business_date,
             dagster_run_id=context.run_id,
             max_error_ratio=config.max_error_ratio,
             retry_of=_retry_of(context, database),
-            file_name=files.original_name(path) if not _in_inbox(path, settings) else None,
+            file_name=files.original_name(path) if not in_inbox(path, settings) else None,
             max_field_bytes=settings.max_field_bytes,
         )
         try:
@@ -443,7 +191,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         try:
             detected = pipeline.inspect_file(database.database, current, handle)
         except Exception as exc:
-            _raise_failure(context, settings, current, handle, database, exc)
+            raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {
                 "import_id": handle.import_id,
@@ -473,7 +221,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             options = ImportOptions(max_field_bytes=settings.max_field_bytes)
             staged = pipeline.stage_file(database.database, current, handle, options)
         except Exception as exc:
-            _raise_failure(context, settings, current, handle, database, exc)
+            raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {
                 "rows_read": staged.rows_read,
@@ -500,7 +248,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         try:
             counts = pipeline.reconcile_import(database.database, current, handle)
         except Exception as exc:
-            _raise_failure(context, settings, current, handle, database, exc)
+            raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {k: v for k, v in counts.items() if isinstance(v, int | float | str)}
         )
@@ -529,7 +277,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             options = ImportOptions(max_error_ratio=_parse_config(context, name).max_error_ratio)
             rejected = pipeline.confirm_import(database.database, current, handle, options)
         except Exception as exc:
-            _raise_failure(context, settings, current, handle, database, exc)
+            raise_failure(context, settings, current, handle, database, exc)
         if rejected is not None:
             meta, csv = _settle(context, settings, current, handle, rejected, database)
             # The check steps never run after a failed step: record their verdicts here, so
@@ -538,7 +286,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             for evaluation in check_evaluations(current, database, handle.import_id, key):
                 context.log_event(evaluation)  # type: ignore[arg-type]  # accepted since 1.7
             message = rejected.error_message or "rejected"
-            _observe_failure(context, settings, current, handle.import_id, message, database, csv)
+            observe_failure(context, settings, current, handle.import_id, message, database, csv)
             with database.database.reader() as conn:
                 row = tracking.get_import(conn, database.database, handle.import_id) or {}
             raise dg.Failure(
@@ -572,7 +320,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             try:
                 result = pipeline.load_import(database.database, current, handle)
             except Exception as exc:
-                _raise_failure(context, settings, current, handle, database, exc)
+                raise_failure(context, settings, current, handle, database, exc)
         _settle(context, settings, current, handle, result, database)
         _drop_superseded(context, current, result.import_id, database)
 
@@ -637,7 +385,7 @@ def _settle(
     folder = settings.quarantine if result.status is ImportStatus.REJECTED else settings.archive
     # A file retried from quarantine moves on to the archive once it loads.
     retried = files.is_under(path, settings.quarantine) and folder == settings.archive
-    if path.exists() and (_in_inbox(path, settings) or retried):
+    if path.exists() and (in_inbox(path, settings) or retried):
         if retried:
             path.with_name(path.name + ".json").unlink(missing_ok=True)
         moved = files.move_aside(
@@ -651,7 +399,7 @@ def _settle(
         reason = "archived" if folder == settings.archive else "quarantined"
         tracking.record_file_moved(db, result.import_id, moved, reason)
         context.log.info(f"moved {handle.file_name} to {moved}")
-    meta = _metadata(settings, spec, result, csv, count_rows(db, spec))
+    meta = outcome_metadata(settings, spec, result, csv, count_rows(db, spec))
     context.add_output_metadata(meta)
     return meta, csv
 
@@ -677,11 +425,3 @@ def _drop_superseded(
                 f"import {import_id} supersedes {item['status']} import {item['import_id']}: "
                 f"removed its partition {key} (its runs stay in the history)"
             )
-
-
-def _in_inbox(path: Path, settings: Settings) -> bool:
-    try:
-        path.resolve().relative_to(settings.inbox.resolve())
-    except ValueError:
-        return False
-    return True
