@@ -196,8 +196,31 @@ def test_group_owners_and_column_descriptions_come_from_the_spec(db_url: str) ->
     schema = signups.metadata["dagster/column_schema"]
     assert {c.name: c.description for c in schema.columns}["email"] == "Contact address"
     assert signups.metadata["dagster/table_name"] == "signups"
-    # without a group every dataset shares one, so global lineage opens as one picture
+    # without a group every dataset shares one, so global lineage opens as one picture; an
+    # inbox sits in its dataset's group
     assert graph.get(dg.AssetKey("plain")).group_name == "datasets"
+    assert graph.get(dg.AssetKey(["inbox", "plain"])).group_name == "datasets"
+    assert graph.get(dg.AssetKey(["inbox", "signups"])).group_name == "sales"
+
+
+def test_a_master_table_sits_with_the_datasets_that_use_it(db_url: str) -> None:
+    ref = {
+        "entity": "ambassadors",
+        "match": [{"source": "ambassador_name", "field": "full_name", "method": "exact"}],
+    }
+    raws = [
+        {**REVIEWED, "references": {"ambassador_id": ref}},
+        {**REVIEWED, "name": "other", "target_table": "other", "files": "other_*.csv"},
+        {**REVIEWED, "name": "sold", "target_table": "sold", "files": "sold_*", "group": "sales"},
+    ]
+    specs = {s["name"]: DatasetSpec.model_validate(s) for s in raws}
+    resources = {"database": DatabaseResource(url=db_url)}
+    graph = build_definitions(specs, resources=resources).resolve_asset_graph()
+    # used by datasets of two groups: its own group
+    assert graph.get(dg.AssetKey(["masters", "ambassadors"])).group_name == "masters"
+    two = {k: specs[k] for k in ("signups", "other")}
+    graph = build_definitions(two, resources=resources).resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["masters", "ambassadors"])).group_name == "datasets"
 
 
 def test_an_owner_that_is_neither_an_email_nor_a_team_is_refused() -> None:

@@ -58,25 +58,32 @@ def inbox_key(spec: DatasetSpec) -> dg.AssetKey:
 
 
 def external_assets(specs: dict[str, DatasetSpec]) -> list[dg.AssetSpec]:
-    """The inboxes and master tables: upstream of the datasets, not materialized here."""
+    """The inboxes and master tables: upstream of the datasets, not materialized here.
+
+    Each sits in the group of the datasets it feeds (a master table shared by datasets of
+    several groups in ``masters``), so a lineage view of one group shows its whole picture.
+    """
     out = [
         dg.AssetSpec(
             inbox_key(spec),
             description=f"Files dropped for {spec.name} ({spec.files or spec.name + '/'}).",
-            group_name="inbox",
+            group_name=spec.group,
             kinds={"file"},
         )
         for spec in specs.values()
     ]
-    entities = sorted({ref.entity for s in specs.values() for ref in s.references.values()})
+    groups: dict[str, set[str]] = {}
+    for s in specs.values():
+        for ref in s.references.values():
+            groups.setdefault(ref.entity, set()).add(s.group)
     out += [
         dg.AssetSpec(
             master_key(entity),
             description=f"Master table {entity} in the target database.",
-            group_name="masters",
+            group_name=next(iter(used)) if len(used) == 1 else "masters",
             kinds={"sql"},
         )
-        for entity in entities
+        for entity, used in sorted(groups.items())
     ]
     return out
 
