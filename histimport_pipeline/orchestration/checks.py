@@ -31,6 +31,9 @@ def _facts(verdict: verdicts.Verdict) -> dict[str, Any]:
         if name == "top_errors":
             if value:
                 meta[name] = dg.MetadataValue.md(top_errors_table(value))
+        elif name == "max_error_ratio":
+            # the gate seldom changes: text, so the checks tab draws no flat plot of it
+            meta[name] = dg.MetadataValue.text(f"{value:g}")
         else:
             meta[name] = value
     return meta

@@ -2,6 +2,7 @@
 sentence, and the partition records why (an observation with the figures, the failed rows'
 link and what to do next)."""
 
+import json
 import math
 from pathlib import Path
 from typing import Any, NoReturn
@@ -138,5 +139,5 @@ def rejection_hint(spec: DatasetSpec, row: dict[str, Any]) -> str:
         "A retry of the same file is rejected again. Fix the rows (histimport errors "
         f"{row.get('import_id')} -o errors.csv) and drop the fixed file into the inbox under "
         "the same name: it supersedes this partition. Or, to load the valid rows as they are, "
-        f"launch this partition with run config {config}."
+        f"launch this partition with run config {json.dumps(config)}."
     )
