@@ -568,7 +568,8 @@ def test_a_rejected_import_fails_the_confirm_step_and_never_starts_the_load(
     assert _steps(result, "STEP_FAILURE") == ["signups_confirm"]
     assert "signups_load" not in _steps(result, "STEP_START")
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    message = str(failure.event_specific_data)
+    user_failure = failure.step_failure_data.user_failure_data
+    message = str(user_failure.description if user_failure else "")
     assert "1 of 3 rows failed (33.3%), above the dataset's limit of 10.0%" in message
     # what to do: a retry of the same file is rejected again; a fixed file or a higher gate
     assert "A retry of the same file is rejected again" in message
