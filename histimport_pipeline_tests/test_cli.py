@@ -716,3 +716,38 @@ def test_demo_migrates_a_database_that_is_not_migrated(
     ]
     assert any((tmp_path / "home" / "inbox").iterdir())
     assert table_rows(empty_db, "ambassadors")
+
+
+def test_retry_failed_skips_rejected_imports_and_says_what_to_do(
+    run: Run, db: Database, tmp_path: Path
+) -> None:
+    """A rejected file is rejected again by a plain retry: `retry-failed` leaves it out
+    unless asked, and says how to get it loaded; failed imports are retried, and a failure
+    that a corrected file superseded is not listed at all."""
+    from histimport_pipeline.engine.pipeline import ImportOptions, run_import
+    from histimport_pipeline.engine.spec import load_specs
+
+    spec = load_specs(tmp_path / "datasets")["signups"]
+    inbox = tmp_path / "drop"
+    inbox.mkdir()
+    strict = ImportOptions(partition_key="signups_a-aaaaaaaaaaaa", max_error_ratio=0.1)
+    rejected = run_import(db, spec, write(inbox, "signups_a.csv", BAD), strict)
+    assert rejected.status.value == "rejected"
+    broken = write(inbox, "signups_b.csv", "email\nx@example.com\n")  # no ID column
+    failed = run_import(db, spec, broken, ImportOptions(partition_key="signups_b-bbbbbbbbbbbb"))
+    assert failed.status.value == "failed"
+    listed = run("retry-failed", "--dry-run").stdout
+    assert "skipped 1 rejected import(s)" in listed
+    assert "drop it into the inbox again" in listed and "max_error_ratio" in listed
+    assert "would retry signups partition signups_b-bbbbbbbbbbbb" in listed
+    assert "signups_a-aaaaaaaaaaaa" not in listed
+    everything = run("retry-failed", "--dry-run", "--include-rejected").stdout
+    assert "skipped" not in everything
+    assert "signups_a-aaaaaaaaaaaa" in everything and "signups_b-bbbbbbbbbbbb" in everything
+    # the fixed file, dropped under the same name, corrects the failure once it loads
+    fixed = write(inbox, "signups_b.csv", "ID,email\n1,x@example.com\n")
+    result = run_import(db, spec, fixed, ImportOptions(partition_key="signups_b-cccccccccccc"))
+    assert result.status.value == "success"
+    assert "signups_b" not in run("retry-failed", "--dry-run").stdout
+    shown = as_json(run("show", str(result.import_id), "--json"))
+    assert shown["corrects_import_id"] == failed.import_id

@@ -116,13 +116,21 @@ def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
     assert h["import_type"] == "MANUAL" and h["source"] == "inbox"
     assert h["error_file_path"] == str(meta["failed_rows_csv"])  # the engine wrote it
     assert h["error_file_path"] == str(home / "errors" / f"import_{h['import_id']}_errors.csv")
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
-    assert checks == {
-        "failed_share_within_gate": True,
+    # a partial import is never all green: its failed row is a WARN on the gate check, and
+    # every evaluation names the partition it checked
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in evaluations.items()} == {
+        "failed_share_within_gate": False,
         "no_duplicate_keys": True,
         "references_resolved": True,
         "rows_accounted_for": True,
     }
+    gate = evaluations["failed_share_within_gate"]
+    assert gate.severity == dg.AssetCheckSeverity.WARN
+    assert "1 of 3 rows failed (33.3%), within the gate" in str(gate.description)
+    assert {e.partition for e in evaluations.values()} == {key}
+    [stored] = _check_history(instance, "failed_share_within_gate")
+    assert stored.partition == key and stored.status.value == "FAILED"
     # the imported file left the inbox for the archive, named with its import id
     assert not path.exists()
     archived = list((home / "archive" / "signups").glob(f"{meta['import_id']}__signups_1.csv"))
@@ -404,7 +412,9 @@ def test_rerunning_a_partition_finds_its_archived_file(home: Path, db_url: str) 
     assert again.success
     [event] = again.get_asset_materialization_events()
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
-    assert meta["status"] == "duplicate" and "dagster/row_count" not in meta
+    # nothing loaded: the table still holds the first import's two rows
+    assert meta["status"] == "duplicate" and meta["rows_loaded"] == 0
+    assert meta["dagster/row_count"] == 2
     db = Database.connect(db_url)
     t = db.tables.import_history
     with db.engine.connect() as conn:
@@ -496,6 +506,17 @@ def test_a_step_reexecuted_later_adds_its_own_time_not_the_wait(
     assert phases <= recorded["total_seconds"] < phases + 5, recorded
 
 
+def _check_history(instance: dg.DagsterInstance, name: str, dataset: str = "signups") -> list[Any]:
+    """The stored executions of one check, newest first, as the UI's checks tab lists them."""
+    key = dg.AssetCheckKey(dg.AssetKey(dataset), name)
+    return list(instance.event_log_storage.get_asset_check_execution_history(key, limit=20))
+
+
+def _observations(instance: dg.DagsterInstance, dataset: str = "signups") -> list[Any]:
+    records = instance.fetch_observations(dg.AssetKey(dataset), limit=20).records
+    return [r.asset_observation for r in records]
+
+
 def _steps(result: dg.ExecuteInProcessResult, event_type: str) -> list[str]:
     """The op names of the run's steps that had ``event_type``, in order."""
     keys = [e.step_key for e in result.all_events if e.event_type_value == event_type]
@@ -514,8 +535,9 @@ def _materialize_signups(
     key = files.partition_key_for(path, files.sha256_of(path))
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("signups_files", [key])
+    spec = _spec(SIGNUPS)
     result = dg.materialize(
-        [build_dataset_asset(_spec(SIGNUPS))],
+        [build_dataset_asset(spec), *build_checks(spec)],
         partition_key=key,
         instance=instance,
         resources={"database": DatabaseResource(url=db_url)},
@@ -554,7 +576,7 @@ def test_a_good_import_runs_five_steps_in_order(home: Path, db_url: str) -> None
     result, _, instance = _materialize_signups(home, db_url, GOOD)
     assert result.success
     order = ["signups_parse", "signups_validate", "signups_reconcile", "signups_confirm"]
-    assert _steps(result, "STEP_SUCCESS") == [*order, "signups_load"]
+    assert _steps(result, "STEP_SUCCESS")[:5] == [*order, "signups_load"]
     # a run built from the asset selection names its dataset's job in a tag
     tags = instance.get_run_by_id(result.run_id).tags  # type: ignore[union-attr]
     assert tags["histimport/job"] == "signups_import_job"
@@ -574,13 +596,39 @@ def test_a_rejected_import_fails_the_confirm_step_and_never_starts_the_load(
     else:
         options = {"max_error_ratio": 0.1}
         run_config = {"ops": {"signups": {"ops": {"signups_parse": {"config": options}}}}}
-    result, path, _ = _materialize_signups(home, db_url, GOOD, run_config)
+    result, path, instance = _materialize_signups(home, db_url, GOOD, run_config)
     assert not result.success
     assert _steps(result, "STEP_FAILURE") == ["signups_confirm"]
     assert "signups_load" not in _steps(result, "STEP_START")
     [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    message = str(failure.event_specific_data)
+    user_failure = failure.step_failure_data.user_failure_data
+    message = str(user_failure.description if user_failure else "")
     assert "1 of 3 rows failed (33.3%), above the dataset's limit of 10.0%" in message
+    # what to do: a retry of the same file is rejected again; a fixed file or a higher gate
+    assert "A retry of the same file is rejected again" in message
+    assert '"max_error_ratio": 0.34' in message
+    # the failure is the engine's sentence, not chained to the engine's traceback
+    error = failure.step_failure_data.error
+    assert error is not None and error.cause is None and error.context is None
+    # the gate check records a failed ERROR evaluation for the partition, with the figures
+    partition = key_of(instance)
+    [gate] = _check_history(instance, "failed_share_within_gate")
+    assert gate.partition == partition and gate.status.value == "FAILED"
+    evaluation = gate.event.dagster_event.event_specific_data
+    assert evaluation.severity == dg.AssetCheckSeverity.ERROR
+    figures = {k: v.value for k, v in evaluation.metadata.items()}
+    assert figures["failed_share"] == 0.3333 and figures["max_error_ratio"] == "0.1"
+    assert "bad-email" in str(figures["top_errors"])
+    # the partition says why it did not materialize
+    [observed] = _observations(instance)
+    assert observed.partition == partition
+    why = {k: v.value for k, v in observed.metadata.items()}
+    assert why["status"] == "rejected" and why["rows_failed"] == 1
+    assert "above the dataset's limit" in str(why["message"])
+    assert "histimport errors" in str(why["failed_rows"]) or str(why["failed_rows"]).endswith(
+        ".csv"
+    )
+    assert "drop the fixed file into the inbox" in str(why["what_to_do"])
     db = Database.connect(db_url)
     t = db.tables.import_history
     with db.engine.connect() as conn:
@@ -590,6 +638,12 @@ def test_a_rejected_import_fails_the_confirm_step_and_never_starts_the_load(
     assert not path.exists()
     assert list((home / "quarantine" / "signups").glob("*__signups_gate.csv"))
     db.dispose()
+
+
+def key_of(instance: dg.DagsterInstance) -> str:
+    """The one signups file partition of a test's instance."""
+    [key] = instance.get_dynamic_partitions("signups_files")
+    return key
 
 
 def _signups_job() -> dg.JobDefinition:
@@ -644,7 +698,9 @@ def test_reexecution_from_failure_resumes_at_the_load_after_a_lost_database(
             assert failed == ["signups_load"]
             parent = first.run_id
         options = dg.ReexecutionOptions.from_failure(parent, instance)
-        with dg.execute_job(job, instance, reexecution_options=options) as again:
+        # the UI and the daemon's automatic retries carry the parent's tags (its partition)
+        # over to the re-execution; execute_job only does when told
+        with dg.execute_job(job, instance, reexecution_options=options, tags=tags) as again:
             assert again.success
             started = [
                 str(e.step_key).rsplit(".", 1)[-1]

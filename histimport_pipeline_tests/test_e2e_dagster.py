@@ -125,6 +125,38 @@ DAILY_FILES = {
     "sessions_2024-01-01.csv": "ID,email\n101,a@example.com\n102,b@example.com\n",
     "sessions_2024-01-02.csv": "ID,email\n201,c@example.com\n202,not-an-email\n",
 }
+#: Over the gate (two of three rows fail, the spec allows half), and the file that corrects it.
+REJECTED_NAME = "signups_d.csv"
+REJECTED_TEXT = "ID,email\n008,nope\n009,nope\n010,h@example.com\n"
+CORRECTED_TEXT = "ID,email\n008,i@example.com\n009,j@example.com\n010,h@example.com\n"
+CHECKS_QUERY = """
+query Checks($key: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $key, checkName: $check, limit: 20) {
+    runId status partition
+    evaluation { success severity partition description }
+  }
+}"""
+WHY_QUERY = """
+query Why($key: AssetKeyInput!, $partitions: [String!]) {
+  assetOrError(assetKey: $key) {
+    __typename
+    ... on Asset { assetObservations(partitions: $partitions) {
+      partition description runId
+      metadataEntries {
+        label ... on TextMetadataEntry { text } ... on IntMetadataEntry { intValue }
+      }
+    } }
+    ... on Error { message }
+  }
+}"""
+PARTITIONS_QUERY = """
+query Partitions($key: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $key) {
+    __typename
+    ... on AssetNode { partitionKeys }
+    ... on Error { message }
+  }
+}"""
 REEXECUTE = """
 mutation Reexecute($params: ReexecutionParams!) {
   launchRunReexecution(reexecutionParams: $params) {
@@ -344,6 +376,23 @@ class DagsterDev:
         cursor: str | None = logs.get("cursor")
         return cursor
 
+    def check_executions(self, check: str) -> list[dict[str, Any]]:
+        """The executions of one signups check, newest first, as the checks tab lists them."""
+        found = self.graphql(CHECKS_QUERY, {"key": {"path": ["signups"]}, "check": check})
+        return list(found["assetCheckExecutions"])
+
+    def why_partition_failed(self, partition: str) -> list[dict[str, Any]]:
+        """The observations recorded on one signups partition."""
+        found = self.graphql(WHY_QUERY, {"key": {"path": ["signups"]}, "partitions": [partition]})
+        asset = found["assetOrError"]
+        assert asset["__typename"] == "Asset", asset
+        return list(asset["assetObservations"])
+
+    def partition_keys(self) -> list[str]:
+        found = self.graphql(PARTITIONS_QUERY, {"key": {"path": ["signups"]}})["assetNodeOrError"]
+        assert found["__typename"] == "AssetNode", found
+        return list(found["partitionKeys"])
+
     def report(self) -> str:
         """What a failed wait prints: every run, the logs of unsuccessful ones, the output."""
         lines = []
@@ -559,6 +608,15 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
             archived = {p.name for p in (home / "archive" / "signups").glob("*.csv")}
             assert archived == {f"{h['import_id']}__{h['file_name']}" for h in history}
 
+            # every check evaluation names the partition it checked, one per run
+            for check in ("failed_share_within_gate", "rows_accounted_for"):
+                executions = dagster.check_executions(check)
+                partitions = {e["partition"] for e in executions}
+                assert partitions == {r["tags"]["dagster/partition"] for r in runs}, executions
+                for e in executions:
+                    assert e["status"] == "SUCCEEDED", executions
+                    assert e["evaluation"]["partition"] == e["partition"], executions
+
             # -- a file with a header the spec does not know: the run fails at parse
             (inbox / BAD_NAME).write_text(BAD_TEXT)
             bad_sha = files.sha256_of(inbox / BAD_NAME)
@@ -620,6 +678,48 @@ def test_dagster_dev_imports_dropped_files_and_reexecutes_a_fixed_failure(
             status = {s["process_name"]: s for s in _table(db, "processing_status")}
             assert status["dataset:signups"]["consecutive_errors"] == 0
             assert status["dataset:signups"]["last_import_id"] == retried["import_id"]
+
+            # -- over the gate: confirm fails, and the partition says why through GraphQL
+            (inbox / REJECTED_NAME).write_text(REJECTED_TEXT)
+            [rejected] = dagster.wait_for("the rejected file", _finished_runs_of({REJECTED_NAME}))
+            assert rejected["status"] == "FAILURE", dagster.report()
+            steps = dagster.steps(rejected["runId"])
+            [confirm_step] = [k for k in steps if k.endswith("signups_confirm")]
+            assert steps[confirm_step] == "FAILURE", steps
+            assert not any(k.endswith("signups_load") for k in steps), steps
+            rejected_key = rejected["tags"]["dagster/partition"]
+            [gate] = [
+                e
+                for e in dagster.check_executions("failed_share_within_gate")
+                if e["partition"] == rejected_key
+            ]
+            assert gate["status"] == "FAILED", gate
+            assert gate["evaluation"]["severity"] == "ERROR", gate
+            assert "above the gate of 50.0%" in gate["evaluation"]["description"], gate
+            [why] = dagster.why_partition_failed(rejected_key)
+            assert why["runId"] == rejected["runId"], why
+            entries = {e["label"]: e.get("text", e.get("intValue")) for e in why["metadataEntries"]}
+            assert entries["status"] == "rejected" and entries["rows_failed"] == 2, entries
+            assert "above the dataset's limit of 50.0%" in entries["message"], entries
+            assert "drop the fixed file into the inbox" in entries["what_to_do"], entries
+
+            # -- the corrected file under the same name supersedes the rejected partition
+            (inbox / REJECTED_NAME).write_text(CORRECTED_TEXT)
+
+            def corrected(found: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+                mine = [r for r in found if r["tags"].get("histimport/file") == REJECTED_NAME]
+                done = len(mine) == 2 and all(r["status"] in TERMINAL for r in mine)
+                return mine if done else None
+
+            runs = dagster.wait_for("the corrected file", corrected)
+            [fix] = [r for r in runs if r["runId"] != rejected["runId"]]
+            assert fix["status"] == "SUCCESS", dagster.report()
+            keys = dagster.partition_keys()
+            assert rejected_key not in keys and fix["tags"]["dagster/partition"] in keys, keys
+            by_run = {h["dagster_run_id"]: h for h in _history(db)}
+            old, new = by_run[rejected["runId"]], by_run[fix["runId"]]
+            assert new["corrects_import_id"] == old["import_id"], new
+            assert old["superseded_by"] == new["import_id"] and old["status"] == "rejected"
     finally:
         db.dispose()
 

@@ -158,6 +158,8 @@ _SHOW_FIELDS = (
     "retry_of",
     "user_id",
     "user_email",
+    "corrects_import_id",
+    "superseded_by",
     "triggered_by",
     "worker",
     "created_at",

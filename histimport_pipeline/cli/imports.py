@@ -267,13 +267,37 @@ def retry_failed(
         str, typer.Option(envvar="HISTIMPORT_DAGSTER_URL", help="Dagster webserver URL.")
     ] = "http://127.0.0.1:3000",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, launch nothing.")] = False,
+    include_rejected: Annotated[
+        bool,
+        typer.Option(
+            "--include-rejected",
+            help="Retry rejected imports too (they fail again unless the spec's "
+            "max_error_ratio was raised).",
+        ),
+    ] = False,
 ) -> None:
-    """Launch runs for partitions whose latest import failed, through the Dagster webserver."""
+    """Launch runs for partitions whose latest import failed, through the Dagster webserver.
+
+    A rejected import (over the error gate) is skipped unless --include-rejected: the same
+    file is rejected again, so it needs a fixed file dropped into the inbox, or a run
+    launched with run config max_error_ratio.
+    """
     with tracked() as (settings, db):
         cutoff = history.parse_since(since) if since else None
-        failed = history.failed_partitions(db, dataset, cutoff)
+        found = history.failed_partitions(db, dataset, cutoff)
+    rejected = [r for r in found if r["status"] == ImportStatus.REJECTED.value]
+    failed = found if include_rejected else [r for r in found if r not in rejected]
+    if rejected and not include_rejected:
+        ids = ", ".join(str(r["import_id"]) for r in rejected)
+        out.print(
+            f"skipped {len(rejected)} rejected import(s) ({ids}): the same file would be "
+            "rejected again. Fix the file and drop it into the inbox again (it supersedes the "
+            "rejected one), raise the spec's max_error_ratio, or retry them with "
+            "--include-rejected",
+            highlight=False,
+        )
     if not failed:
-        out.print("no failed partitions")
+        out.print("no failed partitions to retry")
         return
     client = None
     specs = load_specs(settings.datasets)

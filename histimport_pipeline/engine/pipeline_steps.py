@@ -30,6 +30,7 @@ from histimport_pipeline.engine.models import (
 )
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, OnWait
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
+from histimport_pipeline.engine.tracking import corrections
 from histimport_pipeline.engine.tracking.drift import detect_drift
 
 #: Seconds between two looks at that other import while waiting.
@@ -198,6 +199,9 @@ def _record_start(
 ) -> tuple[ImportHandle, tracking.Claim]:
     """The new import's history row and its claim on the content, in ``tx``."""
     name = options.file_name or path.name
+    corrects = corrections.failure_to_correct(
+        tx, db, dataset=spec.name, file_name=name, business_date=business_date, sha256=sha
+    )
     import_id = tracking.create_import(
         tx,
         db,
@@ -218,6 +222,7 @@ def _record_start(
         phase=ImportPhase.PARSE.value,
         forced=options.force,
         retry_of=options.retry_of,
+        corrects_import_id=corrects,
         triggered_by=options.user,
         user_id=options.user,
         user_email=options.user_email,
@@ -245,7 +250,13 @@ def _record_start(
         import_id,
         AuditAction.STARTED,
         options.user,
-        {"file": name, "sha256": sha, "force": options.force, "dry_run": options.dry_run},
+        {
+            "file": name,
+            "sha256": sha,
+            "force": options.force,
+            "dry_run": options.dry_run,
+            **({"corrects_import_id": corrects} if corrects is not None else {}),
+        },
     )
     claim = tracking.claim_file(
         tx,

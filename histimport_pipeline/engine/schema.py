@@ -146,6 +146,10 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Column("total_seconds", sa.Float),
         sa.Column("forced", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("retry_of", BigId, sa.ForeignKey(fk_import, ondelete="SET NULL")),
+        #: The failed or rejected import this one corrects (same file name, or same date).
+        sa.Column("corrects_import_id", sa.BigInteger),
+        #: The import that corrected this failed one once it loaded.
+        sa.Column("superseded_by", sa.BigInteger),
         sa.Column("triggered_by", sa.String(200)),
         sa.Column("worker", sa.String(200)),
         sa.Column("heartbeat_at", Timestamp),
@@ -177,6 +181,7 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Index("ix_import_history_target_table", "target_table"),
         sa.Index("ix_import_history_user_id", "user_id"),
         sa.Index("ix_import_history_user_email", "user_email"),
+        sa.Index("ix_import_history_corrects", "corrects_import_id"),
     )
 
 

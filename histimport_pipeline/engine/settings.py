@@ -119,6 +119,8 @@ class Settings:
             (``HISTIMPORT_RETENTION_DAYS``).
         archive_after_days: the age at which an import is archived
             (``HISTIMPORT_ARCHIVE_AFTER_DAYS``).
+        web_url: base URL of the web history page (``HISTIMPORT_WEB_URL``), where the Dagster
+            metadata links an import's failed rows; None links the error file instead.
     """
 
     home: Path
@@ -139,6 +141,7 @@ class Settings:
     progress_every_s: float = 2.0
     retention_days: int = DEFAULT_RETENTION_DAYS
     archive_after_days: int = DEFAULT_ARCHIVE_AFTER_DAYS
+    web_url: str | None = None
 
     @classmethod
     def from_env(
@@ -216,6 +219,7 @@ class Settings:
             retention_days=whole("HISTIMPORT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS),
             archive_after_days=whole("HISTIMPORT_ARCHIVE_AFTER_DAYS", DEFAULT_ARCHIVE_AFTER_DAYS),
             error_dir=folder("HISTIMPORT_ERROR_DIR", home / "errors"),
+            web_url=env.get("HISTIMPORT_WEB_URL", "").strip().rstrip("/") or None,
             home=home,
             database_url=url,
             db_schema=schema,

@@ -2,8 +2,8 @@
 reconcile, confirm, load) that pass a small import handle and keep the rows in staging
 tables.
 
-Long because: the asset factory and its five ops close over one spec and share the failure
-handling; splitting the ops into modules of their own is the next step of the layout work.
+How a failure shows is in :mod:`.failures`, the outcome's metadata in :mod:`.metadata`, and
+which file a partition reads in :mod:`.partition_files`.
 """
 
 import datetime as dt
@@ -15,12 +15,22 @@ from typing import Any
 import dagster as dg
 
 from histimport_pipeline.engine import files, pipeline, tracking
-from histimport_pipeline.engine.errors import FileError, HistimportError
-from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
+from histimport_pipeline.engine.errors import HistimportError
+from histimport_pipeline.engine.loading.targets import count_rows
+from histimport_pipeline.engine.models import ImportStatus, ImportType
 from histimport_pipeline.engine.pipeline import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, load_specs
-from histimport_pipeline.orchestration.partitions import dataset_partitions
+from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, load_specs
+from histimport_pipeline.engine.tracking import corrections
+from histimport_pipeline.orchestration.checks import check_evaluations
+from histimport_pipeline.orchestration.failures import (
+    observe_failure,
+    raise_failure,
+    rejection_hint,
+)
+from histimport_pipeline.orchestration.metadata import column_schema, outcome_metadata
+from histimport_pipeline.orchestration.partition_files import find_file, in_inbox, source_of
+from histimport_pipeline.orchestration.partitions import dataset_partitions, file_partitions_name
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import DATASET_TAG, TRIGGER_TAG, missing_tags
 
@@ -48,25 +58,32 @@ def inbox_key(spec: DatasetSpec) -> dg.AssetKey:
 
 
 def external_assets(specs: dict[str, DatasetSpec]) -> list[dg.AssetSpec]:
-    """The inboxes and master tables: upstream of the datasets, not materialized here."""
+    """The inboxes and master tables: upstream of the datasets, not materialized here.
+
+    Each sits in the group of the datasets it feeds (a master table shared by datasets of
+    several groups in ``masters``), so a lineage view of one group shows its whole picture.
+    """
     out = [
         dg.AssetSpec(
             inbox_key(spec),
             description=f"Files dropped for {spec.name} ({spec.files or spec.name + '/'}).",
-            group_name="inbox",
+            group_name=spec.group,
             kinds={"file"},
         )
         for spec in specs.values()
     ]
-    entities = sorted({ref.entity for s in specs.values() for ref in s.references.values()})
+    groups: dict[str, set[str]] = {}
+    for s in specs.values():
+        for ref in s.references.values():
+            groups.setdefault(ref.entity, set()).add(s.group)
     out += [
         dg.AssetSpec(
             master_key(entity),
             description=f"Master table {entity} in the target database.",
-            group_name="masters",
+            group_name=next(iter(used)) if len(used) == 1 else "masters",
             kinds={"sql"},
         )
-        for entity in entities
+        for entity, used in sorted(groups.items())
     ]
     return out
 
@@ -100,64 +117,6 @@ def parse_run_config(spec: DatasetSpec, path: Path | str) -> dict[str, Any]:
     return {"ops": {spec.name: {"ops": {f"{spec.name}_parse": {"config": {"path": str(path)}}}}}}
 
 
-def _matches_partition(spec: DatasetSpec, name: str, path: Path, partition_key: str) -> bool:
-    if spec.partitioning is Partitioning.DAILY:
-        day = spec.business_date(name)
-        return day is not None and day.isoformat() == partition_key
-    stem = files.partition_key_for(Path(name), "0" * 12)[:-13]
-    if partition_key.rsplit("-", 1)[0] != stem:
-        return False  # cheap name test before hashing
-    return files.partition_key_for(Path(name), files.sha256_of(path)) == partition_key
-
-
-def _find_file(
-    settings: Settings, spec: DatasetSpec, partition_key: str, config_path: str | None
-) -> Path:
-    """The file of a partition: the configured path (or its moved copy), else the file in the
-    inbox, archive or quarantine whose name and content give ``partition_key``."""
-    folders = (settings.archive, settings.quarantine)
-    if config_path:
-        path = Path(config_path)
-        prefix = (
-            None
-            if spec.partitioning is Partitioning.DAILY
-            else files.sha_prefix_of_key(partition_key)
-        )
-        found = files.locate(path, spec.name, prefix, *folders)
-        if found is None:
-            raise dg.Failure(
-                f"{path} is gone from the inbox, archive and quarantine", allow_retries=False
-            )
-        return found
-    for entry in files.dataset_candidates(settings.inbox, spec):
-        if isinstance(entry, files.Entry) and _matches_partition(
-            spec, entry.path.name, entry.path, partition_key
-        ):
-            return entry.path
-    moved = sorted(
-        files.moved_copies(spec.name, *folders), key=lambda p: p.stat().st_mtime_ns, reverse=True
-    )
-    for path in moved:
-        if _matches_partition(spec, files.original_name(path), path, partition_key):
-            return path
-    raise dg.Failure(
-        f"no file for partition {partition_key} of {spec.name} in {settings.inbox} (nor in "
-        "the archive or quarantine): drop the file into the inbox and re-run the partition",
-        allow_retries=False,
-    )
-
-
-def _source(context: dg.OpExecutionContext, settings: Settings, path: Path) -> ImportSource:
-    """Where the file was read from: a moved copy's folder, else how the run came about."""
-    if files.is_under(path, settings.quarantine):
-        return ImportSource.QUARANTINE
-    if files.is_under(path, settings.archive):
-        return ImportSource.ARCHIVE
-    if context.run.tags.get(TRIGGER_TAG) == "schedule":
-        return ImportSource.SCHEDULE
-    return ImportSource.INBOX
-
-
 def _tag_run(context: dg.OpExecutionContext, dataset: str, path: Path) -> None:
     """Give the run the tags a sensor's run has: the queue adds the dataset and trigger to
     runs built from an asset selection, but only the run knows which file it found."""
@@ -180,107 +139,6 @@ def _retry_of(context: dg.OpExecutionContext, database: DatabaseResource) -> int
     with database.database.reader() as conn:
         earlier = tracking.imports_of_run(conn, database.database, parent)
     return int(earlier[-1]["import_id"]) if earlier else None
-
-
-def _fail(
-    context: dg.OpExecutionContext,
-    settings: Settings,
-    spec: DatasetSpec,
-    handle: ImportHandle,
-    database: DatabaseResource,
-    exc: BaseException,
-) -> dg.Failure:
-    """Record the failure; a terminal file problem moves the file to quarantine."""
-    terminal = not isinstance(exc, HistimportError) or exc.terminal
-    pipeline.fail_import(database.database, spec, handle, exc, keep_staging=not terminal)
-    if isinstance(exc, FileError) and Path(handle.file_path).exists():
-        moved = files.move_aside(
-            Path(handle.file_path),
-            settings.quarantine,
-            spec.name,
-            handle.import_id,
-            {"status": "failed", "error": str(exc)},
-        )
-        tracking.record_file_moved(database.database, handle.import_id, moved, "quarantined")
-        context.log.warning(f"moved {handle.file_name} to quarantine: {moved}")
-    facts = exc.facts if isinstance(exc, HistimportError) else {}
-    return dg.Failure(
-        description=str(exc),
-        metadata={"import_id": handle.import_id, **{k: str(v) for k, v in facts.items()}},
-        allow_retries=not terminal,
-    )
-
-
-def _metadata(spec: DatasetSpec, result: ImportResult, csv: Path | None) -> dict[str, Any]:
-    written = result.rows_created + result.rows_updated + result.rows_unchanged
-    meta: dict[str, Any] = {
-        "import_id": dg.MetadataValue.text(str(result.import_id)),
-        "status": result.status.value,
-        "file": result.file_name,
-        "sha256": result.sha256,
-        "strategy": spec.strategy.value,
-        "rows_read": result.rows_read,
-        "rows_created": result.rows_created,
-        "rows_updated": result.rows_updated,
-        "rows_unchanged": result.rows_unchanged,
-        "rows_failed": result.rows_failed,
-        "rows_duplicate": result.rows_duplicate,
-        "rows_waiting_for_review": result.rows_review,
-        "dagster/column_schema": column_schema(spec),
-    }
-    if result.status is not ImportStatus.DUPLICATE:
-        meta["dagster/row_count"] = written
-    meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
-    top = (result.error_summary or {}).get("top_errors") or []
-    if top:
-        meta["top_errors"] = dg.MetadataValue.md(
-            "| column | category | rows | example |\n|---|---|---|---|\n"
-            + "\n".join(
-                f"| {e.get('column') or '(row)'} | {e.get('category')} | {e.get('count')} | "
-                f"{str(e.get('example')).replace('|', '/')[:120]} |"
-                for e in top
-            )
-        )
-    if csv is not None:
-        meta["failed_rows_csv"] = dg.MetadataValue.path(str(csv))
-    if result.duplicate_of is not None:
-        meta["duplicate_of_import"] = result.duplicate_of
-    if result.schema_drift:
-        meta["schema_drift"] = dg.MetadataValue.json(result.schema_drift)
-    return meta
-
-
-_SQL_TYPES = {
-    ColumnType.INTEGER: "bigint",
-    ColumnType.DECIMAL: "numeric",
-    ColumnType.BOOLEAN: "boolean",
-    ColumnType.DATE: "date",
-    ColumnType.TIMESTAMP: "timestamp",
-}
-
-
-def column_schema(spec: DatasetSpec) -> dg.TableSchema:
-    """The target table's columns as Dagster shows them."""
-    cols = [
-        dg.TableColumn(
-            name,
-            _SQL_TYPES.get(col.type, "text"),
-            description=col.description,
-            constraints=dg.TableColumnConstraints(
-                nullable=not (col.required or name in spec.key), unique=list(spec.key) == [name]
-            ),
-        )
-        for name, col in spec.columns.items()
-    ]
-    cols += [
-        dg.TableColumn(name, "reference", description=f"id in {ref.entity}")
-        for name, ref in spec.references.items()
-    ]
-    cols += [
-        dg.TableColumn("_import_id", "bigint", description="import that wrote the row"),
-        dg.TableColumn("_source_row", "bigint", description="row number in the file"),
-    ]
-    return dg.TableSchema(columns=cols)
 
 
 def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
@@ -308,7 +166,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     ) -> ImportHandle:
         settings, current = _spec(name)
         key = context.partition_key
-        path = _find_file(settings, current, key, config.path)
+        path = find_file(settings, current, key, config.path)
         _tag_run(context, name, path)
         business_date = (
             dt.date.fromisoformat(key) if current.partitioning is Partitioning.DAILY else None
@@ -318,7 +176,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         options = ImportOptions(
             force=config.force,
             import_type=_import_type(context, current),
-            source=_source(context, settings, path),
+            source=source_of(context, settings, path),
             user_id=launched_by or f"dagster:{getpass.getuser()}",
             user_email=launched_by if launched_by and "@" in launched_by else None,
             partition_key=key,
@@ -326,7 +184,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             dagster_run_id=context.run_id,
             max_error_ratio=config.max_error_ratio,
             retry_of=_retry_of(context, database),
-            file_name=files.original_name(path) if not _in_inbox(path, settings) else None,
+            file_name=files.original_name(path) if not in_inbox(path, settings) else None,
             max_field_bytes=settings.max_field_bytes,
         )
         try:
@@ -343,7 +201,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         try:
             detected = pipeline.inspect_file(database.database, current, handle)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {
                 "import_id": handle.import_id,
@@ -376,7 +234,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             )
             staged = pipeline.stage_file(database.database, current, handle, options)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {
                 "rows_read": staged.rows_read,
@@ -403,7 +261,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         try:
             counts = pipeline.reconcile_import(database.database, current, handle)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            raise_failure(context, settings, current, handle, database, exc)
         context.add_output_metadata(
             {k: v for k, v in counts.items() if isinstance(v, int | float | str)}
         )
@@ -432,10 +290,23 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             options = ImportOptions(max_error_ratio=_parse_config(context, name).max_error_ratio)
             rejected = pipeline.confirm_import(database.database, current, handle, options)
         except Exception as exc:
-            raise _fail(context, settings, current, handle, database, exc) from exc
+            raise_failure(context, settings, current, handle, database, exc)
         if rejected is not None:
-            meta = _settle(context, settings, current, handle, rejected, database)
-            raise dg.Failure(description=rejected.error_message, metadata=meta, allow_retries=False)
+            meta, csv = _settle(context, settings, current, handle, rejected, database)
+            # The check steps never run after a failed step: record their verdicts here, so
+            # the partition's checks show the failed gate with its figures.
+            key = context.partition_key
+            for evaluation in check_evaluations(current, database, handle.import_id, key):
+                context.log_event(evaluation)  # type: ignore[arg-type]  # accepted since 1.7
+            message = rejected.error_message or "rejected"
+            observe_failure(context, settings, current, handle.import_id, message, database, csv)
+            with database.database.reader() as conn:
+                row = tracking.get_import(conn, database.database, handle.import_id) or {}
+            raise dg.Failure(
+                description=f"{message}\n\n{rejection_hint(current, row)}",
+                metadata=meta,
+                allow_retries=False,
+            )
         return handle
 
     @dg.op(
@@ -467,8 +338,9 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
                     ImportOptions(progress_every_s=settings.progress_every_s),
                 )
             except Exception as exc:
-                raise _fail(context, settings, current, handle, database, exc) from exc
+                raise_failure(context, settings, current, handle, database, exc)
         _settle(context, settings, current, handle, result, database)
+        _drop_superseded(context, current, result.import_id, database)
 
     def compose(**upstream_inputs: Any) -> Any:
         handle = parse(**upstream_inputs)
@@ -482,7 +354,8 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
     return dg.graph_asset(
         name=name,
         description=spec.description or f"Rows imported into table {spec.target_table}.",
-        group_name=name,
+        group_name=spec.group,
+        owners=list(spec.owners) or None,
         partitions_def=dataset_partitions(spec),
         ins={
             n: dg.AssetIn(key=k, dagster_type=dg.Nothing)
@@ -491,7 +364,7 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
         tags={DATASET_TAG: name},
         kinds={"sql"},
         metadata={
-            "target_table": spec.target_table,
+            "dagster/table_name": spec.target_table,
             "strategy": spec.strategy.value,
             "dagster/column_schema": column_schema(spec),
         },
@@ -513,9 +386,13 @@ def _settle(
     handle: ImportHandle,
     result: ImportResult,
     database: DatabaseResource,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Path | None]:
     """After an import ended (loaded, rejected or duplicate): export its failed rows, move
-    the file to the archive or quarantine, and show the outcome as the step's metadata."""
+    the file to the archive or quarantine, and show the outcome as the step's metadata.
+
+    Returns:
+        The metadata, and the failed-rows CSV if one was written.
+    """
     db = database.database
     path = Path(handle.file_path)
     result = pipeline.with_error_file(db, result, settings.error_dir)
@@ -523,7 +400,7 @@ def _settle(
     folder = settings.quarantine if result.status is ImportStatus.REJECTED else settings.archive
     # A file retried from quarantine moves on to the archive once it loads.
     retried = files.is_under(path, settings.quarantine) and folder == settings.archive
-    if path.exists() and (_in_inbox(path, settings) or retried):
+    if path.exists() and (in_inbox(path, settings) or retried):
         if retried:
             path.with_name(path.name + ".json").unlink(missing_ok=True)
         moved = files.move_aside(
@@ -537,14 +414,29 @@ def _settle(
         reason = "archived" if folder == settings.archive else "quarantined"
         tracking.record_file_moved(db, result.import_id, moved, reason)
         context.log.info(f"moved {handle.file_name} to {moved}")
-    meta = _metadata(spec, result, csv)
+    meta = outcome_metadata(settings, spec, result, csv, count_rows(db, spec))
     context.add_output_metadata(meta)
-    return meta
+    return meta, csv
 
 
-def _in_inbox(path: Path, settings: Settings) -> bool:
-    try:
-        path.resolve().relative_to(settings.inbox.resolve())
-    except ValueError:
-        return False
-    return True
+def _drop_superseded(
+    context: dg.OpExecutionContext, spec: DatasetSpec, import_id: int, database: DatabaseResource
+) -> None:
+    """A loaded correction supersedes failed imports of the same file name: their file
+    partitions leave the partition set (their runs and events stay), so the catalog stops
+    showing them as the dataset's open failures."""
+    superseded = corrections.superseded_partitions(database.database, import_id)
+    if spec.partitioning is not Partitioning.FILE:
+        for item in superseded:
+            context.log.info(f"import {import_id} supersedes failed import {item['import_id']}")
+        return
+    name = file_partitions_name(spec)
+    existing = set(context.instance.get_dynamic_partitions(name))
+    for item in superseded:
+        key = item["partition_key"]
+        if key and key != context.partition_key and key in existing:
+            context.instance.delete_dynamic_partition(name, key)
+            context.log.info(
+                f"import {import_id} supersedes {item['status']} import {item['import_id']}: "
+                f"removed its partition {key} (its runs stay in the history)"
+            )

@@ -1,13 +1,74 @@
-"""Asset checks per dataset, evaluated on the import that the run performed."""
+"""Asset checks per dataset, evaluated per partition on the import that the run performed.
+
+The rules are the engine's (:mod:`histimport_pipeline.engine.tracking.verdicts`); here they
+become check results. A run whose confirm step rejects the import never reaches these check
+steps, so the confirm step records the same verdicts itself (:func:`check_evaluations`).
+"""
 
 from typing import Any
 
 import dagster as dg
-import sqlalchemy as sa
 
 from histimport_pipeline.engine import tracking
-from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched
+from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.engine.tracking import verdicts
+from histimport_pipeline.orchestration.partitions import dataset_partitions
 from histimport_pipeline.orchestration.resources import DatabaseResource
+
+_DESCRIPTIONS = {
+    verdicts.GATE: "The share of failed rows is within max_error_ratio (ERROR when rejected, "
+    "WARN when some rows failed under the gate).",
+    verdicts.UNIQUE_KEYS: "No natural key appears twice in the target table.",
+    verdicts.REFERENCES: "Every reference is resolved (WARN for rows waiting for review or "
+    "values left empty by the null policy).",
+    verdicts.ACCOUNTING: "Rows read = loaded + failed + skipped (duplicates, review).",
+}
+
+
+def _facts(verdict: verdicts.Verdict) -> dict[str, Any]:
+    meta: dict[str, Any] = {"summary": dg.MetadataValue.text(verdict.summary)}
+    for name, value in verdict.facts.items():
+        if name == "top_errors":
+            if value:
+                meta[name] = dg.MetadataValue.md(top_errors_table(value))
+        elif name == "max_error_ratio":
+            # the gate seldom changes: text, so the checks tab draws no flat plot of it
+            meta[name] = dg.MetadataValue.text(f"{value:g}")
+        else:
+            meta[name] = value
+    return meta
+
+
+def top_errors_table(top: list[dict[str, Any]]) -> str:
+    """The import's most frequent errors as a Markdown table."""
+    return "| column | category | rows | example |\n|---|---|---|---|\n" + "\n".join(
+        f"| {e.get('column') or '(row)'} | {e.get('category')} | {e.get('count')} | "
+        f"{str(e.get('example')).replace('|', '/')[:120]} |"
+        for e in top
+    )
+
+
+def _severity(verdict: verdicts.Verdict) -> dg.AssetCheckSeverity:
+    return dg.AssetCheckSeverity.WARN if verdict.severity == "WARN" else dg.AssetCheckSeverity.ERROR
+
+
+def check_evaluations(
+    spec: DatasetSpec, database: DatabaseResource, import_id: int, partition: str | None
+) -> list[dg.AssetCheckEvaluation]:
+    """Every check of ``spec`` evaluated on one import, for a step to log itself."""
+    found = verdicts.import_verdicts(database.database, spec, import_id)
+    return [
+        dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey(spec.name),
+            check_name=name,
+            passed=v.passed,
+            severity=_severity(v),
+            description=v.summary,
+            metadata={"import_id": dg.MetadataValue.text(str(import_id)), **_facts(v)},
+            partition=partition,
+        )
+        for name, v in found.items()
+    ]
 
 
 def _run_import(database: DatabaseResource, run_id: str) -> dict[str, Any] | None:
@@ -16,122 +77,33 @@ def _run_import(database: DatabaseResource, run_id: str) -> dict[str, Any] | Non
     return rows[-1] if rows else None
 
 
-def _no_import(spec: DatasetSpec) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(passed=True, metadata={"note": "no import in this run"})
-
-
-def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
-    """The four checks of one dataset."""
-    key = dg.AssetKey(spec.name)
-
+def _build_check(spec: DatasetSpec, name: str) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=key,
-        name="failed_share_within_gate",
-        blocking=True,
-        description="The share of failed rows is within max_error_ratio.",
+        asset=dg.AssetKey(spec.name),
+        name=name,
+        blocking=name == verdicts.GATE,
+        description=_DESCRIPTIONS[name],
+        partitions_def=dataset_partitions(spec),
     )
-    def gate(
+    def check(
         context: dg.AssetCheckExecutionContext, database: DatabaseResource
     ) -> dg.AssetCheckResult:
         row = _run_import(database, context.run.run_id)
         if row is None:
-            return _no_import(spec)
-        read = int(row["rows_in_file"] or 0)
-        failed = int(row["rows_failed"] or 0)
-        share = failed / read if read else 0.0
-        return dg.AssetCheckResult(
-            passed=share <= spec.max_error_ratio and row["status"] != "rejected",
-            metadata={
-                "import_id": dg.MetadataValue.text(str(row["import_id"])),
-                "failed_share": share,
-                "max_error_ratio": spec.max_error_ratio,
-                "rows_failed": failed,
-            },
-        )
-
-    @dg.asset_check(
-        asset=key,
-        name="no_duplicate_keys",
-        description="No natural key appears twice in the target table.",
-    )
-    def unique_keys(
-        context: dg.AssetCheckExecutionContext, database: DatabaseResource
-    ) -> dg.AssetCheckResult:
-        db = database.database
-        if not spec.key:
-            return dg.AssetCheckResult(passed=True, metadata={"note": "dataset has no key"})
-        with db.reader() as conn:
-            if not sa.inspect(conn).has_table(spec.target_table):
-                return dg.AssetCheckResult(passed=True, metadata={"note": "no table yet"})
-            t = sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
-            cols = [t.c[k] for k in spec.key]
-            dupes = sa.select(*cols).group_by(*cols).having(sa.func.count() > 1).subquery()
-            count = conn.execute(sa.select(sa.func.count()).select_from(dupes)).scalar_one()
-        return dg.AssetCheckResult(passed=count == 0, metadata={"duplicate_keys": int(count)})
-
-    @dg.asset_check(
-        asset=key,
-        name="references_resolved",
-        description="Every reference column is resolved, or null by policy.",
-    )
-    def references(
-        context: dg.AssetCheckExecutionContext, database: DatabaseResource
-    ) -> dg.AssetCheckResult:
-        db = database.database
-        row = _run_import(database, context.run.run_id)
-        required = [n for n, r in spec.references.items() if r.on_unmatched is not OnUnmatched.NULL]
-        if row is None or not required:
-            return dg.AssetCheckResult(passed=True, metadata={"checked_columns": len(required)})
-        with db.reader() as conn:
-            if not sa.inspect(conn).has_table(spec.target_table):
-                return dg.AssetCheckResult(passed=True, metadata={"note": "no table yet"})
-            t = sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
-            unresolved = conn.execute(
-                sa.select(sa.func.count()).where(
-                    t.c._import_id == row["import_id"],
-                    sa.or_(*(t.c[n].is_(None) for n in required)),
-                )
-            ).scalar_one()
-        return dg.AssetCheckResult(
-            passed=unresolved == 0,
-            metadata={
-                "unresolved_rows": int(unresolved),
-                "waiting_for_review": int(row["rows_review"] or 0),
-            },
-        )
-
-    @dg.asset_check(
-        asset=key,
-        name="rows_accounted_for",
-        description="Rows read = loaded + failed + skipped (duplicates, review).",
-    )
-    def accounting(
-        context: dg.AssetCheckExecutionContext, database: DatabaseResource
-    ) -> dg.AssetCheckResult:
-        row = _run_import(database, context.run.run_id)
-        if row is None or row["status"] in ("duplicate", "rejected", "failed"):
-            return (
-                _no_import(spec)
-                if row is None
-                else dg.AssetCheckResult(
-                    passed=True, metadata={"note": f"import {row['status']}: nothing loaded"}
-                )
+            return dg.AssetCheckResult(
+                passed=True, description="no import in this run", metadata={}
             )
-        parts = {
-            k: int(row[k] or 0)
-            for k in (
-                "rows_created",
-                "rows_updated",
-                "rows_unchanged",
-                "rows_failed",
-                "rows_duplicate",
-                "rows_review",
-            )
-        }
-        read = int(row["rows_in_file"] or 0)
+        v = verdicts.import_verdicts(database.database, spec, int(row["import_id"]))[name]
         return dg.AssetCheckResult(
-            passed=read == sum(parts.values()),
-            metadata={"rows_read": read, **parts},
+            passed=v.passed,
+            severity=_severity(v),
+            description=v.summary,
+            metadata={"import_id": dg.MetadataValue.text(str(row["import_id"])), **_facts(v)},
         )
 
-    return [gate, unique_keys, references, accounting]
+    return check
+
+
+def build_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
+    """The four checks of one dataset, partitioned like its asset."""
+    return [_build_check(spec, name) for name in verdicts.CHECKS]

@@ -18,6 +18,7 @@ from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportPha
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.pipeline_steps import seconds_spent
 from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.engine.tracking import corrections
 
 
 def check_staging(
@@ -91,6 +92,8 @@ def finish_import(
         business_date=handle.business_date,
     )
     load.finish_staging(tx, db, spec, handle.import_id)
+    if status in (ImportStatus.SUCCESS, ImportStatus.PARTIAL):
+        corrections.supersede(tx, db, handle.import_id, row.get("triggered_by"))
 
 
 @dataclass

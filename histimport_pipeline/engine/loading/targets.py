@@ -222,3 +222,13 @@ def _target_changes(
     if problems:
         raise SchemaChangeError(spec.target_table, "; ".join(problems))
     return to_add
+
+
+def count_rows(db: Database, spec: DatasetSpec) -> int | None:
+    """The rows the dataset's target table holds now (all imports', and any that predate
+    histimport), or None when it does not exist yet."""
+    with db.reader() as conn:
+        if not sa.inspect(conn).has_table(spec.target_table):
+            return None
+        table = sa.table(spec.target_table)
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())

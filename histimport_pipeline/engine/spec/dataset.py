@@ -57,6 +57,10 @@ class DatasetSpec(StrictModel):
     name: str = Field(pattern=IDENT)
     target_table: str = Field(pattern=IDENT)
     description: str | None = None
+    #: The domain the dataset belongs to (the Dagster asset group); default ``datasets``.
+    group: str = Field(default="datasets", pattern=IDENT)
+    #: Who answers for the dataset: e-mail addresses or ``team:NAME``.
+    owners: tuple[str, ...] = ()
     #: Glob on the file name (``signups_*.csv``); files in the inbox sub-folder named after the
     #: dataset are routed to it as well.
     files: str | None = None
@@ -74,6 +78,15 @@ class DatasetSpec(StrictModel):
     header: bool = True
     columns: dict[str, ColumnSpec]
     references: dict[str, ReferenceSpec] = Field(default_factory=dict)
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for owner in value:
+            team = owner.startswith("team:") and re.fullmatch(r"team:[\w.-]+", owner)
+            if not (team or re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", owner)):
+                raise ValueError(f"owner {owner!r} must be an e-mail address or team:NAME")
+        return value
 
     @field_validator("columns")
     @classmethod

@@ -475,7 +475,8 @@ def jsonable(value: Any) -> Any:
 def failed_partitions(
     db: Database, dataset: str | None = None, since: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """Partitions whose latest import failed or was rejected, oldest first.
+    """Partitions whose latest import failed or was rejected, oldest first; a failure that a
+    corrected file superseded is not listed.
 
     Returns:
         One dict per partition: dataset, partition_key, import_id, status, file_path.
@@ -490,7 +491,10 @@ def failed_partitions(
     query = (
         sa.select(h.c.dataset, h.c.partition_key, h.c.import_id, h.c.status, h.c.file_path)
         .join(latest, h.c.import_id == latest.c.last_id)
-        .where(h.c.status.in_([ImportStatus.FAILED.value, ImportStatus.REJECTED.value]))
+        .where(
+            h.c.status.in_([ImportStatus.FAILED.value, ImportStatus.REJECTED.value]),
+            h.c.superseded_by.is_(None),
+        )
         .order_by(h.c.import_id)
     )
     if dataset:
