@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ from histimport_pipeline.orchestration.observations import (
     DAILY_CHECK,
     LAG_CHECK,
     OBSERVATION_SENSOR,
+    REFRESH_S,
     build_source_assets,
     freshness_verdicts,
 )
@@ -206,6 +208,12 @@ def test_a_tick_observes_the_files_waiting_and_the_oldest_ones_age(home: Path, d
     assert latest["files_waiting"] == 2 and latest["oldest_age_minutes"] < 5
     assert latest["oldest_file"] in {"march.csv", "signups_b.csv"}
 
+    # unchanged but last observed longer than REFRESH_S ago: observed again (age moves on)
+    state = json.loads(third.cursor or "{}")
+    state["sources"]["inbox/sessions"][1] -= REFRESH_S + 1
+    fourth = _tick(defs, db_url, json.dumps(state), instance)
+    assert _keys(fourth) == {"inbox/sessions"}
+
 
 def test_a_tick_observes_master_tables_and_a_change_is_observed_anew(
     home: Path, db_url: str
@@ -379,7 +387,15 @@ def test_the_daily_check_fails_while_the_due_partition_is_missing(home: Path, db
     second = _tick(defs, db_url, first.cursor, instance)
     [again] = second.run_requests
     assert again.asset_check_keys == [check_key]
-    assert not _tick(defs, db_url, second.cursor, instance).run_requests
+    third = _tick(defs, db_url, second.cursor, instance)
+    assert not third.run_requests
+    # a fresh verdict holds until the next deadline; past it the check runs again
+    state = json.loads(third.cursor or "{}")
+    fresh, until = state["checks"][check_key.to_user_string()]
+    assert fresh is True and until > time.time()
+    state["checks"][check_key.to_user_string()] = [True, time.time() - 1]
+    [expired] = _tick(defs, db_url, json.dumps(state), instance).run_requests
+    assert expired.asset_check_keys == [check_key]
 
 
 def test_the_lag_check_and_policy_go_stale_past_max_lag(
