@@ -8,12 +8,14 @@ import dagster as dg
 
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning, load_specs
-from histimport_pipeline.orchestration.assets import (
-    DATASET_TAG,
-    build_dataset_asset,
-    external_assets,
-)
+from histimport_pipeline.orchestration.assets import DATASET_TAG, build_dataset_asset
 from histimport_pipeline.orchestration.checks import build_checks
+from histimport_pipeline.orchestration.observations import (
+    build_freshness_checks,
+    build_observation_sensor,
+    build_source_assets,
+    with_freshness,
+)
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import JOB_SUFFIX, JOB_TAG
 from histimport_pipeline.orchestration.schedules import (
@@ -33,14 +35,17 @@ def build_definitions(
     specs: dict[str, DatasetSpec], resources: dict[str, object] | None = None
 ) -> dg.Definitions:
     """Assets, checks, jobs, sensors and schedules for ``specs``."""
-    assets: list[dg.AssetsDefinition | dg.AssetSpec] = list(external_assets(specs))
+    sources = build_source_assets(specs)
+    assets: list[dg.AssetsDefinition] = [sources] if sources is not None else []
     checks: list[dg.AssetChecksDefinition] = []
+    freshness_checks: list[dg.AssetChecksDefinition] = []
     jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [retention_job]
     sensors: list[dg.SensorDefinition] = [run_failure_sensor]
     schedules: list[dg.ScheduleDefinition] = [retention_schedule]
     for spec in specs.values():
-        asset = build_dataset_asset(spec)
+        asset = with_freshness(build_dataset_asset(spec), spec)
         assets.append(asset)
+        freshness_checks += build_freshness_checks(spec)
         checks += build_checks(spec)
         job = dg.define_asset_job(
             import_job_name(spec),
@@ -53,9 +58,10 @@ def build_definitions(
         sensors.append(build_inbox_sensor(spec, job))
         if spec.partitioning is Partitioning.DAILY:
             schedules.append(build_daily_schedule(spec, job))
+    sensors.append(build_observation_sensor(specs, freshness_checks))
     return dg.Definitions(
         assets=assets,
-        asset_checks=checks,
+        asset_checks=checks + freshness_checks,
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,

@@ -7,6 +7,7 @@ the key and the problem.
 * ``columns``: ``ColumnSpec`` and the column types.
 * ``references``: ``ReferenceSpec`` and its match rules.
 * ``dataset``: ``DatasetSpec``, strategies and partitioning.
+* ``freshness``: ``FreshnessSpec``, when a dataset is stale.
 * ``loader``: ``load_spec``, ``load_specs`` and ``route_file``.
 
 Every public name is re-exported here: ``from histimport_pipeline.engine.spec import
@@ -27,6 +28,7 @@ from histimport_pipeline.engine.spec.dataset import (
     Strategy,
     fold_header,
 )
+from histimport_pipeline.engine.spec.freshness import FreshnessSpec
 from histimport_pipeline.engine.spec.loader import load_spec, load_specs, route_file
 from histimport_pipeline.engine.spec.references import (
     MatchField,
@@ -45,6 +47,7 @@ __all__ = [
     "ColumnType",
     "DatasetSpec",
     "DateFromName",
+    "FreshnessSpec",
     "MatchField",
     "MatchMethod",
     "MatchRule",

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 
 from histimport_pipeline.engine.spec.base import IDENT, StrictModel
 from histimport_pipeline.engine.spec.columns import ColumnSpec
+from histimport_pipeline.engine.spec.freshness import FreshnessSpec
 from histimport_pipeline.engine.spec.references import ReferenceSpec
 
 SYSTEM_COLUMNS = ("_import_id", "_source_row", "_loaded_at", "_business_date")
@@ -78,6 +79,8 @@ class DatasetSpec(StrictModel):
     header: bool = True
     columns: dict[str, ColumnSpec]
     references: dict[str, ReferenceSpec] = Field(default_factory=dict)
+    #: When the dataset counts as stale (``null``: never).
+    freshness: FreshnessSpec | None = FreshnessSpec()
 
     @field_validator("owners")
     @classmethod
@@ -120,6 +123,15 @@ class DatasetSpec(StrictModel):
             raise ValueError("strategy upsert needs a `key`")
         if self.strategy is Strategy.REPLACE_DATE and self.partitioning is not Partitioning.DAILY:
             raise ValueError("strategy replace_date needs `partitioning: daily`")
+        if (
+            self.freshness is not None
+            and self.freshness.deadline_hour is not None
+            and self.partitioning is not Partitioning.DAILY
+        ):
+            raise ValueError(
+                "freshness.deadline_hour needs `partitioning: daily`; use "
+                "freshness.max_lag_hours for a dataset of dropped files"
+            )
         for output in self.references:
             if not re.match(IDENT, output) or output.startswith("_"):
                 raise ValueError(f"reference column {output!r} must be a plain identifier")
