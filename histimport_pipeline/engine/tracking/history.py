@@ -12,16 +12,18 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking.records import utcnow
-from histimport_pipeline.engine.validation import CoercionError, coerce_value
+
+if TYPE_CHECKING:
+    # Only lineage_of_key needs specs and coercion (pydantic): not imported for the others.
+    from histimport_pipeline.engine.spec import DatasetSpec
 
 #: Columns of ``import_history`` shown in a listing (the full row is in :func:`get_import_detail`).
 LIST_COLUMNS = (
@@ -335,6 +337,8 @@ def lineage_of_key(
             f"table {spec.target_table} is keyed by {', '.join(spec.key)}; "
             f"got {', '.join(key_values) or 'no key'}"
         )
+    from histimport_pipeline.engine.validation import CoercionError, coerce_value
+
     bound: dict[str, Any] = {}
     for name in spec.key:
         column = spec.columns[name]
