@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -26,9 +26,10 @@ from histimport_pipeline.cli.common import (
 )
 from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.spec import DatasetSpec, load_specs
-from histimport_pipeline.engine.tracking import failed_rows, history
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.settings import Settings
+    from histimport_pipeline.engine.spec import DatasetSpec
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -45,6 +46,8 @@ def show_history(
     as_json: JsonOption = False,
 ) -> None:
     """List imports, newest first."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (_settings, db):
         after = history.parse_since(since) if since else None
         rows = history.list_imports(
@@ -131,6 +134,8 @@ _SHOW_COUNTS = (
 
 
 def _compact(value: Any) -> str:
+    from histimport_pipeline.engine.tracking import history
+
     if isinstance(value, Mapping | list):
         return escape(json.dumps(history.jsonable(value), ensure_ascii=False))
     if isinstance(value, datetime):
@@ -143,6 +148,8 @@ def show_import(
     as_json: JsonOption = False,
 ) -> None:
     """Show everything recorded about one import."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (_settings, db):
         detail = history.get_import_detail(db, import_id)
     if as_json:
@@ -211,6 +218,8 @@ def export_errors(
     ] = None,
 ) -> None:
     """Write the failed rows of an import as CSV: original columns plus _error_* columns."""
+    from histimport_pipeline.engine.tracking import failed_rows
+
     with tracked() as (settings, db):
         path = output or settings.home / "errors" / f"import_{import_id}_errors.csv"
         written = failed_rows.export_failed_rows(db, import_id, path)
@@ -223,6 +232,8 @@ def show_stats(
     as_json: JsonOption = False,
 ) -> None:
     """Per dataset: imports by status, rows loaded and failed, seconds spent."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (_settings, db):
         rows = history.stats(db, days, dataset)
     if as_json:
@@ -278,6 +289,8 @@ def _key_values(spec: DatasetSpec, items: list[str]) -> dict[str, str]:
 
 
 def _spec_of_table(settings: Settings, table: str) -> DatasetSpec:
+    from histimport_pipeline.engine.spec import load_specs
+
     specs = [s for s in load_specs(settings.datasets).values() if s.target_table == table]
     if not specs:
         raise HistimportError(
@@ -300,6 +313,8 @@ def show_lineage(
     as_json: JsonOption = False,
 ) -> None:
     """Which imports wrote the rows of TABLE; with --key, where one row came from."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         if key:
             spec = _spec_of_table(settings, table)

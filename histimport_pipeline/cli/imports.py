@@ -8,26 +8,27 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from histimport_pipeline.cli.common import err, line, out, status_markup, tracked, user
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
-from histimport_pipeline.engine.pipeline import ImportOptions, ImportResult, run_import
-from histimport_pipeline.engine.rollback import rollback_import
-from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.spec import DatasetSpec, load_specs, route_file
-from histimport_pipeline.engine.tracking import history
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.pipeline import ImportResult
+    from histimport_pipeline.engine.settings import Settings
+    from histimport_pipeline.engine.spec import DatasetSpec
 
 #: Exit code of an import that ended failed or rejected (engine errors exit with 2).
 EXIT_IMPORT_FAILED = 1
 
 
 def _spec_for(settings: Settings, path: Path, dataset: str | None) -> DatasetSpec:
+    from histimport_pipeline.engine.spec import load_specs, route_file
+
     specs = load_specs(settings.datasets)
     if dataset is None:
         return route_file(path, specs, settings.inbox)
@@ -42,6 +43,8 @@ def _progress_bar(path: Path) -> Iterator[Callable[[int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -163,6 +166,9 @@ def import_file(
 ) -> None:
     """Import FILE and print a summary. Exits 1 when the import failed or was rejected, or
     when another import of the same content still runs after the wait."""
+    from histimport_pipeline.engine.pipeline import ImportOptions, run_import
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         spec = _spec_for(settings, file, dataset)
         wait_s = 0 if no_wait else settings.wait_seconds if wait is None else wait
@@ -200,6 +206,9 @@ def rollback(
     ] = False,
 ) -> None:
     """Undo an import exactly: delete its rows and restore the rows it changed."""
+    from histimport_pipeline.engine.rollback import rollback_import
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (_settings, db):
         result = rollback_import(db, import_id, cascade=cascade, actor=user())
         status = None
@@ -235,6 +244,9 @@ def retry_failed(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List, launch nothing.")] = False,
 ) -> None:
     """Launch runs for partitions whose latest import failed, through the Dagster webserver."""
+    from histimport_pipeline.engine.spec import load_specs
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         cutoff = history.parse_since(since) if since else None
         failed = history.failed_partitions(db, dataset, cutoff)
