@@ -4,8 +4,10 @@ It makes a throwaway HISTIMPORT_HOME with a SQLite database, runs ``histimport d
 imports the demo's first sign-up file, then times each command as a fresh process (wall and
 CPU seconds from the kernel's accounting of the finished child), in rounds that interleave the
 commands so that the machine's drift hits each alike. Baselines measured in the same rounds:
-``python -c pass`` (the interpreter) and ``import typer`` / ``import sqlalchemy`` (the floor
-of a CLI, and of one that queries the database through SQLAlchemy).
+``python -c pass`` (the interpreter), ``import typer`` (the floor of a typer CLI),
+``import sqlalchemy``, and ``import typer, rich.table, sqlalchemy; from pydantic import
+TypeAdapter``: the floor of a report, which parses options with typer (typer coerces option
+values through pydantic's ``TypeAdapter``), prints with rich and queries through SQLAlchemy.
 
 Printed per command: min / median / max wall seconds, the median CPU seconds, the median over
 ``python -c pass``, and which of the heavy modules (pandas, pyarrow, ...) the command imported
@@ -33,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Modules a read command has no use for; ``import`` loads the ones its file needs.
+#: Top-level packages worth knowing a command imports: the import machinery (no report needs
+#: it), then what a report does need.
 HEAVY = (
     "pandas",
     "pyarrow",
@@ -47,6 +50,10 @@ HEAVY = (
     "sqlalchemy",
     "psycopg",
 )
+
+#: The libraries a report cannot start without: typer, the pydantic that typer coerces option
+#: values with, rich and SQLAlchemy.
+FLOOR = "import typer, rich.table, sqlalchemy; from pydantic import TypeAdapter"
 
 
 @dataclass
@@ -132,6 +139,8 @@ def main() -> None:
             "python -c pass": [sys.executable, "-c", "pass"],
             "python -c 'import typer'": [sys.executable, "-c", "import typer"],
             "python -c 'import sqlalchemy'": [sys.executable, "-c", "import sqlalchemy"],
+            # What a report cannot do without, in one process (FLOOR).
+            "floor of a report (FLOOR)": [sys.executable, "-c", FLOOR],
             "histimport --help": _histimport("--help"),
             "histimport history": _histimport("history"),
             f"histimport show {import_id}": _histimport("show", import_id),
@@ -164,6 +173,7 @@ def main() -> None:
             f"  {statistics.median(t.cpu):7.3f}  {median - floor:6.3f}"
             f"  {', '.join(heavy[name]) or '-'}"
         )
+    print(f"FLOOR: python -c {FLOOR!r}")
 
 
 if __name__ == "__main__":
