@@ -12,22 +12,22 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
-from histimport_pipeline.engine.db import Database, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     HistimportError,
     UnexpectedImportError,
     describe_cause,
 )
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.pipeline import ensure_schema
-from histimport_pipeline.engine.settings import Settings, SettingsError
-from histimport_pipeline.engine.tracking import history
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.settings import Settings
 
 #: Width of tables written to a pipe or file, where there is no terminal to measure.
 PIPE_WIDTH = 200
@@ -91,6 +91,9 @@ def fail_unexpected(exc: BaseException) -> NoReturn:
 @contextmanager
 def session() -> Iterator[tuple[Settings, Database]]:
     """Settings and database from the environment, turning engine errors into exit code 2."""
+    from histimport_pipeline.engine.db import Database, unavailable_as_transient
+    from histimport_pipeline.engine.settings import Settings, SettingsError
+
     try:
         settings = Settings.from_env()
         db = Database.from_settings(settings)
@@ -118,6 +121,8 @@ def tracked() -> Iterator[tuple[Settings, Database]]:
     SQLite is migrated on first use; a PostgreSQL database behind the code is an error that
     says to run ``histimport db upgrade``.
     """
+    from histimport_pipeline.engine.migrations import ensure_schema
+
     with session() as (settings, db):
         ensure_schema(db)
         yield settings, db
@@ -160,6 +165,8 @@ def user_email(settings: Settings, given_user: str | None, given: str | None) ->
 
 def print_json(value: Any) -> None:
     """``value`` as indented JSON on stdout (dates, decimals and the like made JSON-able)."""
+    from histimport_pipeline.engine.tracking import history
+
     sys.stdout.write(json.dumps(history.jsonable(value), indent=2, ensure_ascii=False) + "\n")
 
 

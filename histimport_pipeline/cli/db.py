@@ -7,22 +7,16 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from histimport_pipeline.cli.common import err, os_user, out, session, tracked, user
-from histimport_pipeline.engine import migrations
-from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.settings import (
-    ENVIRONMENT_VARIABLES,
-    Settings,
-    SettingsError,
-    dagster_instance_url,
-)
-from histimport_pipeline.engine.tracking import cleanup as retention
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.db import Database
 
 db_app = typer.Typer(help="Apply, roll back and inspect the tracking-schema migrations.")
 
@@ -36,6 +30,8 @@ def _database() -> Iterator[Database]:
 
 def show_settings() -> None:
     """Show the settings in force (database password masked)."""
+    from histimport_pipeline.engine.settings import ENVIRONMENT_VARIABLES, Settings, SettingsError
+
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -72,6 +68,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations up to REVISION (default: the newest). A no-op when up to date."""
+    from histimport_pipeline.engine import migrations
+
     with _database() as db:
         applied = migrations.upgrade(db, revision)
         where = db.masked_url + (f" (schema {db.schema})" if db.schema else "")
@@ -88,6 +86,8 @@ def db_downgrade(
     ] = "-1",
 ) -> None:
     """Roll migrations back to REVISION (default: one step)."""
+    from histimport_pipeline.engine import migrations
+
     with _database() as db:
         if migrations.current(db) is None:
             out.print("no migration is applied; nothing to do")
@@ -99,6 +99,8 @@ def db_downgrade(
 @db_app.command("current")
 def db_current() -> None:
     """Show the revision the database is at, and the newest one available."""
+    from histimport_pipeline.engine import migrations
+
     with _database() as db:
         rev = migrations.current(db)
         newest = migrations.head()
@@ -113,6 +115,9 @@ def db_sql(
     ] = None,
 ) -> None:
     """Print the PostgreSQL DDL of every migration, for a DBA to review and apply."""
+    from histimport_pipeline.engine import migrations
+    from histimport_pipeline.engine.settings import Settings, SettingsError
+
     try:
         name = schema or Settings.from_env().db_schema
     except SettingsError as exc:
@@ -149,6 +154,8 @@ def cleanup(
     past the archive period (their detail rows go, the history row stays, no rollback any
     more), mark imports whose worker died failed, and drop leftover staging tables of imports
     that are not running. The daily Dagster retention schedule runs the same."""
+    from histimport_pipeline.engine.tracking import cleanup as retention
+
     with tracked() as (settings, db):
         days = settings.retention_days if older_than is None else older_than
         archive_days = settings.archive_after_days if archive_after is None else archive_after
@@ -195,6 +202,8 @@ def cleanup(
 
 def dagster_url() -> None:
     """Print HISTIMPORT_DATABASE_URL as a URL for Dagster's PostgreSQL instance storage."""
+    from histimport_pipeline.engine.settings import Settings, SettingsError, dagster_instance_url
+
     try:
         settings = Settings.from_env()
         sys.stdout.write(dagster_instance_url(settings.database_url) + "\n")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from histimport_pipeline.cli.common import out, session
-from histimport_pipeline.engine import migrations
-from histimport_pipeline.engine.demo import write_demo
 
 
 def demo() -> None:
@@ -12,6 +10,9 @@ def demo() -> None:
 
     Migrates the database first (as scripts/run.sh does): the demo is a first start.
     """
+    from histimport_pipeline.engine import migrations
+    from histimport_pipeline.engine.demo import write_demo
+
     with session() as (settings, db):
         applied = migrations.upgrade(db)
         result = write_demo(settings, db)

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -28,9 +28,10 @@ from histimport_pipeline.cli.imports import EXIT_IMPORT_FAILED
 from histimport_pipeline.cli.watch import follow, progress_text
 from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.spec import DatasetSpec, load_specs
-from histimport_pipeline.engine.tracking import failed_rows, history
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.settings import Settings
+    from histimport_pipeline.engine.spec import DatasetSpec
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -59,12 +60,14 @@ def show_history(
     sort: Annotated[
         str,
         typer.Option(help="Sort by a column of the listing; a leading - sorts descending."),
-    ] = history.DEFAULT_SORT,
+    ] = "-import_id",  # history.DEFAULT_SORT, spelled out: the module loads on demand
     limit: Annotated[int, typer.Option(min=1, help="At most this many imports.")] = 20,
     offset: Annotated[int, typer.Option(min=0, help="Skip the first OFFSET imports.")] = 0,
     as_json: JsonOption = False,
 ) -> None:
     """List imports, newest first (or by --sort); --json gives {imports, total_count, ...}."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (_settings, db):
         filters = history.HistoryFilter(
             dataset=dataset,
@@ -185,6 +188,8 @@ _SHOW_MASTERS = ("master_rows_created", "master_rows_linked")
 
 
 def _compact(value: Any) -> str:
+    from histimport_pipeline.engine.tracking import history
+
     if isinstance(value, Mapping | list):
         return escape(json.dumps(history.jsonable(value), ensure_ascii=False))
     if isinstance(value, datetime):
@@ -205,6 +210,8 @@ def show_import(
     ] = False,
 ) -> None:
     """Show everything recorded about one import."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         if watch:
             follow(settings, db, import_id)
@@ -348,6 +355,8 @@ def export_errors(
     ] = None,
 ) -> None:
     """Write the failed rows of an import as CSV: original columns plus _error_* columns."""
+    from histimport_pipeline.engine.tracking import failed_rows
+
     with tracked() as (settings, db):
         path = output or settings.error_dir / failed_rows.error_file_name(import_id)
         written = failed_rows.export_failed_rows(db, import_id, path)
@@ -365,6 +374,8 @@ def show_stats(
 ) -> None:
     """Per dataset and overall: imports by status and by user, rows loaded, failed and
     duplicate, seconds spent, tables affected and users."""
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (_settings, db):
         figures = history.stats(db, days, dataset, table=table, user=user)
     if as_json:
@@ -430,6 +441,8 @@ def _key_values(spec: DatasetSpec, items: list[str]) -> dict[str, str]:
 
 
 def _spec_of_table(settings: Settings, table: str) -> DatasetSpec:
+    from histimport_pipeline.engine.spec import load_specs
+
     specs = [s for s in load_specs(settings.datasets).values() if s.target_table == table]
     if not specs:
         raise HistimportError(

@@ -8,11 +8,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from histimport_pipeline.cli.common import (
     UserOption,
@@ -26,17 +25,19 @@ from histimport_pipeline.cli.common import (
 )
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import ImportSource, ImportStatus, ImportType
-from histimport_pipeline.engine.pipeline import ImportOptions, ImportResult, run_import
-from histimport_pipeline.engine.rollback import rollback_import
-from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.spec import DatasetSpec, load_specs, route_file
-from histimport_pipeline.engine.tracking import history
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.pipeline import ImportResult
+    from histimport_pipeline.engine.settings import Settings
+    from histimport_pipeline.engine.spec import DatasetSpec
 
 #: Exit code of an import that ended failed or rejected (engine errors exit with 2).
 EXIT_IMPORT_FAILED = 1
 
 
 def _spec_for(settings: Settings, path: Path, dataset: str | None) -> DatasetSpec:
+    from histimport_pipeline.engine.spec import load_specs, route_file
+
     specs = load_specs(settings.datasets)
     if dataset is None:
         return route_file(path, specs, settings.inbox)
@@ -51,6 +52,8 @@ def _progress_bar(path: Path) -> Iterator[Callable[[int], None] | None]:
     if not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -193,6 +196,9 @@ def import_file(
 ) -> None:
     """Import FILE and print a summary. Exits 1 when the import failed or was rejected, or
     when another import of the same content still runs after the wait."""
+    from histimport_pipeline.engine.pipeline import ImportOptions, run_import
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         spec = _spec_for(settings, file, dataset)
         wait_s = 0 if no_wait else settings.wait_seconds if wait is None else wait
@@ -234,6 +240,9 @@ def rollback(
     user_id: UserOption = None,
 ) -> None:
     """Undo an import exactly: delete its rows and restore the rows it changed."""
+    from histimport_pipeline.engine.rollback import rollback_import
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         result = rollback_import(db, import_id, cascade=cascade, actor=user(settings, user_id))
         status = None
@@ -282,6 +291,9 @@ def retry_failed(
     file is rejected again, so it needs a fixed file dropped into the inbox, or a run
     launched with run config max_error_ratio.
     """
+    from histimport_pipeline.engine.spec import load_specs
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         cutoff = history.parse_since(since) if since else None
         found = history.failed_partitions(db, dataset, cutoff)

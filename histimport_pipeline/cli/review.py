@@ -13,11 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from histimport_pipeline.cli.common import UserOption, out, print_json, tracked, user
-from histimport_pipeline.engine import reconciliation
 from histimport_pipeline.engine.errors import DatasetNotFoundError
 from histimport_pipeline.engine.models import MatchDecision
-from histimport_pipeline.engine.spec import load_specs
-from histimport_pipeline.engine.tracking import history
 
 review_app = typer.Typer(
     help="Review reconciliation decisions: list them, accept or reject, then apply.",
@@ -51,6 +48,8 @@ def list_reviews(
 
     One decision on an item settles every import that waits on the same value.
     """
+    from histimport_pipeline.engine import reconciliation
+
     with tracked() as (_settings, db):
         decision = None if show_all else MatchDecision.NEEDS_REVIEW
         rows = reconciliation.list_matches(db, import_id, dataset, decision, limit)
@@ -109,6 +108,8 @@ def accept(
     """Accept a value for every import waiting on it; it is remembered as an alias.
 
     Another entity than the suggested one is recorded as a user override."""
+    from histimport_pipeline.engine import reconciliation
+
     with tracked() as (settings, db):
         row = reconciliation.decide_match(
             db, match_id, accept=True, entity_id=entity, actor=user(settings, user_id)
@@ -134,6 +135,8 @@ def reject(
     user_id: UserOption = None,
 ) -> None:
     """Reject a value for every import waiting on it; apply then follows on_unmatched."""
+    from histimport_pipeline.engine import reconciliation
+
     with tracked() as (settings, db):
         row = reconciliation.decide_match(db, match_id, accept=False, actor=user(settings, user_id))
     out.print(
@@ -152,6 +155,10 @@ def apply(
     Each import is applied in its own transaction, in the order given; the first that
     cannot be applied stops the command (those before it are applied).
     """
+    from histimport_pipeline.engine import reconciliation
+    from histimport_pipeline.engine.spec import load_specs
+    from histimport_pipeline.engine.tracking import history
+
     with tracked() as (settings, db):
         specs = load_specs(settings.datasets)
         for import_id in import_ids:

@@ -11,13 +11,16 @@ import sys
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from histimport_pipeline.cli.common import err
-from histimport_pipeline.engine import tracking
-from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.settings import Settings
-from histimport_pipeline.engine.tracking import history
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.settings import Settings
+
+#: ``ACTIVE``, spelled out: the engine loads only when a command runs.
+ACTIVE = ("running", "pending")
 
 #: Seconds between two looks at the import.
 POLL_S = 0.5
@@ -48,8 +51,10 @@ def follow(settings: Settings, db: Database, import_id: int) -> dict[str, Any]:
     Raises:
         ImportNotFoundError: no import with that id.
     """
+    from histimport_pipeline.engine.tracking import history
+
     row = history.import_progress(db, import_id)
-    if row["status"] not in history.ACTIVE:
+    if row["status"] not in ACTIVE:
         return row
     if sys.stderr.isatty():
         return _follow_with_bar(settings, db, row)
@@ -61,19 +66,23 @@ def _next(settings: Settings, db: Database, row: dict[str, Any], checked: list[f
     time.sleep(POLL_S)
     if time.monotonic() - checked[0] >= LIVENESS_EVERY_S:
         checked[0] = time.monotonic()
+        from histimport_pipeline.engine import tracking
+
         tracking.fail_dead_imports(
             db,
             row["dataset"],
             stale_after=timedelta(seconds=settings.stale_after_seconds),
             found_by="histimport show --watch",
         )
+    from histimport_pipeline.engine.tracking import history
+
     return history.import_progress(db, row["import_id"])
 
 
 def _follow_with_lines(settings: Settings, db: Database, row: dict[str, Any]) -> dict[str, Any]:
     shown = None
     checked = [time.monotonic()]
-    while row["status"] in history.ACTIVE:
+    while row["status"] in ACTIVE:
         text = f"import {row['import_id']}: {progress_text(row)}"
         if text != shown:
             err.print(text, highlight=False, soft_wrap=True)
@@ -97,7 +106,7 @@ def _follow_with_bar(settings: Settings, db: Database, row: dict[str, Any]) -> d
         transient=True,
     ) as bar:
         task = bar.add_task("", total=None, counts="")
-        while row["status"] in history.ACTIVE:
+        while row["status"] in ACTIVE:
             done, expected = row.get("rows_done"), row.get("rows_expected")
             counts = f"{done:,} of {expected:,} rows" if done is not None and expected else ""
             bar.update(

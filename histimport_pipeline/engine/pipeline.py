@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from histimport_pipeline.engine import loading as load
-from histimport_pipeline.engine import migrations, reconciliation, tracking
+from histimport_pipeline.engine import reconciliation, tracking
 from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
 from histimport_pipeline.engine.errors import (
     ContentBusyError,
@@ -43,6 +43,7 @@ from histimport_pipeline.engine.loading.memory import fewer_collections
 from histimport_pipeline.engine.loading.outcome import error_gate
 from histimport_pipeline.engine.loading.sinks import IntoTarget
 from histimport_pipeline.engine.loading.staging import stage
+from histimport_pipeline.engine.migrations import ensure_schema
 from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportPhase, ImportStatus
 from histimport_pipeline.engine.pipeline_records import (
     ImportHandle,
@@ -95,25 +96,6 @@ def file_sha256(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def ensure_schema(db: Database) -> None:
-    """Make sure the tracking tables are migrated to the newest revision.
-
-    SQLite (the embedded default) is migrated on the spot; a PostgreSQL database behind the
-    code is an error, since its schema belongs to whoever runs ``histimport db upgrade``.
-    """
-    current, head = migrations.current(db), migrations.head()
-    if current == head:
-        return
-    if db.dialect == "sqlite":
-        migrations.upgrade(db)
-        return
-    raise HistimportError(
-        f"the tracking tables in {db.masked_url} are at revision {current or 'none'}, this "
-        f"histimport needs {head}: run `histimport db upgrade` (or have your DBA apply "
-        "`histimport db sql`)"
-    )
 
 
 def start_import(

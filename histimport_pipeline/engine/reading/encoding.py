@@ -12,8 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from charset_normalizer import from_bytes
-
 from histimport_pipeline.engine.errors import EncodingError, FileError
 
 #: Bytes read from the start of a file to detect its format, encoding and dialect.
@@ -241,6 +239,9 @@ def _western_single_byte(
         decided_by = "not UTF-8; no byte in 0x80-0x9f, so cp1252 and latin-1 read it alike"
     misread = _misread_alphabet(text)
     if misread is not None:
+        # Only a misread file needs the detector: not imported with every text file.
+        from charset_normalizer import from_bytes
+
         best = from_bytes(head).best()
         suggestion = f"; a detector suggests {best.encoding}" if best is not None else ""
         raise EncodingError(

@@ -16,7 +16,6 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-from psycopg.pq import Format
 
 from histimport_pipeline.engine.reading.columnar.arrays import (
     _NULL,
@@ -205,7 +204,9 @@ def _numeric_column(values: list[Any], rows: npt.NDArray[Any]) -> _Column:
     # psycopg's own binary dumper: the bytes the Python path's COPY sends for a Decimal.
     global _NUMERIC_DUMPER
     if _NUMERIC_DUMPER is None:
+        # Here, not at the top: an import into SQLite never needs psycopg (0.1 s to import).
         import psycopg
+        from psycopg.pq import Format
 
         oid = psycopg.adapters.types["numeric"].oid
         _NUMERIC_DUMPER = psycopg.adapters.get_dumper_by_oid(oid, Format.BINARY)(Decimal)
