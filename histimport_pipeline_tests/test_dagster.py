@@ -563,7 +563,7 @@ def test_the_user_who_launched_the_run_is_the_imports_user(
     result, _, _ = _materialize_signups(home, db_url, GOOD, tags=tags)
     assert result.success
     db = Database.connect(db_url)
-    (listed,) = hist.list_imports(db)
+    (listed,) = hist.list_imports(db)["imports"]
     assert (listed["user_id"], listed["user_email"]) == (user_id, user_email)
     trail = hist.get_import_detail(db, listed["import_id"])["audit_trail"]
     # Every step's entry carries them, whichever op (and process) wrote it.

@@ -14,7 +14,7 @@ import yaml
 from histimport_pipeline.engine import files
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.spec import DatasetSpec
-from histimport_pipeline.engine.tracking import history as hist
+from histimport_pipeline.engine.tracking import corrections
 from histimport_pipeline.orchestration.assets import build_dataset_asset
 from histimport_pipeline.orchestration.checks import build_checks
 from histimport_pipeline.orchestration.definitions import build_definitions
@@ -123,7 +123,7 @@ def test_a_corrected_file_supersedes_the_rejected_partition(home: Path, db_url: 
     rejected, instance, old_key = _materialize(home, db_url, strict, "signups_jan.csv", bad)
     assert not rejected.success
     db = Database.connect(db_url)
-    [open_failure] = hist.failed_partitions(db, "signups")
+    [open_failure] = corrections.failed_partitions(db, "signups")
     assert open_failure["partition_key"] == old_key
     fixed = "ID,email\n1,a@example.com\n2,b@example.com\n"
     result, _, new_key = _materialize(home, db_url, strict, "signups_jan.csv", fixed, instance)
@@ -136,7 +136,7 @@ def test_a_corrected_file_supersedes_the_rejected_partition(home: Path, db_url: 
     assert history(db, new_id)["corrects_import_id"] == old_id
     old = history(db, old_id)
     assert old["superseded_by"] == new_id and old["status"] == "rejected"
-    assert hist.failed_partitions(db, "signups") == []
+    assert corrections.failed_partitions(db, "signups") == []
     db.dispose()
 
 
@@ -149,7 +149,7 @@ def test_a_correction_that_fails_again_supersedes_nothing(home: Path, db_url: st
     assert not again.success
     assert set(instance.get_dynamic_partitions("signups_files")) == {first_key, second_key}
     db = Database.connect(db_url)
-    failed = hist.failed_partitions(db, "signups")
+    failed = corrections.failed_partitions(db, "signups")
     assert [f["partition_key"] for f in failed] == [first_key, second_key]
     # the second records what it tried to correct; once a third loads, both are superseded
     assert history(db, int(failed[1]["import_id"]))["corrects_import_id"] == failed[0]["import_id"]
@@ -157,7 +157,7 @@ def test_a_correction_that_fails_again_supersedes_nothing(home: Path, db_url: st
     result, _, third_key = _materialize(home, db_url, strict, "signups_feb.csv", good, instance)
     assert result.success
     assert instance.get_dynamic_partitions("signups_files") == [third_key]
-    assert hist.failed_partitions(db, "signups") == []
+    assert corrections.failed_partitions(db, "signups") == []
     db.dispose()
 
 

@@ -5,7 +5,7 @@ that the Dagster layer would need too. Commands that report on imports take ``--
 scripts; the rest of the output is for people.
 
 One module per command group: :mod:`.imports` (import, rollback, retry-failed),
-:mod:`.history` (history, show, errors, stats, lineage), :mod:`.review` (``review ...``),
+:mod:`.history` (history, show, errors, stats), :mod:`.lineage`, :mod:`.review` (``review ...``),
 :mod:`.db` (settings, ``db ...``, cleanup, dagster-url), :mod:`.demo`; :mod:`.common` holds
 what they share. This module builds the app from them.
 
@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from histimport_pipeline.cli import db, demo, history, imports
+from histimport_pipeline.cli import db, demo, history, imports, lineage
 from histimport_pipeline.cli.common import CliState, fail_unexpected
 from histimport_pipeline.cli.review import review_app
 
@@ -42,7 +42,7 @@ app.command("history")(history.show_history)
 app.command("show")(history.show_import)
 app.command("errors")(history.export_errors)
 app.command("stats")(history.show_stats)
-app.command("lineage")(history.show_lineage)
+app.command("lineage")(lineage.show_lineage)
 app.command("rollback")(imports.rollback)
 app.command("cleanup")(db.cleanup)
 app.command("demo")(demo.demo)

@@ -292,11 +292,11 @@ def retry_failed(
     launched with run config max_error_ratio.
     """
     from histimport_pipeline.engine.spec import load_specs
-    from histimport_pipeline.engine.tracking import history
+    from histimport_pipeline.engine.tracking import corrections, history
 
     with tracked() as (settings, db):
         cutoff = history.parse_since(since) if since else None
-        found = history.failed_partitions(db, dataset, cutoff)
+        found = corrections.failed_partitions(db, dataset, cutoff)
     rejected = [r for r in found if r["status"] == ImportStatus.REJECTED.value]
     failed = found if include_rejected else [r for r in found if r not in rejected]
     if rejected and not include_rejected:

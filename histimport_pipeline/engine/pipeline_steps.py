@@ -197,7 +197,11 @@ def _record_start(
     size: int,
     business_date: date | None,
 ) -> tuple[ImportHandle, tracking.Claim]:
-    """The new import's history row and its claim on the content, in ``tx``."""
+    """The new import's history row and its claim on the content, in ``tx``.
+
+    Long because: the history row names every column a new import starts with, one per line,
+    and the two audit entries and the claim must commit with it.
+    """
     name = options.file_name or path.name
     corrects = corrections.failure_to_correct(
         tx, db, dataset=spec.name, file_name=name, business_date=business_date, sha256=sha

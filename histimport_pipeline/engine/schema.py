@@ -103,7 +103,10 @@ def tracking_tables(schema: str | None) -> TrackingTables:
 
 
 def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
-    """One row per import: what was imported, how it went, its counts and timings."""
+    """One row per import: what was imported, how it went, its counts and timings.
+
+    Long because: one line per column of the table.
+    """
     return sa.Table(
         "import_history",
         md,

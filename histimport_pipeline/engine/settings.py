@@ -149,6 +149,8 @@ class Settings:
     ) -> Settings:
         """Read the settings from ``environ`` (default: ``os.environ``).
 
+        Long because: one line, or one check, per environment variable.
+
         Args:
             environ: the environment to read; tests pass their own mapping.
             cwd: the folder a relative default ``HISTIMPORT_HOME`` is resolved against.

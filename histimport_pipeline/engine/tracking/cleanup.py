@@ -220,6 +220,9 @@ def cleanup(
 ) -> dict[str, Any]:
     """Apply the retention periods: remove what is only worth keeping for a while.
 
+    Long because: a dry run must count exactly what a real run removes, so both go through
+    the same plan here, kind by kind.
+
     In order: imports left ``running`` by a dead worker are marked failed, whatever their age
     (``tracking.fail_dead_imports``). Of the imports that are not running, those that ended
     at or before the archive cut-off with no rows waiting for review are archived

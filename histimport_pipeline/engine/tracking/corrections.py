@@ -4,12 +4,12 @@ rejected (for a daily dataset: for the same business date) corrects that import.
 The new import records the one it corrects (``corrects_import_id``) when it starts; once it
 loads, every failure in that chain records the import that superseded it
 (``superseded_by``), so none of them is the dataset's open failure any more, while their
-history, failed rows and audit trail stay.
+history, failed rows and audit trail stay. :func:`failed_partitions` lists the open ones.
 """
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -104,3 +104,36 @@ def superseded_partitions(db: Database, import_id: int) -> list[dict[str, Any]]:
             .order_by(h.c.import_id)
         ).mappings()
         return [dict(r) for r in found]
+
+
+def failed_partitions(
+    db: Database, dataset: str | None = None, since: datetime | None = None
+) -> list[dict[str, Any]]:
+    """Partitions whose latest import failed or was rejected, oldest first; a failure that a
+    corrected file superseded is not listed.
+
+    Returns:
+        One dict per partition: dataset, partition_key, import_id, status, file_path.
+    """
+    h = db.tables.import_history
+    latest = (
+        sa.select(h.c.dataset, h.c.partition_key, sa.func.max(h.c.import_id).label("last_id"))
+        .where(h.c.partition_key.is_not(None))
+        .group_by(h.c.dataset, h.c.partition_key)
+        .subquery()
+    )
+    query = (
+        sa.select(h.c.dataset, h.c.partition_key, h.c.import_id, h.c.status, h.c.file_path)
+        .join(latest, h.c.import_id == latest.c.last_id)
+        .where(
+            h.c.status.in_([ImportStatus.FAILED.value, ImportStatus.REJECTED.value]),
+            h.c.superseded_by.is_(None),
+        )
+        .order_by(h.c.import_id)
+    )
+    if dataset:
+        query = query.where(h.c.dataset == dataset)
+    if since is not None:
+        query = query.where(h.c.created_at >= since)
+    with db.reader() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]

@@ -470,36 +470,3 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
-
-
-def failed_partitions(
-    db: Database, dataset: str | None = None, since: datetime | None = None
-) -> list[dict[str, Any]]:
-    """Partitions whose latest import failed or was rejected, oldest first; a failure that a
-    corrected file superseded is not listed.
-
-    Returns:
-        One dict per partition: dataset, partition_key, import_id, status, file_path.
-    """
-    h = db.tables.import_history
-    latest = (
-        sa.select(h.c.dataset, h.c.partition_key, sa.func.max(h.c.import_id).label("last_id"))
-        .where(h.c.partition_key.is_not(None))
-        .group_by(h.c.dataset, h.c.partition_key)
-        .subquery()
-    )
-    query = (
-        sa.select(h.c.dataset, h.c.partition_key, h.c.import_id, h.c.status, h.c.file_path)
-        .join(latest, h.c.import_id == latest.c.last_id)
-        .where(
-            h.c.status.in_([ImportStatus.FAILED.value, ImportStatus.REJECTED.value]),
-            h.c.superseded_by.is_(None),
-        )
-        .order_by(h.c.import_id)
-    )
-    if dataset:
-        query = query.where(h.c.dataset == dataset)
-    if since is not None:
-        query = query.where(h.c.created_at >= since)
-    with db.reader() as conn:
-        return [dict(r) for r in conn.execute(query).mappings()]
