@@ -119,7 +119,7 @@ def _setup(env: dict[str, str]) -> str:
     first = sorted(inbox.glob("signups_*.csv"))[0]
     _check(_histimport("import", str(first)), env)
     rows = _check(_histimport("history", "--json"), env)
-    return str(json.loads(rows)[0]["import_id"])
+    return str(json.loads(rows)["imports"][0]["import_id"])
 
 
 def main() -> None:
