@@ -408,13 +408,19 @@ def test_rerunning_a_partition_finds_its_archived_file(home: Path, db_url: str) 
     asset = build_dataset_asset(spec)
     first = dg.materialize([asset], partition_key=key, instance=instance, resources=resources)
     assert first.success and not path.exists()
-    again = dg.materialize([asset], partition_key=key, instance=instance, resources=resources)
+    again = dg.materialize(
+        [asset, *build_checks(spec)], partition_key=key, instance=instance, resources=resources
+    )
     assert again.success
     [event] = again.get_asset_materialization_events()
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     # nothing loaded: the table still holds the first import's two rows
     assert meta["status"] == "duplicate" and meta["rows_loaded"] == 0
     assert meta["dagster/row_count"] == 2
+    [gate] = [
+        e for e in again.get_asset_check_evaluations() if e.check_name == "failed_share_within_gate"
+    ]
+    assert gate.passed and "duplicate" in str(gate.description)
     db = Database.connect(db_url)
     t = db.tables.import_history
     with db.engine.connect() as conn:

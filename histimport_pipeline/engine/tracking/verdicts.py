@@ -93,6 +93,10 @@ def _gate(conn: sa.Connection, db: Database, spec: DatasetSpec, row: dict[str, A
             f"they were not loaded (histimport errors {row['import_id']})",
             facts,
         )
+    if status is ImportStatus.DUPLICATE:
+        return Verdict(
+            GATE, True, "ERROR", "a duplicate of content already loaded: nothing read", facts
+        )
     return Verdict(GATE, True, "ERROR", f"{failed} of {read} rows failed", facts)
 
 
