@@ -131,10 +131,10 @@ def histimport(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-@pytest.fixture
-def run(db: Database, db_url: str, tmp_path: Path) -> Run:
-    """Invoke the CLI with this test's environment and check the exit code."""
-    env: dict[str, str | None] = {**cli_env(tmp_path, db_url), "COLUMNS": None}
+def cli_runner(tmp_path: Path, db_url: str, **extra: str) -> Run:
+    """The CLI in-process with a test's environment (``cli_env`` plus ``extra``): call it with
+    the arguments; it checks the exit code and that no exception escaped."""
+    env: dict[str, str | None] = {**cli_env(tmp_path, db_url), **extra, "COLUMNS": None}
     runner = CliRunner()
 
     def invoke(*args: str, code: int = 0) -> Result:
@@ -146,6 +146,12 @@ def run(db: Database, db_url: str, tmp_path: Path) -> Run:
         return result
 
     return invoke
+
+
+@pytest.fixture
+def run(db: Database, db_url: str, tmp_path: Path) -> Run:
+    """Invoke the CLI with this test's environment and check the exit code."""
+    return cli_runner(tmp_path, db_url)
 
 
 def write(folder: Path, name: str, text: str) -> Path:

@@ -11,13 +11,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from typer.testing import CliRunner, Result
 
-from histimport_pipeline.cli import app
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 from histimport_pipeline.engine.spec import load_specs
-from histimport_pipeline_tests.test_cli import GOOD, cli_env, write
+from histimport_pipeline_tests.test_cli import GOOD, cli_runner, write
 
 Run = Any
 
@@ -27,18 +25,7 @@ PAGE = {"imports", "total_count", "limit", "offset"}
 @pytest.fixture
 def run(db: Database, db_url: str, tmp_path: Path) -> Run:
     """Invoke the CLI with this test's environment and check the exit code."""
-    env: dict[str, str | None] = {**cli_env(tmp_path, db_url), "COLUMNS": None}
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Result:
-        result = runner.invoke(app, list(args), env=env)
-        detail = f"exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise AssertionError(detail) from result.exception
-        assert result.exit_code == code, detail
-        return result
-
-    return invoke
+    return cli_runner(tmp_path, db_url)
 
 
 def page(run: Run, *args: str) -> dict[str, Any]:

@@ -14,9 +14,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 import yaml
-from typer.testing import CliRunner, Result
 
-from histimport_pipeline.cli import app
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import ImportArchivedError
@@ -29,23 +27,8 @@ from histimport_pipeline.orchestration.definitions import build_definitions
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.schedules import RETENTION_CRON
 from histimport_pipeline_tests.helpers import SIGNUPS, audit_actions, history, rows, write
-from histimport_pipeline_tests.test_cli import BAD, GOOD, PARTIAL, cli_env
+from histimport_pipeline_tests.test_cli import BAD, GOOD, PARTIAL, cli_runner
 from histimport_pipeline_tests.test_reconcile import csv_of, make_master, signup_spec
-
-
-def _cli(tmp_path: Path, db_url: str, **extra: str) -> Any:
-    env: dict[str, str | None] = {**cli_env(tmp_path, db_url), **extra, "COLUMNS": None}
-    runner = CliRunner()
-
-    def invoke(*args: str, code: int = 0) -> Result:
-        result = runner.invoke(app, list(args), env=env)
-        detail = f"exit {result.exit_code}\n{result.stdout}\n{result.stderr}"
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise AssertionError(detail) from result.exception
-        assert result.exit_code == code, detail
-        return result
-
-    return invoke
 
 
 def _failed_row_count(db: Database, import_id: int | None = None) -> int:
@@ -83,7 +66,7 @@ def _summary_line(stdout: str, label: str) -> str:
 def test_an_import_with_failed_rows_gets_its_error_file(
     db: Database, db_url: str, tmp_path: Path
 ) -> None:
-    run = _cli(tmp_path, db_url)
+    run = cli_runner(tmp_path, db_url)
     result = run("import", str(write(tmp_path / "signups_1.csv", PARTIAL)))
     expected = tmp_path / "home" / "errors" / "import_1_errors.csv"
     # The summary names the file, and the import records it.
@@ -117,7 +100,7 @@ def test_an_import_with_failed_rows_gets_its_error_file(
 
 def test_the_error_folder_is_a_setting(db: Database, db_url: str, tmp_path: Path) -> None:
     folder = tmp_path / "elsewhere"
-    run = _cli(tmp_path, db_url, HISTIMPORT_ERROR_DIR=str(folder))
+    run = cli_runner(tmp_path, db_url, HISTIMPORT_ERROR_DIR=str(folder))
     run("import", str(write(tmp_path / "signups_1.csv", PARTIAL)))
     assert history(db, 1)["error_file_path"] == str(folder / "import_1_errors.csv")
     assert (folder / "import_1_errors.csv").is_file()
@@ -128,7 +111,7 @@ def test_the_error_folder_is_a_setting(db: Database, db_url: str, tmp_path: Path
 def test_cleanup_dry_run_reports_and_cleanup_removes_the_error_file(
     db: Database, db_url: str, tmp_path: Path
 ) -> None:
-    run = _cli(tmp_path, db_url)
+    run = cli_runner(tmp_path, db_url)
     run("import", str(write(tmp_path / "signups_1.csv", PARTIAL)))
     tracked = Path(history(db, 1)["error_file_path"])
     # An old export no import names (say, from before error files were recorded).
@@ -236,7 +219,7 @@ def test_archiving_prunes_old_imports_and_their_rollback_is_refused(
 
 
 def test_cli_archive_and_refused_rollback(db: Database, db_url: str, tmp_path: Path) -> None:
-    run = _cli(tmp_path, db_url)
+    run = cli_runner(tmp_path, db_url)
     run("import", str(write(tmp_path / "signups_1.csv", GOOD)))
     run("import", str(write(tmp_path / "signups_2.csv", "ID,email,amount\n007,z@example.com,9\n")))
     dry = run("cleanup", "--archive-after", "0", "--dry-run").stdout
