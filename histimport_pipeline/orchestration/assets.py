@@ -26,7 +26,6 @@ from histimport_pipeline.orchestration.checks import check_evaluations
 from histimport_pipeline.orchestration.failures import (
     observe_failure,
     raise_failure,
-    rejection_hint,
 )
 from histimport_pipeline.orchestration.metadata import column_schema, outcome_metadata
 from histimport_pipeline.orchestration.partition_files import find_file, in_inbox, source_of
@@ -299,11 +298,11 @@ def build_dataset_asset(spec: DatasetSpec) -> dg.AssetsDefinition:
             for evaluation in check_evaluations(current, database, handle.import_id, key):
                 context.log_event(evaluation)  # type: ignore[arg-type]  # accepted since 1.7
             message = rejected.error_message or "rejected"
-            observe_failure(context, settings, current, handle.import_id, message, database, csv)
-            with database.database.reader() as conn:
-                row = tracking.get_import(conn, database.database, handle.import_id) or {}
+            hint = observe_failure(
+                context, settings, current, handle.import_id, message, database, csv
+            )
             raise dg.Failure(
-                description=f"{message}\n\n{rejection_hint(current, row)}",
+                description=f"{message}\n\n{hint}",
                 metadata=meta,
                 allow_retries=False,
             )

@@ -85,13 +85,18 @@ def observe_failure(
     message: str,
     database: DatabaseResource,
     csv: Path | None = None,
-) -> None:
+) -> str:
     """Record on the asset's partition why it did not materialize: Dagster's open-source
-    storage keeps no metadata on a failed materialization, so an observation carries it."""
+    storage keeps no metadata on a failed materialization, so an observation carries it.
+
+    Returns:
+        What the operator can do next (the observation's ``what_to_do``).
+    """
     with database.database.reader() as conn:
         row = tracking.get_import(conn, database.database, import_id) or {}
     read = int(row.get("rows_in_file") or 0)
     failed = int(row.get("rows_failed") or 0)
+    what_to_do = _what_to_do(spec, row)
     meta: dict[str, Any] = {
         "import_id": dg.MetadataValue.text(str(import_id)),
         "status": str(row.get("status") or "failed"),
@@ -101,7 +106,7 @@ def observe_failure(
         "rows_failed": failed,
         "failed_share": round(failed / read, 4) if read else 0.0,
         "failed_rows": failed_rows_link(settings, import_id, csv),
-        "what_to_do": dg.MetadataValue.text(_what_to_do(spec, row)),
+        "what_to_do": dg.MetadataValue.text(what_to_do),
     }
     top = (row.get("error_summary") or {}).get("top_errors") or []
     if top:
@@ -114,19 +119,20 @@ def observe_failure(
             metadata=meta,
         )
     )
+    return what_to_do
 
 
 def _what_to_do(spec: DatasetSpec, row: dict[str, Any]) -> str:
     """The next step for an operator, by how the import ended."""
     if row.get("status") == ImportStatus.REJECTED.value:
-        return rejection_hint(spec, row)
+        return _rejection_hint(spec, row)
     return (
         "Fix the cause in the message and re-execute the run from failure (or re-run the "
         "partition); a file problem needs a fixed file dropped into the inbox."
     )
 
 
-def rejection_hint(spec: DatasetSpec, row: dict[str, Any]) -> str:
+def _rejection_hint(spec: DatasetSpec, row: dict[str, Any]) -> str:
     """What makes a rejected import load: a fixed file, or a run with a higher gate (the same
     file is rejected again by every plain retry)."""
     read = int(row.get("rows_in_file") or 0)
