@@ -23,15 +23,13 @@ from dagster._core.loader import LoadingContextForTest
 
 from histimport_pipeline.engine import files, freshness, migrations
 from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.freshness import DAILY_CHECK, LAG_CHECK, freshness_verdicts
 from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.orchestration.definitions import build_definitions
 from histimport_pipeline.orchestration.observations import (
-    DAILY_CHECK,
-    LAG_CHECK,
     OBSERVATION_SENSOR,
     REFRESH_S,
     build_source_assets,
-    freshness_verdicts,
 )
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline_tests.helpers import SIGNUPS

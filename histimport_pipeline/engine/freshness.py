@@ -15,9 +15,14 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
 
 LOADED = (ImportStatus.SUCCESS.value, ImportStatus.PARTIAL.value)
+#: The hour (UTC) of the daily schedule that imports yesterday's files.
+DAILY_SCHEDULE_HOUR = 2
+#: The names of the two freshness checks.
+LAG_CHECK = "max_lag"
+DAILY_CHECK = "daily_deadline"
 
 
 @dataclass(frozen=True)
@@ -117,3 +122,37 @@ def daily_verdict(
 def _hours(delta: dt.timedelta) -> str:
     hours = delta.total_seconds() / 3600
     return f"{hours:.1f} h" if hours >= 1 else f"{delta.total_seconds() / 60:.0f} min"
+
+
+def default_deadline_hour() -> int:
+    """One hour after the daily schedule's hour: its run has had that long to load."""
+    return (DAILY_SCHEDULE_HOUR + 1) % 24
+
+
+def deadline_hour(spec: DatasetSpec) -> int:
+    """The hour (UTC) by which a daily dataset's yesterday must be loaded."""
+    chosen = spec.freshness.deadline_hour if spec.freshness else None
+    return default_deadline_hour() if chosen is None else chosen
+
+
+def freshness_verdicts(
+    spec: DatasetSpec, db: Database, now: dt.datetime, only: str | None = None
+) -> dict[str, FreshnessVerdict]:
+    """The verdict of each freshness check of ``spec`` (by check name) at ``now``.
+
+    Args:
+        only: one check name (:data:`LAG_CHECK` or :data:`DAILY_CHECK`), or all of them.
+
+    Returns:
+        An empty dict for a dataset whose spec turns freshness off.
+    """
+    spec_freshness = spec.freshness
+    if spec_freshness is None:
+        return {}
+    out: dict[str, FreshnessVerdict] = {}
+    with db.reader() as conn:
+        if spec_freshness.max_lag_hours is not None and only in (None, LAG_CHECK):
+            out[LAG_CHECK] = lag_verdict(conn, db, spec, spec_freshness.max_lag_hours, now)
+        if spec.partitioning is Partitioning.DAILY and only in (None, DAILY_CHECK):
+            out[DAILY_CHECK] = daily_verdict(conn, db, spec, deadline_hour(spec), now)
+    return out

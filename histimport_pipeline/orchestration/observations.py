@@ -25,31 +25,18 @@ import dagster as dg
 
 from histimport_pipeline.engine import freshness, sources
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.freshness import FreshnessVerdict
+from histimport_pipeline.engine.freshness import DAILY_CHECK, LAG_CHECK, FreshnessVerdict
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
 from histimport_pipeline.orchestration.assets import external_assets, inbox_key, master_key
 from histimport_pipeline.orchestration.resources import DatabaseResource
 from histimport_pipeline.orchestration.run_coordinator import TRIGGER_TAG
-from histimport_pipeline.orchestration.schedules import CRON
 
 OBSERVATION_SENSOR = "histimport_observation_sensor"
 #: Seconds after which an unchanged source is observed again (its age, "latest observation").
 REFRESH_S = 15 * 60
 #: Seconds the inbox listings of one tick may take together.
 LISTING_BUDGET_S = 10.0
-LAG_CHECK = "max_lag"
-DAILY_CHECK = "daily_deadline"
-
-
-def default_deadline_hour() -> int:
-    """One hour after the daily schedule's hour: its run has had that long to load."""
-    return (int(CRON.split()[1]) + 1) % 24
-
-
-def _deadline_hour(spec: DatasetSpec) -> int:
-    chosen = spec.freshness.deadline_hour if spec.freshness else None
-    return default_deadline_hour() if chosen is None else chosen
 
 
 def freshness_policy(spec: DatasetSpec) -> dg.FreshnessPolicy | None:
@@ -67,7 +54,7 @@ def freshness_policy(spec: DatasetSpec) -> dg.FreshnessPolicy | None:
         )
     if spec.partitioning is Partitioning.DAILY:
         return dg.FreshnessPolicy.cron(
-            deadline_cron=f"0 {_deadline_hour(spec)} * * *",
+            deadline_cron=f"0 {freshness.deadline_hour(spec)} * * *",
             lower_bound_delta=dt.timedelta(hours=24),
         )
     return None
@@ -79,24 +66,6 @@ def with_freshness(asset: dg.AssetsDefinition, spec: DatasetSpec) -> dg.AssetsDe
     if policy is None:
         return asset
     return asset.map_asset_specs(lambda s: dg.apply_freshness_policy(s, policy))
-
-
-def freshness_verdicts(
-    spec: DatasetSpec, db: Database, now: dt.datetime, only: str | None = None
-) -> dict[str, FreshnessVerdict]:
-    """The verdict of each freshness check of ``spec`` (by check name) at ``now``."""
-    spec_freshness = spec.freshness
-    if spec_freshness is None:
-        return {}
-    out: dict[str, FreshnessVerdict] = {}
-    with db.reader() as conn:
-        if spec_freshness.max_lag_hours is not None and only in (None, LAG_CHECK):
-            out[LAG_CHECK] = freshness.lag_verdict(
-                conn, db, spec, spec_freshness.max_lag_hours, now
-            )
-        if spec.partitioning is Partitioning.DAILY and only in (None, DAILY_CHECK):
-            out[DAILY_CHECK] = freshness.daily_verdict(conn, db, spec, _deadline_hour(spec), now)
-    return out
 
 
 def _check_names(spec: DatasetSpec) -> list[str]:
@@ -123,16 +92,17 @@ def _check_result(verdict: FreshnessVerdict) -> dg.AssetCheckResult:
 def build_freshness_checks(spec: DatasetSpec) -> list[dg.AssetChecksDefinition]:
     """The freshness checks of one dataset (none without a ``freshness`` spec)."""
     lag = spec.freshness.max_lag_hours if spec.freshness else None
+    hour = freshness.deadline_hour(spec)
     descriptions = {
         LAG_CHECK: f"The last successful import finished within {lag or 0:g} h.",
-        DAILY_CHECK: f"Yesterday's business date is loaded by {_deadline_hour(spec):02d}:00 UTC.",
+        DAILY_CHECK: f"Yesterday's business date is loaded by {hour:02d}:00 UTC.",
     }
 
     def build(name: str) -> dg.AssetChecksDefinition:
         @dg.asset_check(asset=dg.AssetKey(spec.name), name=name, description=descriptions[name])
         def freshness_check(database: DatabaseResource) -> dg.AssetCheckResult:
             now = dt.datetime.now(dt.UTC)
-            verdict = freshness_verdicts(spec, database.database, now, only=name)[name]
+            verdict = freshness.freshness_verdicts(spec, database.database, now, only=name)[name]
             return _check_result(verdict)
 
         return freshness_check
@@ -233,7 +203,7 @@ def _due_checks(
     due: list[dg.AssetCheckKey] = []
     state: dict[str, list[Any]] = {}
     for spec in sorted(specs.values(), key=lambda s: s.name):
-        for name, verdict in freshness_verdicts(spec, db, now).items():
+        for name, verdict in freshness.freshness_verdicts(spec, db, now).items():
             key = dg.AssetCheckKey(dg.AssetKey(spec.name), name)
             until = verdict.fresh_until.timestamp() if verdict.fresh_until else None
             fresh, seen_until = (previous.get(key.to_user_string()) or [None, None])[:2]

@@ -7,6 +7,7 @@ from typing import Any
 import dagster as dg
 
 from histimport_pipeline.engine import tracking
+from histimport_pipeline.engine.freshness import DAILY_SCHEDULE_HOUR
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking import cleanup as retention
@@ -14,7 +15,7 @@ from histimport_pipeline.orchestration.assets import DATASET_TAG, TRIGGER_TAG
 from histimport_pipeline.orchestration.partitions import DEFAULT_START
 from histimport_pipeline.orchestration.resources import DatabaseResource
 
-CRON = "0 2 * * *"
+CRON = f"0 {DAILY_SCHEDULE_HOUR} * * *"
 #: After the daily imports: the cleanup never competes with them for the database.
 RETENTION_CRON = "30 3 * * *"
 
