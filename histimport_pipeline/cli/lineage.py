@@ -3,7 +3,7 @@ the rows one import wrote."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -19,47 +19,7 @@ from histimport_pipeline.cli.common import (
     tracked,
     when,
 )
-from histimport_pipeline.engine.errors import HistimportError
-
-if TYPE_CHECKING:
-    from histimport_pipeline.engine.settings import Settings
-    from histimport_pipeline.engine.spec import DatasetSpec
-
 from histimport_pipeline.cli.history import JsonOption, compact
-
-
-def _key_values(spec: DatasetSpec, items: list[str]) -> dict[str, str]:
-    """``--key`` options as key column -> text: ``--key 42`` for a single-column key,
-    ``--key a=1 --key b=2`` for a composite one (the ``NAME=`` form works for both)."""
-    if len(spec.key) == 1 and len(items) == 1:
-        name, sep, value = items[0].partition("=")
-        if sep and name == spec.key[0]:
-            return {name: value}
-        return {spec.key[0]: items[0]}
-    values: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise HistimportError(
-                f"--key {item!r}: table {spec.target_table} is keyed by "
-                f"{', '.join(spec.key) or 'nothing'}; give each part as --key NAME=VALUE"
-            )
-        if name in values:
-            raise HistimportError(f"--key {name} is given twice")
-        values[name] = value
-    return values
-
-
-def _spec_of_table(settings: Settings, table: str) -> DatasetSpec:
-    from histimport_pipeline.engine.spec import load_specs
-
-    specs = [s for s in load_specs(settings.datasets).values() if s.target_table == table]
-    if not specs:
-        raise HistimportError(
-            f"no dataset spec in {settings.datasets} writes table {table!r}, so its key "
-            "columns are unknown"
-        )
-    return specs[0]
 
 
 def show_lineage(
@@ -160,8 +120,10 @@ def _show_lineage_of_key(table: str, key: list[str], as_json: bool) -> None:
     from histimport_pipeline.engine.tracking import lineage
 
     with tracked() as (settings, db):
-        spec = _spec_of_table(settings, table)
-        wanted = _key_values(spec, key)
+        from histimport_pipeline.engine.spec import load_specs
+
+        spec = lineage.spec_of_table(load_specs(settings.datasets), table, settings.datasets)
+        wanted = lineage.key_values(spec, key)
         found = lineage.lineage_of_key(db, spec, wanted)
     shown = ", ".join(f"{k}={v}" for k, v in wanted.items())
     if found is None:

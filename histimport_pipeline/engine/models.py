@@ -57,6 +57,8 @@ class ImportSource(StrEnum):
     #: Read again from where an earlier import moved it (a re-run or backfill of a partition).
     ARCHIVE = "archive"
     QUARANTINE = "quarantine"
+    #: Uploaded through the web service, which imported it itself (its ``direct`` mode).
+    UPLOAD = "upload"
 
 
 class ErrorCategory(StrEnum):
@@ -148,6 +150,10 @@ class AuditAction(StrEnum):
     SUPERSEDED = "superseded"
     #: The retention cleanup (an entry of no import).
     CLEANUP = "cleanup"
+    #: A file was uploaded through the web service into the inbox (an entry of no import).
+    UPLOADED = "uploaded"
+    #: The web service refused a request: no token, a wrong one, or too small a role.
+    ACCESS_REFUSED = "access_refused"
 
 
 class AuditSeverity(StrEnum):

@@ -17,6 +17,7 @@ _WARNINGS = {
     AuditAction.REVIEW_REJECTED,
     AuditAction.USER_OVERRIDE,
     AuditAction.ROLLED_BACK,
+    AuditAction.ACCESS_REFUSED,
 }
 
 
@@ -200,6 +201,14 @@ _SUMMARIES: dict[AuditAction, _Summary] = {
         f"superseded by import {_n(d, 'superseded_by')}, which loaded a corrected file"
     ),
     AuditAction.CLEANUP: _cleanup,
+    AuditAction.UPLOADED: lambda d, a: (
+        f"{d.get('file_name', '?')} ({_n(d, 'size')} bytes) uploaded{f' by {a}' if a else ''} "
+        f"into the inbox of {d.get('dataset', '?')}"
+    ),
+    AuditAction.ACCESS_REFUSED: lambda d, a: (
+        f"{a or 'an anonymous caller'} was refused {d.get('method', '?')} {d.get('path', '?')} "
+        f"({d.get('status', '?')}): {d.get('reason', '?')}"
+    ),
 }
 
 

@@ -6,6 +6,7 @@ again), and the error file every import with failed rows gets in the error folde
 from __future__ import annotations
 
 import csv
+import io
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -123,14 +124,55 @@ def _extra_keys(db: Database, import_id: int, headers: set[str]) -> set[str]:
     return found
 
 
-def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:
-    """Write an import's failed rows as a CSV a person can fix and import again.
+def failed_rows_csv(db: Database, import_id: int, chunk_chars: int = 64 * 1024) -> Iterator[str]:
+    """An import's failed rows as the text of the errors CSV, in pieces, as they stream.
 
-    Columns: the file's original columns in header order, then ``_error_row`` (the source
-    row), ``_error_column``, ``_error_category`` and ``_error_message``. The file is UTF-8
-    with a BOM (so spreadsheet programs detect the encoding), every formula-looking cell is
-    neutralised (:func:`neutralise_cell`), and rows are written one by one as they stream
-    from the database. The file appears complete or not at all (written aside, then renamed).
+    The CSV a person can fix and import again: the file's original columns in header order,
+    then ``_error_row`` (the source row), ``_error_column``, ``_error_category`` and
+    ``_error_message``. It starts with a byte order mark (so spreadsheet programs detect
+    UTF-8 once it is encoded), and every formula-looking cell is neutralised
+    (:func:`neutralise_cell`). Memory stays flat whatever the number of rows.
+
+    The import is looked up before this returns, so a caller can answer "not found" before
+    sending anything.
+
+    Args:
+        chunk_chars: about how much text each piece holds.
+
+    Raises:
+        ImportNotFoundError: no import with that id.
+    """
+    with db.reader() as conn:
+        found = _require_import(conn, db, import_id)
+    headers = _export_headers(db, import_id, found["file_metadata"])
+    return _csv_pieces(db, import_id, headers, chunk_chars, [0])
+
+
+def _csv_pieces(
+    db: Database, import_id: int, headers: list[str], chunk_chars: int, counted: list[int]
+) -> Iterator[str]:
+    """The CSV text in pieces; ``counted[0]`` holds the rows written so far."""
+    buffer = io.StringIO()
+    buffer.write("\ufeff")
+    writer = csv.writer(buffer)
+    writer.writerow([neutralise_cell(h) for h in (*headers, *ERROR_COLUMNS)])
+    for row in iter_failed_rows(db, import_id):
+        raw = row["raw_values"] or {}
+        values = [raw.get(h) for h in headers]
+        values += [row["source_row"], row["column_name"], row["category"], row["message"]]
+        writer.writerow([neutralise_cell(c) for c in values])
+        counted[0] += 1
+        if buffer.tell() >= chunk_chars:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:
+    """Write an import's failed rows as a CSV a person can fix and import again: the text of
+    :func:`failed_rows_csv`, encoded as UTF-8. The file appears complete or not at all
+    (written aside, then renamed).
 
     Args:
         db: the target database.
@@ -146,24 +188,19 @@ def export_failed_rows(db: Database, import_id: int, out_path: Path) -> int:
     with db.reader() as conn:
         found = _require_import(conn, db, import_id)
     headers = _export_headers(db, import_id, found["file_metadata"])
+    counted = [0]
+    pieces = _csv_pieces(db, import_id, headers, 64 * 1024, counted)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f".{out_path.name}.part")
-    written = 0
     try:
-        with partial.open("w", encoding="utf-8-sig", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([neutralise_cell(h) for h in (*headers, *ERROR_COLUMNS)])
-            for row in iter_failed_rows(db, import_id):
-                raw = row["raw_values"] or {}
-                cells = [raw.get(h) for h in headers]
-                cells += [row["source_row"], row["column_name"], row["category"], row["message"]]
-                writer.writerow([neutralise_cell(c) for c in cells])
-                written += 1
+        with partial.open("w", encoding="utf-8", newline="") as fh:
+            for piece in pieces:
+                fh.write(piece)
         os.replace(partial, out_path)
     finally:
         partial.unlink(missing_ok=True)
-    return written
+    return counted[0]
 
 
 def error_file_name(import_id: int) -> str:

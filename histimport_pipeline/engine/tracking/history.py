@@ -158,6 +158,8 @@ class HistoryFilter:
     table: str | None = None
     #: Who imported: the ``user_id`` or the ``user_email``, exactly.
     user: str | None = None
+    #: How the file arrived (``inbox``, ``cli``, ``schedule``, ``upload``...).
+    source: str | None = None
 
     def conditions(self, t: sa.Table) -> list[sa.ColumnElement[bool]]:
         """The filter as conditions on ``import_history`` (values bound, never inlined)."""
@@ -178,6 +180,8 @@ class HistoryFilter:
             found.append(t.c.target_table == self.table)
         if self.user is not None:
             found.append(sa.or_(t.c.user_id == self.user, t.c.user_email == self.user))
+        if self.source is not None:
+            found.append(t.c.source == self.source)
         return found
 
 

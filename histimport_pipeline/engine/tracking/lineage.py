@@ -7,7 +7,7 @@ join ``import_history``. Like ``tracking.history`` they return plain dicts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -202,3 +202,46 @@ def lineage_of_key(
         "row": {k: v for k, v in row.items() if not k.startswith("_")},
         "import": plain_row(info) if info else None,
     }
+
+
+def key_values(spec: DatasetSpec, items: Sequence[str]) -> dict[str, str]:
+    """Key parts as key column -> text: ``["42"]`` for a single-column key,
+    ``["a=1", "b=2"]`` for a composite one (the ``NAME=VALUE`` form works for both).
+
+    Raises:
+        HistimportError: a part of a composite key has no ``NAME=``, or a name repeats.
+    """
+    if len(spec.key) == 1 and len(items) == 1:
+        name, sep, value = items[0].partition("=")
+        if sep and name == spec.key[0]:
+            return {name: value}
+        return {spec.key[0]: items[0]}
+    values: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise HistimportError(
+                f"--key {item!r}: table {spec.target_table} is keyed by "
+                f"{', '.join(spec.key) or 'nothing'}; give each part as --key NAME=VALUE"
+            )
+        if name in values:
+            raise HistimportError(f"--key {name} is given twice")
+        values[name] = value
+    return values
+
+
+def spec_of_table(specs: Mapping[str, DatasetSpec], table: str, where: object) -> DatasetSpec:
+    """The dataset spec that writes ``table`` (its key names the table's rows).
+
+    Args:
+        where: where the specs were read from, for the message.
+
+    Raises:
+        HistimportError: no spec writes that table.
+    """
+    found = [s for s in specs.values() if s.target_table == table]
+    if not found:
+        raise HistimportError(
+            f"no dataset spec in {where} writes table {table!r}, so its key columns are unknown"
+        )
+    return found[0]

@@ -82,6 +82,15 @@ def record_audit(
     )
 
 
+def record_event(
+    db: Database, action: AuditAction, actor: str | None, details: Mapping[str, Any]
+) -> None:
+    """Append an audit entry of no import (an upload, a refused request) in its own
+    transaction."""
+    with db.engine.begin() as conn:
+        record_audit(conn, db, None, action, actor, details)
+
+
 def create_import(conn: sa.Connection, db: Database, **values: Any) -> int:
     """Insert an ``import_history`` row and return its id."""
     t = db.tables.import_history
