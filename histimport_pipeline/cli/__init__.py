@@ -6,7 +6,8 @@ scripts; the rest of the output is for people.
 
 One module per command group: :mod:`.imports` (import, rollback, retry-failed),
 :mod:`.history` (history, show, errors, stats), :mod:`.lineage`, :mod:`.review` (``review ...``),
-:mod:`.db` (settings, ``db ...``, cleanup, dagster-url), :mod:`.demo`; :mod:`.common` holds
+:mod:`.db` (settings, ``db ...``, cleanup, dagster-url), :mod:`.demo`, :mod:`.serve` (serve,
+token); :mod:`.common` holds
 what they share. This module builds the app from them.
 
 The command modules import the engine inside the commands, not at the top: ``histimport
@@ -22,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from histimport_pipeline.cli import db, demo, history, imports, lineage
+from histimport_pipeline.cli import db, demo, history, imports, lineage, serve
 from histimport_pipeline.cli.common import CliState, fail_unexpected
 from histimport_pipeline.cli.review import review_app
 
@@ -48,6 +49,8 @@ app.command("cleanup")(db.cleanup)
 app.command("demo")(demo.demo)
 app.command("retry-failed")(imports.retry_failed)
 app.command("dagster-url")(db.dagster_url)
+app.command("serve")(serve.serve)
+app.command("token")(serve.new_token)
 
 
 @app.callback()
