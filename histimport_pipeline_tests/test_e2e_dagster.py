@@ -813,17 +813,28 @@ def test_a_backfill_launched_through_graphql_reimports_the_dates(
         db.dispose()
 
 
+def _web_total(url: str) -> int | None:
+    """``total_count`` of the web service's history, or ``None`` while it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(json.loads(answer.read())["total_count"])
+    except (OSError, ValueError):
+        return None
+
+
 def test_run_sh_stops_webserver_daemon_and_run_workers_on_sigterm(tmp_path: Path) -> None:
     """`scripts/run.sh` started as a background job of a shell (SIGINT ignored, which made
     `dagster dev` ignore SIGTERM as well), on a port of our choosing; once a run is under way,
-    SIGTERM to its process group stops every process it started within seconds."""
-    port = _free_port()
+    SIGTERM to its process group stops every process it started within seconds. The web
+    service it starts beside Dagster shows the demo's imports as they are recorded."""
+    port, web_port = _free_port(), _free_port()
     home = tmp_path / "home"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("HISTIMPORT_", "DAGSTER_"))},
         "HISTIMPORT_HOME": str(home),
         "HISTIMPORT_SKIP_BOOTSTRAP": "1",
         "DAGSTER_PORT": str(port),
+        "HISTIMPORT_WEB_PORT": str(web_port),
         "PATH": f"{DAGSTER.parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     url = f"http://127.0.0.1:{port}"
@@ -860,8 +871,20 @@ def test_run_sh_stops_webserver_daemon_and_run_workers_on_sigterm(tmp_path: Path
             if why:
                 pytest.fail(f"{why}\n{tail()}")
             time.sleep(1)
+        # the history page's API lists the demo's imports once the runs record them
+        web = f"http://127.0.0.1:{web_port}/api/imports"
+        seen = Progress("the web service to list the demo's imports")
+        while True:
+            total = _web_total(web)
+            if total:
+                break
+            why = seen.stuck((log.stat().st_size, total))
+            if why:
+                pytest.fail(f"{why}\n{tail()}")
+            time.sleep(1)
+        assert f"Import history (web): http://127.0.0.1:{web_port}" in log.read_text()
         started = _tree(proc.pid)
-        assert len(started) >= 5, started  # supervisor, dagster dev, webserver, daemon, ...
+        assert len(started) >= 6, started  # supervisor, dagster dev, webserver, daemon, web...
         os.killpg(proc.pid, signal.SIGTERM)
         stopping = time.monotonic()
         while _still_running(started) and time.monotonic() - stopping < STOP_TIMEOUT_S:

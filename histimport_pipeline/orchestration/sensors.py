@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.engine import files, tracking
+from histimport_pipeline.engine import files, tracking, uploads
 from histimport_pipeline.engine.settings import Settings
 from histimport_pipeline.engine.spec import DatasetSpec, Partitioning
 from histimport_pipeline.orchestration.assets import (
@@ -68,16 +68,18 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any) -> dg.SensorDefinition:
             else:
                 key = files.partition_key_for(ready.path, ready.sha256)
                 new_keys.append(key)
+            tags = {DATASET_TAG: spec.name, TRIGGER_TAG: "sensor", FILE_TAG: ready.path.name[:200]}
+            # A file uploaded through the web service is imported as its uploader.
+            uploader = uploads.uploader_of(ready.path)
+            if uploader:
+                tags["user"] = uploader
+                uploads.forget_uploader(ready.path)
             requests.append(
                 dg.RunRequest(
                     run_key=f"{spec.name}:{ready.sha256}:{ready.mtime_ns}",
                     partition_key=key,
                     run_config=parse_run_config(spec, ready.path),
-                    tags={
-                        DATASET_TAG: spec.name,
-                        TRIGGER_TAG: "sensor",
-                        FILE_TAG: ready.path.name[:200],
-                    },
+                    tags=tags,
                 )
             )
         partition_requests: list[

@@ -15,9 +15,9 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-    """A page from its template, with what every page shows (the caller, the CSRF token)."""
-    return templates.TemplateResponse(request, name, context, status_code=status)
+def render(request: Request, name: str, code: int = 200, **context: Any) -> HTMLResponse:
+    """A page from its template (``code``: the HTTP status)."""
+    return templates.TemplateResponse(request, name, context, status_code=code)
 
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
