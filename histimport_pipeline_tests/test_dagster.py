@@ -88,7 +88,10 @@ def test_definitions_load_from_the_datasets_folder(home: Path, db_url: str) -> N
     assert {j.name: j.executor_def.name for j in jobs}["__ASSET_JOB"] == "in_process"
 
 
-def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
+def test_materialize_a_file_partition(
+    home: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTIMPORT_WEB_URL", "http://history.test/")
     spec = _spec(SIGNUPS)
     path = home / "inbox" / "signups_1.csv"
     path.write_text(GOOD)
@@ -108,6 +111,9 @@ def test_materialize_a_file_partition(home: Path, db_url: str) -> None:
     meta = {k: v.value for k, v in event.materialization.metadata.items()}
     assert meta["rows_created"] == 2 and meta["rows_failed"] == 1
     assert meta["dagster/row_count"] == 2 and meta["status"] == "partial"
+    # with the web service configured, the import and its failed rows link to its page
+    page = f"http://history.test/imports/{meta['import_id']}"
+    assert (meta["import_page"], meta["failed_rows"]) == (page, f"{page}#failed-rows")
     assert Path(str(meta["failed_rows_csv"])).read_text(encoding="utf-8-sig").count("bad-email")
     db = Database.connect(db_url)
     assert [r["signup_id"] for r in rows(db, "signups")] == ["007", "008"]

@@ -71,7 +71,7 @@ def failed_rows_link(settings: Settings, import_id: int, csv: Path | None) -> dg
     """Where a person gets an import's failed rows: the web history page when configured
     (HISTIMPORT_WEB_URL), else the exported CSV, else the command that writes it."""
     if settings.web_url:
-        return dg.MetadataValue.url(f"{settings.web_url}/imports/{import_id}")
+        return dg.MetadataValue.url(f"{settings.web_url}/imports/{import_id}#failed-rows")
     if csv is not None:
         return dg.MetadataValue.path(str(csv))
     return dg.MetadataValue.text(f"histimport errors {import_id} -o errors.csv")

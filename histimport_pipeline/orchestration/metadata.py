@@ -40,6 +40,8 @@ def outcome_metadata(
         "rows_waiting_for_review": result.rows_review,
         "dagster/column_schema": column_schema(spec),
     }
+    if settings.web_url:
+        meta["import_page"] = dg.MetadataValue.url(f"{settings.web_url}/imports/{result.import_id}")
     if table_rows is not None:
         meta["dagster/row_count"] = table_rows
     meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
