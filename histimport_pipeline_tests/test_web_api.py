@@ -192,6 +192,7 @@ def test_statistics_lineage_and_datasets(
     datasets = {d["name"]: d for d in open_api.get("/api/datasets").json()}
     assert set(datasets) == {"signups", "trades", "notes", "daily", "logs"}
     assert datasets["signups"]["imports"] == 4 and datasets["signups"]["last_import"]["import_id"]
+    assert datasets["signups"]["spec"]["key"] == ["signup_id"]
     assert datasets["daily"]["freshness"][0]["check"] == "daily_deadline"
     assert datasets["daily"]["freshness"][0]["fresh"] is False
     activity = open_api.get("/api/datasets/signups/activity", params={"days": 3}).json()
@@ -305,6 +306,15 @@ def test_uploads_refuse_viewers_oversize_files_and_linked_folders(
         assert not (settings.inbox / "signups" / "signups_big.csv").exists()
         assert not any(p.name.endswith(".part") for p in settings.inbox.rglob("*"))
         assert _upload(api, "x.csv", b"1", dataset="nope").status_code == 404
+        broken = api.post(
+            "/api/uploads?dataset=signups",
+            content=b'--b\r\nContent-Disposition: form-data; name="file"; filename="s.csv"\r\n'
+            b"\r\nID\r\n--x",
+            headers={**bearer(ALICE), "Content-Type": "multipart/form-data; boundary=b"},
+        )
+        assert broken.status_code == 422 and not list(settings.inbox.rglob("*.csv"))
+        plain = api.post("/api/uploads?dataset=signups", content=b"ID\n", headers=bearer(ALICE))
+        assert plain.status_code == 422 and "multipart" in plain.json()["detail"]
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         (settings.inbox / "trades").symlink_to(elsewhere)

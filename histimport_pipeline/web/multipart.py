@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from histimport_pipeline.engine.uploads import UploadError
@@ -35,6 +36,8 @@ class _Form:
         self.fields: dict[str, str] = {}
         self.receiver: Receiver | None = None
         self.files = 0
+        #: Whether the closing boundary arrived: a body cut short is not a whole file.
+        self.complete = False
         self._header: list[bytes] = []
         self._value: list[bytes] = []
         self._disposition = b""
@@ -76,6 +79,9 @@ class _Form:
         if len(self._text) > MAX_FIELD_BYTES:
             raise UploadError(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
 
+    def on_end(self) -> None:
+        self.complete = True
+
     def on_part_end(self) -> None:
         if self._sink is None and self._name:
             self.fields[self._name] = self._text.decode("utf-8", "replace")
@@ -111,6 +117,15 @@ async def read_form(
         async for chunk in body:
             parser.write(chunk)
         parser.finalize()
+        if not form.complete:
+            raise UploadError(
+                "the upload ended before the form's closing boundary (was the connection "
+                "cut?); nothing was kept: send it again"
+            )
+    except MultipartParseError:
+        if form.receiver is not None:
+            form.receiver.abort()
+        raise UploadError("the upload is not a well-formed multipart form") from None
     except BaseException:
         if form.receiver is not None:
             form.receiver.abort()
@@ -126,4 +141,5 @@ _CALLBACKS = (
     "on_headers_finished",
     "on_part_data",
     "on_part_end",
+    "on_end",
 )

@@ -161,6 +161,7 @@ class Dataset(_Model):
     partitioning: str
     strategy: str
     files: str | None = None
+    spec: dict[str, Any]
     imports: int
     last_import: dict[str, Any] | None = None
     last_success_at: dt.datetime | None = None

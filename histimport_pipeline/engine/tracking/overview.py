@@ -44,7 +44,8 @@ def dataset_overview(
 
     Returns:
         Dicts with ``name``, ``description``, ``target_table``, ``partitioning``,
-        ``strategy``, ``files``, ``imports`` (how many are recorded), ``last_import`` (the
+        ``strategy``, ``files``, ``spec`` (the whole spec, JSON-ready), ``imports`` (how many
+        are recorded), ``last_import`` (the
         newest, or ``None``), ``last_success_at``, ``processes`` (its ``processing_status``
         rows) and ``freshness`` (one verdict per freshness check: ``check``, ``fresh``,
         ``description``, ``fresh_until``).
@@ -83,6 +84,7 @@ def dataset_overview(
                 "partitioning": spec.partitioning.value,
                 "strategy": spec.strategy.value,
                 "files": spec.files,
+                "spec": spec.model_dump(mode="json", exclude_none=True),
                 "imports": int(counts.get(name, 0)),
                 "last_import": {c: last[c] for c in _LAST_IMPORT} if last else None,
                 "last_success_at": last_success,
