@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -175,3 +177,19 @@ def test_the_benchmarks_import_paths_exist() -> None:
                 if not hasattr(module, alias.name) and f"{node.module}.{alias.name}" not in MODULES
             ]
     assert not missing
+
+
+def test_the_web_service_never_loads_dagster() -> None:
+    """Building the web application (every route, every page) loads no dagster module, not
+    even through the engine: the service runs where Dagster is not installed."""
+    code = (
+        "import sys\n"
+        "from histimport_pipeline.web import app, pages\n"
+        "from histimport_pipeline.web.api import router\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'dagster')\n"
+        "print(','.join(loaded))\n"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert found == ""
