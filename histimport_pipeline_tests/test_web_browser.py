@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 import uvicorn
 
+from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.tracking import failed_rows, history
 from histimport_pipeline.web.app import create_app
+from histimport_pipeline.web.auth import COOKIE
 from histimport_pipeline.web.config import UploadMode
 from histimport_pipeline_tests.helpers import rows
 from histimport_pipeline_tests.web_support import (
@@ -215,4 +217,43 @@ def test_scenario_in_a_browser(browser: Any, tmp_path: Path, db_url: str, db: Da
         assert "rolled back import" in page.inner_text("#notice")
         assert [r for r in rows(db, "signups") if r["_import_id"] == uploaded] == []
         assert refused == []  # no page broke the content security policy
+        context.close()
+
+
+def test_running_import_progress_updates_live_then_the_page_reloads(
+    browser: Any, tmp_path: Path, db_url: str, db: Database
+) -> None:
+    """A running import's bar follows its recorded progress (``app.js`` polls its status)
+    and, once it has ended, the page reloads with its final status."""
+    settings = demo_settings(tmp_path, db_url)
+    ids = import_demo(settings, db)
+    running = ids["signups_2024-03.xlsx"]
+
+    def record(**values: Any) -> None:
+        with db.engine.begin() as conn:
+            tracking.update_import(conn, db, running, **values)
+
+    record(status="running", phase="LOAD", rows_done=3, rows_expected=10, progress_percent=30.0)
+    app = create_app(settings, web_config(), db)
+    with Service(app) as service:
+        context = browser.new_context(base_url=service.url)
+        context.add_cookies([{"name": COOKIE, "value": OPERATOR_TOKEN, "url": service.url}])
+        page = context.new_page()
+        page.goto("/imports")
+        row = f'#imports tr[data-import-id="{running}"]'
+        assert float(page.get_attribute(f"{row} progress", "value") or 0) == 30
+        record(rows_done=6, progress_percent=60.0)
+        wait_for(
+            "the bar to show 60%",
+            lambda: page.evaluate(f"document.querySelector('{row} progress').value"),
+            lambda value: value == 60,
+        )
+        assert "6 rows" in page.inner_text(f"{row} .live-text")
+        record(status="success", phase="COMPLETE", rows_done=10, progress_percent=100.0)
+        wait_for(
+            "the page to reload with the final status",
+            lambda: page.inner_text(f"{row} .badge"),
+            lambda text: text == "success",
+        )
+        assert page.locator(f"{row} progress").count() == 0
         context.close()

@@ -390,3 +390,12 @@ def test_first_failed_rows_stops_at_the_limit(demo: Demo) -> None:
         r["source_row"] for r in overview.first_failed_rows(demo.db, import_id)
     ][:2]
     assert overview.first_failed_rows(demo.db, demo.ids["signups_2024-02.json"]) == []
+
+
+def test_an_unknown_import_is_a_404_page_without_a_traceback(demo: Demo) -> None:
+    response = demo.as_(VIEWER_TOKEN).get("/imports/999", headers=HTML)
+    assert response.status_code == 404
+    assert "404: not found" in response.text and "999" in response.text
+    assert "Traceback" not in response.text and 'href="/imports"' in response.text
+    confirm = demo.as_(OPERATOR_TOKEN).get("/imports/999/rollback", headers=HTML)
+    assert confirm.status_code == 404
