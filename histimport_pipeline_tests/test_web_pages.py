@@ -120,6 +120,7 @@ def test_listing_sorts_by_a_column_and_keeps_the_filters(demo: Demo) -> None:
     names = [n for n in sorted(demo.ids) if n.startswith("signups")]
     assert listed(ascending) == [demo.ids[n] for n in names]
     assert 'aria-sort="ascending"' in ascending
+    assert '<input type="hidden" name="sort" value="file_name">' in ascending  # filtering keeps it
     again = re.search(r'<a href="([^"]+)">File <span aria-hidden="true">▲</span></a>', ascending)
     assert again, "the sorted heading does not show its direction"
     descending = demo.page(html.unescape(again.group(1)))

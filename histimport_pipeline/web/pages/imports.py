@@ -131,6 +131,8 @@ def imports_page(request: Request, state: State, caller: Reader) -> Response:
         next_href=page_link("/imports", kept, page=page + 1) if page < pages else None,
         headings=headings,
         params=params,
+        kept_sort=kept["sort"],
+        kept_per_page=kept["per_page"],
         problems=problems,
         datasets=sorted(state.specs()),
         statuses=[s.value for s in ImportStatus],
