@@ -4,6 +4,7 @@ sign-in; escaping; datasets and lineage. The demo's files are imported first."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import html
 import re
@@ -15,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from markupsafe import escape
 
+from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 from histimport_pipeline.engine.rollback import rollback_import, rollback_preview
@@ -400,3 +402,25 @@ def test_an_unknown_import_is_a_404_page_without_a_traceback(demo: Demo) -> None
     assert "Traceback" not in response.text and 'href="/imports"' in response.text
     confirm = demo.as_(OPERATOR_TOKEN).get("/imports/999/rollback", headers=HTML)
     assert confirm.status_code == 404
+
+
+def test_the_dagster_run_link_and_a_secure_cookie_over_https(
+    tmp_path: Path, db_url: str, db: Database
+) -> None:
+    config = dataclasses.replace(web_config(), dagster_url="http://dagster.example:3000")
+    demo = Demo(tmp_path, db_url, db, config)
+    import_id = demo.ids["signups_2024-02.json"]
+    with db.engine.begin() as conn:
+        tracking.update_import(conn, db, import_id, dagster_run_id="0123abcd-run")
+    with TestClient(create_app(demo.settings, config, db), base_url="https://testserver") as client:
+        form = client.get("/login")
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', form.text)
+        assert csrf
+        done = client.post(
+            "/login", data={"token": VIEWER_TOKEN, "csrf": csrf.group(1)}, follow_redirects=False
+        )
+        cookie = next(c for c in done.headers.get_list("set-cookie") if c.startswith(COOKIE))
+        assert "Secure" in cookie and "HttpOnly" in cookie
+        page = client.get(f"/imports/{import_id}", headers=HTML).text
+    assert 'href="http://dagster.example:3000/runs/0123abcd-run"' in page
+    assert "Dagster run 0123abcd" in page
