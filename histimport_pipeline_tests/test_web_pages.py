@@ -21,6 +21,7 @@ from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.pipeline import ImportOptions, run_import
 from histimport_pipeline.engine.rollback import rollback_import, rollback_preview
 from histimport_pipeline.engine.spec import load_specs
+from histimport_pipeline.engine.tracking import cleanup as retention
 from histimport_pipeline.engine.tracking import history, lineage, overview
 from histimport_pipeline.web.app import create_app
 from histimport_pipeline.web.auth import COOKIE
@@ -424,3 +425,16 @@ def test_the_dagster_run_link_and_a_secure_cookie_over_https(
         page = client.get(f"/imports/{import_id}", headers=HTML).text
     assert 'href="http://dagster.example:3000/runs/0123abcd-run"' in page
     assert "Dagster run 0123abcd" in page
+
+
+def test_an_archived_import_offers_no_rollback_and_says_why(demo: Demo) -> None:
+    import_id = demo.ids["signups_2024-02.json"]
+    year = tracking.utcnow() + dt.timedelta(days=366)
+    retention.cleanup(demo.db, 1000, year, error_dir=demo.settings.error_dir)
+    preview = rollback_preview(demo.db, import_id)
+    assert not preview["possible"] and "archived" in preview["reason"]
+    page = demo.page(f"/imports/{import_id}", OPERATOR_TOKEN)
+    assert "its detail rows are gone; no rollback" in page
+    assert f'href="/imports/{import_id}/rollback"' not in page
+    confirm = demo.page(f"/imports/{import_id}/rollback", OPERATOR_TOKEN)
+    assert str(escape(preview["reason"])) in confirm and "confirm-rollback" not in confirm
