@@ -18,6 +18,17 @@ eval "$(scripts/pg_throwaway.sh start)"
 trap 'scripts/pg_throwaway.sh stop "$PG_THROWAWAY_DIR"' EXIT
 export HISTIMPORT_REQUIRE_PG=1
 
+# The browser tests drive Debian's chromium through Playwright (never `playwright install`):
+# install it when it is missing and we can; without it they fail (not skip) here.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing chromium for the browser tests"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || {
+        apt-get update -qq >/dev/null 2>&1 &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1
+    } || echo "test.sh: could not install chromium; the browser tests will fail" >&2
+fi
+export HISTIMPORT_REQUIRE_BROWSER=1
+
 echo "== pytest (PostgreSQL at ${HISTIMPORT_TEST_PG_URL%%@*}@..., and SQLite)"
 status=0
 python -m pytest "$@" || status=$?

@@ -12,6 +12,7 @@ never rolled back: its before-images are gone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -104,6 +105,87 @@ def rollback_import(
             for i in sorted(order, reverse=True)
         ]
     return RollbackResult(import_id=import_id, undone=tuple(undone))
+
+
+def rollback_preview(db: Database, import_id: int) -> dict[str, Any]:
+    """What :func:`rollback_import` would undo now, without changing anything (the
+    confirmation step of the web page).
+
+    Long because: one reader transaction checks each reason a rollback would refuse, then
+    counts what it would undo.
+
+    Returns:
+        ``import_id``, ``status``, ``dataset``, ``file_name``, ``target_table``;
+        ``possible`` (whether a rollback would undo anything) and ``reason`` (why not:
+        already rolled back, loaded nothing, archived, or a later archived import depends on
+        it; ``None`` when possible); ``rows_to_delete`` (its rows still in the table),
+        ``rows_to_restore`` (the before-images of rows it updated or deleted),
+        ``master_rows_to_delete`` (master rows its reconciliation created) and ``dependents``
+        (later imports that changed its rows or use its master rows: they are rolled back
+        with it, newest first, and only with ``cascade``).
+
+    Raises:
+        ImportNotFoundError: no such import.
+    """
+    h, images = db.tables.import_history, db.tables.import_row_images
+    matches = db.tables.import_reconciliation_matches
+    with db.reader() as conn:
+        row = conn.execute(
+            sa.select(
+                h.c.status, h.c.archived_at, h.c.target_table, h.c.dataset, h.c.file_name
+            ).where(h.c.import_id == import_id)
+        ).first()
+        if row is None:
+            raise ImportNotFoundError(import_id)
+        out: dict[str, Any] = {
+            "import_id": import_id,
+            "status": row.status,
+            "dataset": row.dataset,
+            "file_name": row.file_name,
+            "target_table": row.target_table,
+            "possible": False,
+            "reason": None,
+            "rows_to_delete": 0,
+            "rows_to_restore": 0,
+            "master_rows_to_delete": 0,
+            "dependents": [],
+        }
+        if row.status == ImportStatus.ROLLED_BACK.value:
+            return out | {"reason": f"import {import_id} was rolled back already"}
+        if row.status not in _LOADED:
+            return out | {"reason": f"import {import_id} loaded nothing (status {row.status})"}
+        try:
+            if row.archived_at is not None:
+                raise ImportArchivedError(import_id, import_id, row.archived_at)
+            _refuse_under_archived(conn, db, import_id, row.target_table)
+        except ImportArchivedError as exc:
+            return out | {"reason": str(exc)}
+        if sa.inspect(conn).has_table(row.target_table):
+            target = sa.Table(row.target_table, sa.MetaData(), autoload_with=conn)
+            out["rows_to_delete"] = int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(target)
+                    .where(target.c._import_id == import_id)
+                ).scalar_one()
+            )
+        out["rows_to_restore"] = int(
+            conn.execute(
+                sa.select(sa.func.count()).where(
+                    images.c.import_id == import_id, images.c.target_table == row.target_table
+                )
+            ).scalar_one()
+        )
+        out["master_rows_to_delete"] = int(
+            conn.execute(
+                sa.select(sa.func.count(sa.distinct(matches.c.matched_id))).where(
+                    matches.c.import_id == import_id,
+                    matches.c.decision == MatchDecision.CREATED.value,
+                )
+            ).scalar_one()
+        )
+        out["dependents"] = [i for i in _dependents(conn, db, import_id) if i != import_id]
+    return out | {"possible": True}
 
 
 def _refuse_under_archived(

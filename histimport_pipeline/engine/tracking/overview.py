@@ -2,7 +2,8 @@
 
 Each dataset's processes (``processing_status``), its last import and last success, its
 freshness verdicts and its activity per day (imports by status, rows loaded). Also the lookup
-an upload is followed by: the newest import of one file content.
+an upload is followed by: the newest import of one file content; and the first failed
+rows an import's page shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import freshness
 from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.errors import ImportNotFoundError
 from histimport_pipeline.engine.freshness import LOADED
 from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking.history import plain_row
@@ -158,3 +160,35 @@ def latest_import_of_content(db: Database, dataset: str, sha256: str) -> dict[st
     with db.reader() as conn:
         row = conn.execute(query).mappings().first()
     return plain_row(row) if row else None
+
+
+def first_failed_rows(db: Database, import_id: int, limit: int = 20) -> list[dict[str, Any]]:
+    """The first ``limit`` failed-row records of an import, by source row (what the import's
+    page shows above the link to the whole CSV).
+
+    Returns:
+        Dicts with ``source_row``, ``column_name``, ``category``, ``message``, ``raw_value``
+        and ``raw_values`` (original header -> original text); an import without failed rows
+        (or whose records the retention removed) gives an empty list.
+
+    Raises:
+        ImportNotFoundError: no import with that id.
+    """
+    h, t = db.tables.import_history, db.tables.import_failed_rows
+    query = (
+        sa.select(
+            t.c.source_row,
+            t.c.column_name,
+            t.c.category,
+            t.c.message,
+            t.c.raw_value,
+            t.c.raw_values,
+        )
+        .where(t.c.import_id == import_id)
+        .order_by(t.c.source_row, t.c.failed_row_id)
+        .limit(limit)
+    )
+    with db.reader() as conn:
+        if conn.execute(sa.select(h.c.import_id).where(h.c.import_id == import_id)).first() is None:
+            raise ImportNotFoundError(import_id)
+        return [dict(r) for r in conn.execute(query).mappings()]
