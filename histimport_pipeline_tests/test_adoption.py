@@ -216,6 +216,18 @@ def test_append_into_adopted_table_skips_existing_keys_and_rolls_back(
     assert result.status is ImportStatus.PARTIAL, result.error_message
     assert (result.rows_created, result.rows_duplicate) == (1, 1)
     assert row_of(db, "000005")["email"] == "user5@example.com"  # skipped, not changed
+    with db.engine.connect() as conn:
+        failed = db.tables.import_failed_rows
+        [(category, message)] = conn.execute(
+            sa.select(failed.c.category, failed.c.message).where(
+                failed.c.import_id == result.import_id
+            )
+        ).all()
+    assert category == "duplicate"
+    assert message == (
+        "key signup_id=000005 is already in daily_summary (a row that predates histimport); "
+        "the row was skipped"
+    )
     new = row_of(db, "900001")
     assert (new["region"], new["score"], new["_import_id"]) == ("eu", None, result.import_id)
     found = lineage.lineage(db, TABLE)
@@ -354,3 +366,18 @@ def test_cli_prints_the_plan_applies_and_undoes_it(
     assert catalog(db) == before
     failed = run("adopt", "nosuch", code=2)
     assert "no dataset for dataset 'nosuch'" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_keyless_append_into_adopted_table(db: Database, tmp_path: Path) -> None:
+    """Without a key, PostgreSQL COPYs the file straight into the table (no staging)."""
+    create_production_table(db, rows=100)
+    spec = summary_spec(strategy="append", key=[])
+    record = adopt(db, spec)
+    assert not any("UNIQUE" in s for s in record.ddl)
+    before = table_checksum(db, TABLE)
+    lines = ["000001,a@example.com,,1,\n", "000001,b@example.com,2024-01-01,2,\n"]
+    result = run_import(db, spec, summary_file(tmp_path, "summary_5.csv", lines))
+    assert (result.status, result.rows_created) == (ImportStatus.SUCCESS, 2), result.error_message
+    assert lineage.lineage(db, TABLE)["rows_without_import"] == 100
+    rollback_import(db, result.import_id)
+    assert table_checksum(db, TABLE) == before
