@@ -7,6 +7,7 @@ from histimport_pipeline.engine.adoption.apply import (
     AdoptionRecord,
     adoption_of,
     apply_adoption,
+    rows_before_first_import,
     undo_adoption,
 )
 from histimport_pipeline.engine.adoption.plan import LAST_UPDATED, AdoptionPlan, plan_adoption
@@ -19,5 +20,6 @@ __all__ = [
     "adoption_of",
     "apply_adoption",
     "plan_adoption",
+    "rows_before_first_import",
     "undo_adoption",
 ]

@@ -28,7 +28,7 @@ from histimport_pipeline.engine.errors import (
     AdoptionRefusedError,
 )
 from histimport_pipeline.engine.loading.targets import lock_target
-from histimport_pipeline.engine.models import AdoptionStatus
+from histimport_pipeline.engine.models import AdoptionStatus, ImportStatus
 from histimport_pipeline.engine.spec import DatasetSpec
 
 #: How long adoption waits for a lock on the table before it gives up (seconds).
@@ -227,3 +227,32 @@ def adoption_of(db: Database, table: str) -> AdoptionRecord | None:
             return None
         found = current_adoption(conn, db, table)
     return _record(found) if found is not None else None
+
+
+#: Imports that end with a materialization of the dataset's asset.
+_MATERIALIZED = (
+    ImportStatus.SUCCESS.value,
+    ImportStatus.PARTIAL.value,
+    ImportStatus.REJECTED.value,
+    ImportStatus.DUPLICATE.value,
+    ImportStatus.ROLLED_BACK.value,
+)
+
+
+def rows_before_first_import(db: Database, table: str, import_id: int) -> int | None:
+    """The rows ``table`` held when it was adopted, if ``import_id`` is the first import into
+    it since (the first materialization of its asset shows them); else ``None``."""
+    found = adoption_of(db, table)
+    if found is None:
+        return None
+    h = db.tables.import_history
+    earlier = sa.select(h.c.import_id).where(
+        h.c.target_table == table,
+        h.c.import_id < import_id,
+        h.c.started_at >= found.adopted_at,
+        h.c.status.in_(_MATERIALIZED),
+    )
+    with db.reader() as conn:
+        if conn.execute(earlier.limit(1)).first() is not None:
+            return None
+    return found.rows_before
