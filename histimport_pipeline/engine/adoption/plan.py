@@ -109,7 +109,7 @@ def plan_in(conn: sa.Connection, db: Database, spec: DatasetSpec) -> AdoptionPla
             problems += _repeated_keys(conn, table, spec.key)
             ddl.unique_index(spec.key)
     ddl.lineage(spec.partitioning is Partitioning.DAILY)
-    problems += ddl.last_updated(columns.get(LAST_UPDATED), db.dialect)
+    problems += ddl.last_updated(columns.get(LAST_UPDATED), db.dialect, _row_of(conn, name))
     return AdoptionPlan(
         dataset=spec.name,
         table=name,
@@ -274,6 +274,20 @@ def _repeated_keys(conn: sa.Connection, table: sa.Table, key: tuple[str, ...]) -
     ]
 
 
+def _row_of(conn: sa.Connection, name: str) -> list[str]:
+    """On SQLite, the columns that name the updated row in the trigger: ``rowid``, or the
+    primary key of a table ``WITHOUT ROWID`` (which has one, and no rowid)."""
+    if conn.dialect.name != "sqlite":
+        return []
+    sql = conn.execute(
+        sa.text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :name"),
+        {"name": name},
+    ).scalar_one()
+    if "WITHOUT ROWID" not in " ".join(str(sql).upper().split()):
+        return ["rowid"]
+    return list(sa.inspect(conn).get_pk_constraint(name)["constrained_columns"])
+
+
 def _dialect(name: str) -> sa.Dialect:
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -331,13 +345,22 @@ class _Ddl:
         self.add_column("_import_id", sa.BigInteger())
         self.add_column("_source_row", sa.BigInteger())
         self.add_column("_loaded_at", sa.DateTime())
+        if self.dialect.name == "postgresql":
+            # For the direct COPY, which leaves it to the default. Set after the column is
+            # added, so the rows already there keep NULL (ADD ... DEFAULT would fill them).
+            self.statements.append(
+                f"ALTER TABLE {self.t} ALTER COLUMN {self.q('_loaded_at')} SET DEFAULT now()"
+            )
         if daily:
             self.add_column("_business_date", sa.Date())
             self.index("_business_date", ("_business_date",))
         self.index("_import_id", ("_import_id",))
 
-    def last_updated(self, existing: dict[str, Any] | None, dialect: str) -> list[str]:
-        """The ``last_updated`` column (unless the table has one) and its trigger."""
+    def last_updated(
+        self, existing: dict[str, Any] | None, dialect: str, row_of: list[str]
+    ) -> list[str]:
+        """The ``last_updated`` column (unless the table has one) and its trigger; ``row_of``
+        (SQLite) names the updated row."""
         if existing is None:
             self.add_column(LAST_UPDATED, sa.DateTime())
         elif family(existing["type"]) != "timestamp":
@@ -360,7 +383,8 @@ class _Ddl:
             self.added["functions"].append(trigger)
         else:
             # An explicit new value wins; recursive triggers are off, so no loop.
-            body = f"UPDATE {self.t} SET {col} = CURRENT_TIMESTAMP WHERE rowid = NEW.rowid"  # noqa: S608
+            row = " AND ".join(f"{q(c)} = NEW.{q(c)}" for c in row_of)
+            body = f"UPDATE {self.t} SET {col} = CURRENT_TIMESTAMP WHERE {row}"  # noqa: S608
             self.statements.append(
                 f"CREATE TRIGGER {q(trigger)} AFTER UPDATE ON {self.t} FOR EACH ROW "
                 f"WHEN NEW.{col} IS OLD.{col} BEGIN {body}; END"
