@@ -187,7 +187,8 @@ def test_unfilled_not_null_column_and_type_mismatches_are_reported(db: Database)
     with db.engine.begin() as conn:
         conn.exec_driver_sql(
             "CREATE TABLE legacy (signup_id TEXT NOT NULL, email TEXT NOT NULL, "
-            "signed_up INTEGER, amount TEXT, note TEXT NOT NULL, batch TEXT NOT NULL)"
+            "signed_up INTEGER, amount TEXT, note TEXT NOT NULL, batch TEXT NOT NULL, "
+            "_loaded_at TEXT)"
         )
     spec = summary_spec(target_table="legacy")
     problems = adoption.plan_adoption(db, spec).problems
@@ -196,7 +197,8 @@ def test_unfilled_not_null_column_and_type_mismatches_are_reported(db: Database)
     assert "column 'signed_up' is INTEGER in the table" in text and "`integer`" in text
     assert "column 'amount' is TEXT in the table" in text and "`string`" in text
     assert "column 'note' is NOT NULL in the table but optional in the spec" in text
-    assert len(problems) == 4
+    assert "column '_loaded_at' of its own, a name histimport writes: rename it" in text
+    assert len(problems) == 5
     # The 10-row table's NOT NULL column has a default: imports leave it to the default.
     assert adoption.plan_adoption(db, summary_spec()).ready
 

@@ -19,7 +19,7 @@ from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import AdoptionError
 from histimport_pipeline.engine.loading.targets import column_type, family, reference_columns
 from histimport_pipeline.engine.models import AdoptionStatus
-from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning
+from histimport_pipeline.engine.spec import SYSTEM_COLUMNS, ColumnType, DatasetSpec, Partitioning
 
 #: The column the trigger keeps current on every UPDATE.
 LAST_UPDATED = "last_updated"
@@ -100,6 +100,11 @@ def plan_in(conn: sa.Connection, db: Database, spec: DatasetSpec) -> AdoptionPla
     columns: dict[str, dict[str, Any]] = {c["name"]: dict(c) for c in inspector.get_columns(name)}
     problems = _spec_problems(spec, columns, db.dialect)
     problems += _unfilled_columns(spec, inspector, name, columns)
+    problems += [
+        f"the table has a column {c!r} of its own, a name histimport writes: rename it"
+        for c in SYSTEM_COLUMNS
+        if c in columns
+    ]
     ddl = _Ddl(conn, name)
     notes: list[str] = []
     if spec.key:
