@@ -334,11 +334,13 @@ class _Ddl:
         self.undo.append(f"ALTER TABLE {self.t} DROP COLUMN {self.q(name)}")
         self.added["columns"].append(name)
 
-    def index(self, suffix: str, columns: tuple[str, ...], unique: bool = False) -> None:
+    def index(
+        self, suffix: str, columns: tuple[str, ...], unique: bool = False, where: str = ""
+    ) -> None:
         name = object_name("ux" if unique else "ix", self.table, suffix)
         cols = ", ".join(self.q(c) for c in columns)
         kind = "UNIQUE INDEX" if unique else "INDEX"
-        self.statements.append(f"CREATE {kind} {self.q(name)} ON {self.t} ({cols})")
+        self.statements.append(f"CREATE {kind} {self.q(name)} ON {self.t} ({cols}){where}")
         self.undo.append(f"DROP INDEX {self.q(name)}")
         self.added["indexes"].append(name)
 
@@ -356,10 +358,17 @@ class _Ddl:
             self.statements.append(
                 f"ALTER TABLE {self.t} ALTER COLUMN {self.q('_loaded_at')} SET DEFAULT now()"
             )
+        # Partial: the rows that predate histimport (NULL) are not indexed, which keeps the
+        # build, under the lock readers wait for, to one scan; `_import_id = n` still uses it.
         if daily:
             self.add_column("_business_date", sa.Date())
-            self.index("_business_date", ("_business_date",))
-        self.index("_import_id", ("_import_id",))
+            self.index(
+                "_business_date", ("_business_date",), where=self._imported("_business_date")
+            )
+        self.index("_import_id", ("_import_id",), where=self._imported("_import_id"))
+
+    def _imported(self, column: str) -> str:
+        return f" WHERE {self.q(column)} IS NOT NULL"
 
     def last_updated(
         self, existing: dict[str, Any] | None, dialect: str, row_of: list[str]
