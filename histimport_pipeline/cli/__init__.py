@@ -6,9 +6,9 @@ scripts; the rest of the output is for people.
 
 One module per command group: :mod:`.imports` (import, rollback, retry-failed),
 :mod:`.history` (history, show, errors, stats), :mod:`.lineage`, :mod:`.review` (``review ...``),
-:mod:`.db` (settings, ``db ...``, cleanup, dagster-url), :mod:`.demo`, :mod:`.serve` (serve,
-token); :mod:`.common` holds
-what they share. This module builds the app from them.
+:mod:`.db` (settings, ``db ...``, cleanup, dagster-url), :mod:`.demo`, :mod:`.adopt` (adopt an
+existing table), :mod:`.serve` (serve, token); :mod:`.common` holds what they share. This
+module builds the app from them.
 
 The command modules import the engine inside the commands, not at the top: ``histimport
 --help`` needs none of it, a report (``history``, ``show``, ...) only SQLAlchemy and the
@@ -23,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from histimport_pipeline.cli import db, demo, history, imports, lineage, serve
+from histimport_pipeline.cli import adopt, db, demo, history, imports, lineage, serve
 from histimport_pipeline.cli.common import CliState, fail_unexpected
 from histimport_pipeline.cli.review import review_app
 
@@ -45,6 +45,7 @@ app.command("errors")(history.export_errors)
 app.command("stats")(history.show_stats)
 app.command("lineage")(lineage.show_lineage)
 app.command("rollback")(imports.rollback)
+app.command("adopt")(adopt.adopt)
 app.command("cleanup")(db.cleanup)
 app.command("demo")(demo.demo)
 app.command("retry-failed")(imports.retry_failed)

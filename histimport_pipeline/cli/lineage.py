@@ -137,6 +137,10 @@ def _show_lineage_of_key(table: str, key: list[str], as_json: bool) -> None:
         return
     imp = found["import"] or {}
     out.print(f"row {escape(shown)} of {escape(table)}", highlight=False)
+    if found["import_id"] is None:
+        line("written by", "no import: the row predates histimport (the table was adopted)")
+        line("values", compact(found["row"]))
+        return
     line("written by", f"import {found['import_id']} ({escape(str(imp.get('status')))})")
     line("file", escape(str(imp.get("file_name"))) + f", source row {found['source_row']}")
     if imp.get("file_path"):

@@ -241,3 +241,39 @@ class ContentBusyError(TransientError):
         )
         self.import_id = import_id
         self.holder_import_id = holder_import_id
+
+
+class AdoptionError(HistimportError):
+    """An existing table cannot be adopted (or its adoption undone) as asked."""
+
+    def __init__(self, table: str, problem: str) -> None:
+        super().__init__(f"table {table!r}: {problem}")
+        self.table = table
+        self.problem = problem
+
+
+class AdoptionRefusedError(AdoptionError):
+    """The table does not fit the spec yet: each problem says what to change."""
+
+    def __init__(self, table: str, dataset: str, problems: list[str]) -> None:
+        listed = "; ".join(problems)
+        super().__init__(
+            table,
+            f"cannot be adopted yet, nothing was changed: {listed}. Fix these and review the "
+            f"plan again with `histimport adopt {dataset}`",
+        )
+        self.dataset = dataset
+        self.problems = problems
+
+
+class AdoptionBusyError(TransientError):
+    """Another transaction held the table longer than adoption waits for its lock."""
+
+    def __init__(self, table: str, waited_s: float) -> None:
+        super().__init__(
+            f"table {table!r} is in use by another transaction (waited {waited_s:g} s for its "
+            "lock, so its readers are not queued behind adoption); nothing was changed. Run "
+            "the command again when the long-running transaction has ended"
+        )
+        self.table = table
+        self.waited_s = waited_s

@@ -103,6 +103,13 @@ class ImageOperation(StrEnum):
     DELETE = "delete"
 
 
+class AdoptionStatus(StrEnum):
+    """Whether an adoption of an existing table stands (``table_adoptions.status``)."""
+
+    APPLIED = "applied"
+    UNDONE = "undone"
+
+
 class FileStatus(StrEnum):
     """The state of one distinct file content for a dataset (``processed_files.status``)."""
 

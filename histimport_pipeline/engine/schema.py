@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
 from histimport_pipeline.engine.models import (
+    AdoptionStatus,
     AuditSeverity,
     FileStatus,
     ImageOperation,
@@ -66,6 +67,7 @@ class TrackingTables:
     import_audit_trail: sa.Table
     import_row_images: sa.Table
     reconciliation_aliases: sa.Table
+    table_adoptions: sa.Table
 
 
 @cache
@@ -89,6 +91,7 @@ def tracking_tables(schema: str | None) -> TrackingTables:
     reconciliation_aliases = _reconciliation_aliases(md, schema)
     import_audit_trail = _import_audit_trail(md, fk_import)
     import_row_images = _import_row_images(md, fk_import)
+    table_adoptions = _table_adoptions(md)
     return TrackingTables(
         metadata=md,
         import_history=import_history,
@@ -99,6 +102,7 @@ def tracking_tables(schema: str | None) -> TrackingTables:
         import_audit_trail=import_audit_trail,
         import_row_images=import_row_images,
         reconciliation_aliases=reconciliation_aliases,
+        table_adoptions=table_adoptions,
     )
 
 
@@ -368,6 +372,31 @@ def _import_row_images(md: sa.MetaData, fk_import: str) -> sa.Table:
         _check_in("operation", ImageOperation, "ck_import_row_images_operation"),
         sa.Index("ix_import_row_images_import_id", "import_id"),
         sa.Index("ix_import_row_images_target_table", "target_table"),
+    )
+
+
+def _table_adoptions(md: sa.MetaData) -> sa.Table:
+    """Existing tables ``histimport adopt`` changed: the DDL applied and the DDL that undoes it
+    (migration 0009)."""
+    return sa.Table(
+        "table_adoptions",
+        md,
+        sa.Column("adoption_id", BigId, primary_key=True, autoincrement=True),
+        sa.Column("dataset", sa.String(200), nullable=False),
+        sa.Column("target_table", sa.String(200), nullable=False),
+        sa.Column("status", sa.String(10), nullable=False),
+        sa.Column("adopted_by", sa.String(200)),
+        sa.Column("adopted_at", Timestamp, nullable=False, server_default=sa.func.now()),
+        #: The rows the table held when it was adopted (they predate histimport).
+        sa.Column("rows_before", sa.BigInteger, nullable=False),
+        sa.Column("ddl", Json, nullable=False),
+        sa.Column("undo_ddl", Json, nullable=False),
+        #: What the DDL added, by kind: columns, indexes, triggers, functions.
+        sa.Column("added", Json, nullable=False),
+        sa.Column("undone_by", sa.String(200)),
+        sa.Column("undone_at", Timestamp),
+        _check_in("status", AdoptionStatus, "ck_table_adoptions_status"),
+        sa.Index("ix_table_adoptions_target", "target_table"),
     )
 
 

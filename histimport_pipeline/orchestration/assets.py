@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from histimport_pipeline.engine import files, pipeline, tracking
+from histimport_pipeline.engine import adoption, files, pipeline, tracking
 from histimport_pipeline.engine.errors import HistimportError
 from histimport_pipeline.engine.loading.targets import count_rows
 from histimport_pipeline.engine.models import ImportStatus, ImportType
@@ -413,7 +413,8 @@ def _settle(
         reason = "archived" if folder == settings.archive else "quarantined"
         tracking.record_file_moved(db, result.import_id, moved, reason)
         context.log.info(f"moved {handle.file_name} to {moved}")
-    meta = outcome_metadata(settings, spec, result, csv, count_rows(db, spec))
+    before = adoption.rows_before_first_import(db, spec.target_table, result.import_id)
+    meta = outcome_metadata(settings, spec, result, csv, count_rows(db, spec), before)
     context.add_output_metadata(meta)
     return meta, csv
 

@@ -18,10 +18,12 @@ def outcome_metadata(
     result: ImportResult,
     csv: Path | None,
     table_rows: int | None,
+    rows_before: int | None = None,
 ) -> dict[str, Any]:
     """The outcome as Dagster shows it: ``dagster/row_count`` is the table's rows after the
     import; the import's own counts have keys of their own. Values that never change between
-    imports are text, so Dagster draws no flat plots of them."""
+    imports are text, so Dagster draws no flat plots of them. ``rows_before``: the rows an
+    adopted table held before histimport, shown by the first import into it."""
     written = result.rows_created + result.rows_updated + result.rows_unchanged
     meta: dict[str, Any] = {
         "import_id": dg.MetadataValue.text(str(result.import_id)),
@@ -44,6 +46,8 @@ def outcome_metadata(
         meta["import_page"] = dg.MetadataValue.url(f"{settings.web_url}/imports/{result.import_id}")
     if table_rows is not None:
         meta["dagster/row_count"] = table_rows
+    if rows_before is not None:
+        meta["rows_before_histimport"] = dg.MetadataValue.int(rows_before)
     meta |= {f"seconds_{k}": float(v) for k, v in result.phase_seconds.items()}
     top = (result.error_summary or {}).get("top_errors") or []
     if top:

@@ -38,7 +38,7 @@ def save_images(
         )
     else:
         row_data = sa.func.json_object(
-            *(e for c in target.columns for e in (sa.literal(c.name), target.c[c.name]))
+            *(e for c in target.columns for e in (sa.literal(c.name), _exact(target.c[c.name])))
         )
         row_key = sa.func.json_object(*(e for k in key_cols for e in (sa.literal(k), target.c[k])))
     select = sa.select(
@@ -58,6 +58,15 @@ def save_images(
     return int(result.rowcount)
 
 
+def _exact(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """SQLite's JSON keeps 15 significant digits of a REAL, which does not restore the same
+    double: such a value goes in as its 17-digit text, which the column's affinity turns back
+    into exactly that REAL on restore (tables adopted from outside histimport have floats)."""
+    return sa.case(
+        (sa.func.typeof(column) == "real", sa.func.printf("%!.17g", column)), else_=column
+    )
+
+
 def restore_images(conn: sa.Connection, db: Database, table_name: str, import_id: int) -> int:
     """Insert back every before-image an import kept for ``table_name``.
 
@@ -69,10 +78,10 @@ def restore_images(conn: sa.Connection, db: Database, table_name: str, import_id
     preparer = conn.dialect.identifier_preparer
     if db.dialect == "postgresql":
         quoted = preparer.quote(table_name)
-        # An identity _row_id must come back with its old value.
-        overriding = " OVERRIDING SYSTEM VALUE" if "_row_id" in target.c else ""
+        # An identity column (_row_id, or an adopted table's own) comes back with its old
+        # value; without identity columns the clause changes nothing.
         sql = (
-            f"INSERT INTO {quoted}{overriding} SELECT r.* FROM "
+            f"INSERT INTO {quoted} OVERRIDING SYSTEM VALUE SELECT r.* FROM "
             f"{preparer.quote(db.schema or 'public')}.import_row_images i "
             f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{quoted}, i.row_data) r "
             "WHERE i.import_id = :import_id AND i.target_table = :table ORDER BY i.image_id"

@@ -254,7 +254,8 @@ def record_append_conflicts(
     """Under ``append`` with a key, record staged rows whose key is already in the table.
 
     Such rows are skipped by the write (they would violate the key) and stored as failed rows
-    of category ``duplicate`` naming the import that loaded the key.
+    of category ``duplicate`` naming the import that loaded the key (or saying that the row
+    predates histimport, in an adopted table).
 
     Returns:
         How many staged rows conflict.
@@ -273,10 +274,9 @@ def record_append_conflicts(
     records = []
     for row in rows:
         key_text = ", ".join(f"{k}={row[k]!s}" for k in spec.key)
-        message = (
-            f"key {key_text} is already in {spec.target_table} "
-            f"(loaded by import {row['_holder']}); the row was skipped"
-        )
+        holder = row["_holder"]
+        by = "a row that predates histimport" if holder is None else f"loaded by import {holder}"
+        message = f"key {key_text} is already in {spec.target_table} ({by}); the row was skipped"
         records.append(duplicate_failure(import_id, spec, names, row, message))
     if records:
         conn.execute(sa.insert(db.tables.import_failed_rows), records)

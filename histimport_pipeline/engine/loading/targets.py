@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.errors import SchemaChangeError
+from histimport_pipeline.engine.errors import AdoptionError, SchemaChangeError
 from histimport_pipeline.engine.spec import ColumnType, DatasetSpec, Partitioning, Strategy
 
 #: INSERT ... SELECT reports its row count only when asked to (SQLAlchemy 2.x).
@@ -38,7 +38,7 @@ def column_type(
             return sa.String(max_length) if max_length else sa.Text()
 
 
-def _family(type_: sa.types.TypeEngine[Any]) -> str:
+def family(type_: sa.types.TypeEngine[Any]) -> str:
     """A coarse type family used to tell compatible from incompatible column changes."""
     if isinstance(type_, sa.Boolean):
         return "boolean"
@@ -152,8 +152,10 @@ def ensure_target(conn: sa.Connection, spec: DatasetSpec) -> sa.Table:
         The table as it is in the database after the change.
 
     Raises:
-        SchemaChangeError: an existing column has another type, a new column is required or
-            part of the key, or a system column is missing.
+        SchemaChangeError: an existing column has another type, or a new column is required
+            or part of the key.
+        AdoptionError: the table exists without histimport's system columns (it was made
+            outside histimport and not adopted).
     """
     declared = target_table(spec)
     if _target_changes(conn, spec, declared) == []:
@@ -202,10 +204,11 @@ def _target_changes(
     existing = {c["name"]: c for c in inspector.get_columns(spec.target_table)}
     for system in ("_import_id", "_source_row", "_loaded_at"):
         if system not in existing:
-            raise SchemaChangeError(
+            raise AdoptionError(
                 spec.target_table,
-                f"it exists but has no {system} column, so it was not created by histimport; "
-                "point target_table at a new table",
+                f"it exists but has no {system} column, so histimport did not create it. "
+                f"See what importing into it takes with `histimport adopt {spec.name}` (and "
+                "apply that with --apply), or point target_table at a new table",
             )
     problems = []
     to_add: list[sa.Column[Any]] = []
@@ -216,7 +219,7 @@ def _target_changes(
             else:
                 to_add.append(column)
             continue
-        have, want = _family(existing[column.name]["type"]), _family(column.type)
+        have, want = family(existing[column.name]["type"]), family(column.type)
         if have != want:
             problems.append(f"column {column.name!r} is {have} in the table but {want} in the spec")
     if problems:

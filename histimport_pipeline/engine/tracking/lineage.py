@@ -27,7 +27,8 @@ def _target(db: Database, table: str) -> sa.Table:
         reflected = sa.Table(table, sa.MetaData(), autoload_with=conn)
     if "_import_id" not in reflected.c:
         raise HistimportError(
-            f"table {table!r} has no _import_id column, so histimport did not load it"
+            f"table {table!r} has no _import_id column, so histimport did not load it (a "
+            "table that predates histimport gets one with `histimport adopt DATASET --apply`)"
         )
     return reflected
 
@@ -143,7 +144,8 @@ def lineage_of_key(
 
     Returns:
         ``None`` when no row has that key, else ``table``, ``key``, ``import_id``,
-        ``source_row``, ``loaded_at``, ``row`` (the row's data columns) and ``import`` (the
+        ``source_row``, ``loaded_at`` (all three ``None`` for a row that predates histimport
+        in an adopted table), ``row`` (the row's data columns) and ``import`` (the
         import's ``dataset``, ``file_name``, ``file_path``, ``file_sha256``, ``status``,
         ``started_at``, ``triggered_by``, ``user_id``, ``user_email``; ``None`` when the
         history row is gone).
