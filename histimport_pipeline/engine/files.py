@@ -14,7 +14,7 @@ import re
 import shutil
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,16 +124,24 @@ def scan(
     previous: dict[str, list[int | str | None]],
     *,
     budget_s: float = 20.0,
+    settled_after_s: float | None = None,
+    known_complete: Callable[[Path], bool] | None = None,
 ) -> ScanResult:
     """Look at the inbox once: which files are stable and new, which must be refused.
 
-    A file is ready when its size and mtime are the same as at the previous look (so it is
-    not still being written) and it was not handed out before with that same size and mtime.
-    The work stops at ``budget_s`` (hashing included); what was not reached is seen at the
-    next look.
+    A file is ready when it is not still being written and it was not handed out before with
+    that same size and mtime. Not still being written means: its size and mtime are the same
+    as at the previous look; or, at the first look, no write has touched it for
+    ``settled_after_s`` seconds (the same evidence as two looks that far apart, without
+    waiting for the second); or ``known_complete`` says it was put in place whole (an upload
+    linked into the inbox in one step). The work stops at ``budget_s`` (hashing included);
+    what was not reached is seen at the next look.
 
     Args:
         previous: the state returned by the previous scan (``{}`` at first).
+        settled_after_s: how long without a write makes a file seen for the first time
+            ready (``None``: it always waits for the second look).
+        known_complete: whether a file is known to be whole already.
 
     Returns:
         Ready files with their content hash, refused paths, and the state to keep.
@@ -150,7 +158,13 @@ def scan(
             continue
         name = str(item.path)
         size, mtime, sha = (previous.get(name) or [None, None, None])[:3]
-        if size == item.size and mtime == item.mtime_ns:
+        unchanged = size == item.size and mtime == item.mtime_ns
+        if not unchanged and (
+            _settled(item.mtime_ns, settled_after_s)
+            or (known_complete is not None and known_complete(item.path))
+        ):
+            unchanged, sha = True, None
+        if unchanged:
             if sha is None:
                 if time.monotonic() > deadline:
                     complete = False
@@ -174,6 +188,11 @@ def scan(
     if len(state) > MAX_STATE_ENTRIES:
         state = dict(list(state.items())[-MAX_STATE_ENTRIES:])
     return ScanResult(ready, refused, state, complete, waiting)
+
+
+def _settled(mtime_ns: int, after_s: float | None) -> bool:
+    """Whether no write has touched a file for ``after_s`` seconds (by its mtime)."""
+    return after_s is not None and time.time() - mtime_ns / 1e9 >= after_s
 
 
 def _glob_match(name: str, pattern: str) -> bool:

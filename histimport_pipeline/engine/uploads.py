@@ -254,6 +254,12 @@ def _write_sidecar(target: Path, facts: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def is_upload(path: Path) -> bool:
+    """Whether the file at ``path`` came whole through the web service (its uploader record
+    is beside it): it needs no second look to know it is complete."""
+    return sidecar_of(path).is_file()
+
+
 def uploader_of(path: Path) -> str | None:
     """Who uploaded the file at ``path`` through the web service, or ``None``."""
     try:

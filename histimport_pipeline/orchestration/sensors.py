@@ -20,6 +20,9 @@ from histimport_pipeline.orchestration.resources import DatabaseResource
 
 #: Seconds a sensor tick may spend listing and hashing (Dagster's tick timeout is 60 s).
 SCAN_BUDGET_S = 20.0
+#: Seconds between two looks at an inbox. A file no write has touched for that long is
+#: ready at its first look (the same evidence as two looks, a tick sooner).
+INBOX_INTERVAL_S = 5
 #: File partitions removed per tick at most, so one tick never runs long.
 MAX_PARTITION_DELETES = 500
 
@@ -30,7 +33,7 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.name}_inbox_sensor",
         job=job,
-        minimum_interval_seconds=10,
+        minimum_interval_seconds=INBOX_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Imports files dropped into the inbox for {spec.name}.",
     )
@@ -39,7 +42,14 @@ def build_inbox_sensor(spec: DatasetSpec, job: Any) -> dg.SensorDefinition:
     ) -> dg.SensorResult:
         settings = Settings.from_env()
         previous = json.loads(context.cursor) if context.cursor else {}
-        result = files.scan(settings.inbox, spec, previous.get("files", {}), budget_s=SCAN_BUDGET_S)
+        result = files.scan(
+            settings.inbox,
+            spec,
+            previous.get("files", {}),
+            budget_s=SCAN_BUDGET_S,
+            settled_after_s=INBOX_INTERVAL_S,
+            known_complete=uploads.is_upload,
+        )
         for refused in result.refused:
             moved = files.move_aside(
                 refused.path,
