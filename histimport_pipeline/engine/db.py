@@ -101,15 +101,12 @@ class Database:
     def raw_reader(self) -> AbstractContextManager[ReadSession]:
         """A read-only transaction over a pooled DB-API connection of this engine: what the
         read queries of ``tracking.history`` run on (as on ``engine.dbapi.Reader``)."""
-        dbapi = self.engine.dialect.dbapi
-        assert dbapi is not None  # an engine's dialect always has its driver
         return read_session(
             self.engine.raw_connection,
+            self.engine.dialect.dbapi,
             self.dialect,
             self.schema,
-            dbapi.paramstyle,
             lambda: self.masked_url,
-            (dbapi.OperationalError, dbapi.InterfaceError),
         )
 
     @property

@@ -232,25 +232,24 @@ class ReadSource(Protocol):
 @contextmanager
 def read_session(
     connect: Callable[[], Any],
+    driver: Any,
     dialect: str,
     schema: str | None,
-    paramstyle: str,
     masked_url: Callable[[], str],
-    errors: tuple[type[BaseException], ...],
 ) -> Iterator[ReadSession]:
     """One read-only transaction over the connection ``connect`` opens, closed after.
 
     Args:
         connect: opens (or checks out) the DB-API connection.
+        driver: the DB-API module (its ``paramstyle``, ``OperationalError``, ...).
         dialect, schema: the backend and the schema of the tracking tables (PostgreSQL).
-        paramstyle: the driver's (``qmark`` or ``format``/``pyformat``).
         masked_url: the URL without its password, for the error that says it is unreachable.
-        errors: the driver's connection-level error classes.
 
     Raises:
         DatabaseUnavailableError: the database cannot be reached (a driver error whose text
             says so, as ``engine.db.unavailable_as_transient`` turns SQLAlchemy's).
     """
+    errors = (driver.OperationalError, driver.InterfaceError)
     try:
         conn = connect()
     except errors as exc:
@@ -259,7 +258,7 @@ def read_session(
         if dialect == "sqlite":
             # One snapshot for every query of the session; deferred: no write lock.
             conn.execute("BEGIN DEFERRED")
-        yield ReadSession(conn, dialect, schema, paramstyle)
+        yield ReadSession(conn, dialect, schema, driver.paramstyle)
     except errors as exc:
         raise _unavailable(exc, masked_url) from exc
     finally:
@@ -348,30 +347,23 @@ class Reader:
         if self.dialect == "sqlite":
             import sqlite3
 
-            def connect_sqlite() -> Any:
-                return sqlite3.connect(
-                    self.connect_args["database"],
-                    timeout=SQLITE_BUSY_TIMEOUT_S,
-                    isolation_level=None,
-                )
-
+            path = self.connect_args["database"]
             return read_session(
-                connect_sqlite,
+                lambda: sqlite3.connect(path, SQLITE_BUSY_TIMEOUT_S, isolation_level=None),
+                sqlite3,
                 "sqlite",
                 None,
-                sqlite3.paramstyle,
                 lambda: self.masked_url,
-                (sqlite3.OperationalError, sqlite3.InterfaceError),
             )
         import psycopg
 
+        connect_args = self.connect_args
         return read_session(
-            lambda: psycopg.connect(**self.connect_args),
+            lambda: psycopg.connect(**connect_args),
+            psycopg,
             "postgresql",
             self.schema,
-            psycopg.paramstyle,
             lambda: self.masked_url,
-            (psycopg.OperationalError, psycopg.InterfaceError),
         )
 
     @cached_property
