@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
 from histimport_pipeline.engine.errors import DatabaseUnavailableError
@@ -215,18 +215,6 @@ class ReadSession:
         if self.dialect == "sqlite" and isinstance(value, date):
             return value.isoformat()
         return value
-
-
-class ReadSource(Protocol):
-    """What the read queries take: a :class:`Reader` or an ``engine.db.Database``."""
-
-    @property
-    def dialect(self) -> str: ...
-
-    @property
-    def masked_url(self) -> str: ...
-
-    def raw_reader(self) -> AbstractContextManager[ReadSession]: ...
 
 
 @contextmanager
