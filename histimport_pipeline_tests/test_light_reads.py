@@ -182,6 +182,18 @@ def test_listing_progress_and_stats_agree_through_a_database_and_the_reader(
     every = history.list_imports(db, sort="-business_date")
     assert [r["import_id"] for r in every["imports"]] == [recorded, 1]  # NULL last
     assert _typed(history.list_imports(reader, sort="-business_date")) == _typed(every)
+    created = history.get_import_detail(reader, recorded)["created_at"]
+    for source in (db, reader):
+        at = history.list_imports(source, history.HistoryFilter(since=created))
+        assert recorded in [r["import_id"] for r in at["imports"]]
+        after = history.HistoryFilter(since=created + dt.timedelta(microseconds=1))
+        assert recorded not in [
+            r["import_id"] for r in history.list_imports(source, after)["imports"]
+        ]
+        before = history.HistoryFilter(until=created)
+        assert recorded not in [
+            r["import_id"] for r in history.list_imports(source, before)["imports"]
+        ]
     progress = history.import_progress(reader, recorded)
     assert progress["progress_percent"] == 100.0 and progress["rows_done"] == 4
     assert _typed(progress) == _typed(history.import_progress(db, recorded))
