@@ -1,17 +1,20 @@
-"""Start-up time of the ``histimport`` command, whole process: ``--help``, ``history``, ``show``.
+"""Start-up time of the ``histimport`` command, whole process: ``--help``, ``history``, ``show``,
+``stats``.
 
 It makes a throwaway HISTIMPORT_HOME with a SQLite database, runs ``histimport demo`` and
 imports the demo's first sign-up file, then times each command as a fresh process (wall and
 CPU seconds from the kernel's accounting of the finished child), in rounds that interleave the
 commands so that the machine's drift hits each alike. Baselines measured in the same rounds:
 ``python -c pass`` (the interpreter), ``import typer`` (the floor of a typer CLI),
-``import sqlalchemy``, and ``import typer, rich.table, sqlalchemy; from pydantic import
-TypeAdapter``: the floor of a report, which parses options with typer (typer coerces option
-values through pydantic's ``TypeAdapter``), prints with rich and queries through SQLAlchemy.
+``import sqlalchemy``, and ``import typer, typer._adapters, rich.table, sqlite3``: the floor of a
+report, which parses options with typer (typer coerces every option value that is not a bare
+flag through pydantic's ``TypeAdapter``, in ``typer._adapters``), prints with rich and reads
+over DB-API (``engine.dbapi``, no SQLAlchemy).
 
 Printed per command: min / median / max wall seconds, the median CPU seconds, the median over
-``python -c pass``, and which of the heavy modules (pandas, pyarrow, ...) the command imported
-(from one extra run under ``python -X importtime``).
+``python -c pass`` and as a multiple of it and of ``import typer``, and which of the heavy
+modules (pandas, pyarrow, ...) the command imported (from one extra run under
+``python -X importtime``).
 
 The children write and reuse bytecode in a throwaway ``PYTHONPYCACHEPREFIX`` (the first,
 uncounted round fills it), as an installed package would have its ``.pyc`` files even where
@@ -52,8 +55,8 @@ HEAVY = (
 )
 
 #: The libraries a report cannot start without: typer, the pydantic that typer coerces option
-#: values with, rich and SQLAlchemy.
-FLOOR = "import typer, rich.table, sqlalchemy; from pydantic import TypeAdapter"
+#: values with (typer._adapters imports it), rich and the SQLite driver.
+FLOOR = "import typer, typer._adapters, rich.table, sqlite3"
 
 
 @dataclass
@@ -144,6 +147,7 @@ def main() -> None:
             "histimport --help": _histimport("--help"),
             "histimport history": _histimport("history"),
             f"histimport show {import_id}": _histimport("show", import_id),
+            "histimport stats": _histimport("stats"),
         }
         for cmd in commands.values():
             _check(cmd, env)
@@ -156,6 +160,7 @@ def main() -> None:
                     timings[name].cpu.append(cpu)
         heavy = {name: _heavy_imports(cmd, env) for name, cmd in commands.items()}
     floor = statistics.median(timings["python -c pass"].wall)
+    typer_floor = statistics.median(timings["python -c 'import typer'"].wall)
     print(
         f"{args.runs} rounds after {args.warmup} warm-up, whole process, seconds; "
         f"bytecode {'as the environment says' if args.no_bytecode else 'cached'}; "
@@ -164,13 +169,14 @@ def main() -> None:
     width = max(len(name) for name in commands)
     print(
         f"{'command':<{width}}  {'min':>6} {'median':>6} {'max':>6}  {'cpu med':>7}"
-        f"  {'- pass':>6}  heavy modules imported"
+        f"  {'- pass':>6} {'x pass':>6} {'x typer':>7}  heavy modules imported"
     )
     for name, t in timings.items():
         median = statistics.median(t.wall)
         print(
             f"{name:<{width}}  {min(t.wall):6.3f} {median:6.3f} {max(t.wall):6.3f}"
             f"  {statistics.median(t.cpu):7.3f}  {median - floor:6.3f}"
+            f" {median / floor:6.1f} {median / typer_floor:7.2f}"
             f"  {', '.join(heavy[name]) or '-'}"
         )
     print(f"FLOOR: python -c {FLOOR!r}")

@@ -378,6 +378,46 @@ def test_show_watch_of_an_ended_import_exits_as_the_import_did(
     assert runner.invoke(app, ["show", "1"], env=env).exit_code == 0  # without --watch: 0
 
 
+def test_show_watch_fails_an_import_whose_worker_died(
+    db: Database, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watcher reads without SQLAlchemy, but failing a dead import writes: it opens the
+    database for that when its liveness check comes round."""
+    import socket
+    import subprocess
+    import sys
+
+    from histimport_pipeline.cli import watch
+
+    env = cli_env(tmp_path, db_url)
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            app, ["import", str(signups_file(tmp_path / "signups_1.csv", 5))], env=env
+        ).exit_code
+        == 0
+    )
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    h = db.tables.import_history
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.update(h)
+            .where(h.c.import_id == 1)
+            .values(status="running", worker=f"{socket.gethostname()}:{gone.stdout.strip()}")
+        )
+    monkeypatch.setattr(watch, "POLL_S", 0.01)
+    monkeypatch.setattr(watch, "LIVENESS_EVERY_S", 0.0)
+    result = runner.invoke(app, ["show", "1", "--watch"], env=env)
+    assert result.exit_code == 1, result.stdout + result.stderr
+    assert "failed" in result.stdout and "died" in result.stdout
+    assert progress_of(db, 1)["status"] == "failed"
+
+
 def test_the_throttle_comes_from_the_environment(tmp_path: Path) -> None:
     from histimport_pipeline.engine.settings import Settings, SettingsError
 

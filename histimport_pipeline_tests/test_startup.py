@@ -47,7 +47,15 @@ IMPORT_MACHINERY = (
     "pyarrow",
     "rapidfuzz",
 )
-#: Runs the CLI as the console script does, then writes the top-level modules it imported.
+#: What a report that only reads the tracking tables (``history``, ``show``, ``stats``) does
+#: without: it reads over DB-API (``engine.dbapi``), not SQLAlchemy.
+SQLALCHEMY_LAYER = (
+    "sqlalchemy",
+    "histimport_pipeline.engine.db",
+    "histimport_pipeline.engine.schema",
+    "histimport_pipeline.engine.tracking.records",
+)
+#: Runs the CLI as the console script does, then writes the modules it imported.
 RUNNER = """\
 import json, os, sys
 from histimport_pipeline.cli import main
@@ -57,12 +65,13 @@ try:
 except SystemExit as exc:
     code = exc.code
 with open(os.environ["STARTUP_MODULES_FILE"], "w") as fh:
-    json.dump({"exit": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}, fh)
+    json.dump({"exit": code, "modules": sorted(sys.modules)}, fh)
 """
 
 
 def _started(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[str, set[str]]:
-    """Run ``histimport ARGS`` in a new process: its stdout and the modules it imported."""
+    """Run ``histimport ARGS`` in a new process: its stdout and the modules it imported (the
+    top-level packages and every module of histimport_pipeline)."""
     report = tmp_path / "modules.json"
     done = subprocess.run(
         [sys.executable, "-c", RUNNER, *args],
@@ -73,7 +82,8 @@ def _started(env: dict[str, str], tmp_path: Path, *args: str) -> tuple[str, set[
     )
     result = json.loads(report.read_text())
     assert result["exit"] == 0, f"histimport {' '.join(args)}: {done.stdout}\n{done.stderr}"
-    return done.stdout, set(result["modules"])
+    modules = {m.split(".")[0] for m in result["modules"]}
+    return done.stdout, modules | {m for m in result["modules"] if m.startswith("histimport_")}
 
 
 @pytest.fixture
@@ -103,23 +113,29 @@ def test_help_loads_no_database_layer(imported: dict[str, str], tmp_path: Path) 
 
 
 @pytest.mark.parametrize(
-    ("args", "shown"),
+    ("args", "shown", "light"),
     [
-        (("history",), "members_2024-01.csv"),
-        (("history", "--json"), '"import_id": 1'),
-        (("show", "1"), "audit trail"),
-        (("stats",), "members"),
-        (("lineage", "members"), "lineage of members"),
-        (("lineage", "members", "--key", "3"), "row member_id=3 of members"),
-        (("errors", "1", "-o", "{tmp}/errors.csv"), "wrote 1 failed row(s) of import 1"),
+        (("history",), "members_2024-01.csv", True),
+        (("history", "--json"), '"import_id": 1', True),
+        (("history", "--file", "MEMBERS_", "--sort", "started_at"), "members_2024-01.csv", True),
+        (("show", "1"), "audit trail", True),
+        (("show", "1", "--json"), '"failed_rows"', True),
+        (("show", "1", "--watch"), "audit trail", True),
+        (("stats",), "members", True),
+        (("lineage", "members"), "lineage of members", False),
+        (("lineage", "members", "--key", "3"), "row member_id=3 of members", False),
+        (("errors", "1", "-o", "{tmp}/errors.csv"), "wrote 1 failed row(s) of import 1", False),
     ],
 )
 def test_reports_load_none_of_the_import_machinery(
-    imported: dict[str, str], tmp_path: Path, args: tuple[str, ...], shown: str
+    imported: dict[str, str], tmp_path: Path, args: tuple[str, ...], shown: str, light: bool
 ) -> None:
     out, modules = _started(imported, tmp_path, *(a.format(tmp=tmp_path) for a in args))
     assert shown in out
     assert sorted(modules & set(IMPORT_MACHINERY)) == []
+    if light:
+        assert sorted(modules & set(SQLALCHEMY_LAYER)) == []
+        assert "histimport_pipeline.engine.dbapi" in modules
 
 
 def test_schema_check_without_alembic_knows_the_newest_revision() -> None:
@@ -152,3 +168,41 @@ def test_the_values_the_cli_spells_out_match_the_engines() -> None:
     assert watch.ACTIVE == history.ACTIVE
     default_sort = inspect.signature(history_cli.show_history).parameters["sort"].default
     assert default_sort == history.DEFAULT_SORT
+
+
+def test_a_schema_behind_stops_the_light_reports_as_it_stops_the_rest(
+    pg_db: Database, pg_url: str, tmp_path: Path
+) -> None:
+    env = {"HISTIMPORT_HOME": str(tmp_path), "HISTIMPORT_DATABASE_URL": pg_url, "NO_COLOR": "1"}
+    migrations.downgrade(pg_db)
+    behind = migrations.current(pg_db)
+    # `lineage` still goes through SQLAlchemy's Database; its words are the reference.
+    reference = CliRunner().invoke(app, ["lineage", "members"], env=env)
+    assert reference.exit_code == 2 and f"at revision {behind}" in reference.stderr
+    assert "histimport db upgrade" in reference.stderr
+    for args in (["history"], ["show", "1"], ["stats"]):
+        result = CliRunner().invoke(app, args, env=env)
+        assert (result.exit_code, result.stderr) == (2, reference.stderr), args
+
+
+def test_the_light_reports_say_an_unreachable_database_as_the_rest(tmp_path: Path) -> None:
+    env = {
+        "HISTIMPORT_DATABASE_URL": "postgresql+psycopg://u:topsecret@127.0.0.1:1/none",
+        "HISTIMPORT_HOME": str(tmp_path),
+        "NO_COLOR": "1",
+    }
+    reference = CliRunner().invoke(app, ["lineage", "members"], env=env)
+    assert reference.exit_code == 2 and "cannot reach the database" in reference.stderr
+    for args in (["history"], ["show", "1", "--watch"], ["stats"]):
+        result = CliRunner().invoke(app, args, env=env)
+        assert (result.exit_code, result.stderr) == (2, reference.stderr), args
+        assert "topsecret" not in result.stdout + result.stderr
+
+
+def test_a_report_on_a_new_sqlite_home_creates_and_migrates_it(tmp_path: Path) -> None:
+    env = {"HISTIMPORT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    result = CliRunner().invoke(app, ["history"], env=env)
+    assert (result.exit_code, result.stdout) == (0, "no imports yet\n"), result.stderr
+    db = Database.connect(f"sqlite:///{tmp_path / 'home' / 'histimport.db'}")
+    assert migrations.current(db) == migrations.head()
+    db.dispose()

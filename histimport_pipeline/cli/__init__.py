@@ -11,10 +11,10 @@ existing table), :mod:`.serve` (serve, token); :mod:`.common` holds what they sh
 module builds the app from them.
 
 The command modules import the engine inside the commands, not at the top: ``histimport
---help`` needs none of it, a report (``history``, ``show``, ...) only SQLAlchemy and the
-tracking queries, and only ``import`` the readers, pyarrow and the matching
-(``histimport_pipeline_tests/test_startup.py`` holds them to it; the time it saves is shown
-by ``benchmarks/cli_startup.py``).
+--help`` needs none of it, ``history``, ``show`` and ``stats`` only the tracking queries over
+DB-API (``engine.dbapi``, no SQLAlchemy), the other reports SQLAlchemy too, and only
+``import`` the readers, pyarrow and the matching (``histimport_pipeline_tests/test_startup.py``
+holds them to it; the time it saves is shown by ``benchmarks/cli_startup.py``).
 """
 
 from __future__ import annotations

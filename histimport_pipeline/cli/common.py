@@ -27,6 +27,7 @@ from histimport_pipeline.engine.models import ImportStatus
 
 if TYPE_CHECKING:
     from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.dbapi import Reader
     from histimport_pipeline.engine.settings import Settings
 
 #: Width of tables written to a pipe or file, where there is no terminal to measure.
@@ -89,20 +90,11 @@ def fail_unexpected(exc: BaseException) -> NoReturn:
 
 
 @contextmanager
-def session() -> Iterator[tuple[Settings, Database]]:
-    """Settings and database from the environment, turning engine errors into exit code 2."""
-    from histimport_pipeline.engine.db import Database, unavailable_as_transient
-    from histimport_pipeline.engine.settings import Settings, SettingsError
-
+def _reported() -> Iterator[None]:
+    """Engine errors as one line on stderr and exit code 2 (unexpected ones as
+    :func:`fail_unexpected` says them)."""
     try:
-        settings = Settings.from_env()
-        db = Database.from_settings(settings)
-    except (SettingsError, HistimportError) as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
-    try:
-        with unavailable_as_transient(db.engine.url):
-            yield settings, db
+        yield
     except UnexpectedImportError as exc:
         fail_unexpected(exc)
     except HistimportError as exc:
@@ -110,6 +102,34 @@ def session() -> Iterator[tuple[Settings, Database]]:
         raise typer.Exit(EXIT_ERROR) from None
     except Exception as exc:
         fail_unexpected(exc)
+
+
+def _settings() -> Settings:
+    """The settings from the environment; an unusable one is an error and exit code 2."""
+    from histimport_pipeline.engine.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except (SettingsError, HistimportError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@contextmanager
+def session() -> Iterator[tuple[Settings, Database]]:
+    """Settings and database from the environment, turning engine errors into exit code 2."""
+    from histimport_pipeline.engine.db import Database, unavailable_as_transient
+    from histimport_pipeline.engine.settings import SettingsError
+
+    settings = _settings()
+    try:
+        db = Database.from_settings(settings)
+    except (SettingsError, HistimportError) as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    try:
+        with _reported(), unavailable_as_transient(db.engine.url):
+            yield settings, db
     finally:
         db.dispose()
 
@@ -126,6 +146,33 @@ def tracked() -> Iterator[tuple[Settings, Database]]:
     with session() as (settings, db):
         ensure_schema(db)
         yield settings, db
+
+
+@contextmanager
+def reading() -> Iterator[tuple[Settings, Reader | Database]]:
+    """Like :func:`tracked`, for the commands that only read the tracking tables
+    (``history``, ``show``, ``stats``): they read through ``engine.dbapi.Reader``, which
+    needs no SQLAlchemy, where the database URL allows it and the schema is up to date.
+    Anything else (a SQLite file still to create or migrate, a schema behind, a URL the
+    reader does not handle) goes the way of :func:`tracked`, which says or does the same as
+    for every other command.
+    """
+    from histimport_pipeline.engine import migrations
+    from histimport_pipeline.engine.dbapi import Reader
+
+    settings = _settings()
+    reader = Reader.from_settings(settings)
+    with _reported():
+        up_to_date = reader is not None and migrations.current(reader) == migrations.head()
+    if reader is None or not up_to_date:
+        with tracked() as (settings, db):
+            yield settings, db
+        return
+    try:
+        with _reported():
+            yield settings, reader
+    finally:
+        reader.close()
 
 
 def os_user() -> str | None:

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -18,6 +18,7 @@ from histimport_pipeline.cli.common import (
     num,
     out,
     print_json,
+    reading,
     secs,
     status_markup,
     tracked,
@@ -26,9 +27,6 @@ from histimport_pipeline.cli.common import (
 from histimport_pipeline.cli.imports import EXIT_IMPORT_FAILED
 from histimport_pipeline.cli.watch import follow, progress_text
 from histimport_pipeline.engine.models import ImportStatus
-
-if TYPE_CHECKING:
-    pass
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -65,7 +63,7 @@ def show_history(
     """List imports, newest first (or by --sort); --json gives {imports, total_count, ...}."""
     from histimport_pipeline.engine.tracking import history
 
-    with tracked() as (_settings, db):
+    with reading() as (_settings, db):
         filters = history.HistoryFilter(
             dataset=dataset,
             status=status.value if status else None,
@@ -210,7 +208,7 @@ def show_import(
     """Show everything recorded about one import."""
     from histimport_pipeline.engine.tracking import history
 
-    with tracked() as (settings, db):
+    with reading() as (settings, db):
         if watch:
             follow(settings, db, import_id)
         detail = history.get_import_detail(db, import_id)
@@ -374,7 +372,7 @@ def show_stats(
     duplicate, seconds spent, tables affected and users."""
     from histimport_pipeline.engine.tracking import history
 
-    with tracked() as (_settings, db):
+    with reading() as (_settings, db):
         figures = history.stats(db, days, dataset, table=table, user=user)
     if as_json:
         print_json(figures)

@@ -17,6 +17,7 @@ from histimport_pipeline.cli.common import err
 
 if TYPE_CHECKING:
     from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.dbapi import Reader
     from histimport_pipeline.engine.settings import Settings
 
 #: ``ACTIVE``, spelled out: the engine loads only when a command runs.
@@ -42,7 +43,7 @@ def progress_text(row: Mapping[str, Any]) -> str:
     return f"{phase} {done:,}{of} rows{share}".strip()
 
 
-def follow(settings: Settings, db: Database, import_id: int) -> dict[str, Any]:
+def follow(settings: Settings, db: Database | Reader, import_id: int) -> dict[str, Any]:
     """Poll the import until it is no longer running or pending, showing its progress.
 
     Returns:
@@ -61,15 +62,19 @@ def follow(settings: Settings, db: Database, import_id: int) -> dict[str, Any]:
     return _follow_with_lines(settings, db, row)
 
 
-def _next(settings: Settings, db: Database, row: dict[str, Any], checked: list[float]) -> Any:
+def _next(
+    settings: Settings, db: Database | Reader, row: dict[str, Any], checked: list[float]
+) -> Any:
     """The import's row after one poll, having failed it if its worker died."""
     time.sleep(POLL_S)
     if time.monotonic() - checked[0] >= LIVENESS_EVERY_S:
         checked[0] = time.monotonic()
         from histimport_pipeline.engine import tracking
+        from histimport_pipeline.engine.dbapi import Reader
 
+        # Failing a dead import writes: through SQLAlchemy, opened now if not yet.
         tracking.fail_dead_imports(
-            db,
+            db.database if isinstance(db, Reader) else db,
             row["dataset"],
             stale_after=timedelta(seconds=settings.stale_after_seconds),
             found_by="histimport show --watch",
@@ -79,7 +84,9 @@ def _next(settings: Settings, db: Database, row: dict[str, Any], checked: list[f
     return history.import_progress(db, row["import_id"])
 
 
-def _follow_with_lines(settings: Settings, db: Database, row: dict[str, Any]) -> dict[str, Any]:
+def _follow_with_lines(
+    settings: Settings, db: Database | Reader, row: dict[str, Any]
+) -> dict[str, Any]:
     shown = None
     checked = [time.monotonic()]
     while row["status"] in ACTIVE:
@@ -91,7 +98,9 @@ def _follow_with_lines(settings: Settings, db: Database, row: dict[str, Any]) ->
     return row
 
 
-def _follow_with_bar(settings: Settings, db: Database, row: dict[str, Any]) -> dict[str, Any]:
+def _follow_with_bar(
+    settings: Settings, db: Database | Reader, row: dict[str, Any]
+) -> dict[str, Any]:
     from rich.markup import escape
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 

@@ -7,23 +7,25 @@ not left to the driver), with foreign keys on and WAL so that readers don't bloc
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from histimport_pipeline.engine.dbapi import (
+    SQLITE_BUSY_TIMEOUT_S,
+    ReadSession,
+    is_connect_failure,
+    read_session,
+)
 from histimport_pipeline.engine.errors import DatabaseUnavailableError
 from histimport_pipeline.engine.schema import TrackingTables, tracking_tables
 from histimport_pipeline.engine.settings import Settings, mask_url, normalize_database_url
 
 #: Execution option marking a connection that only reads (SQLite: no write lock).
 READ_ONLY = "histimport_read_only"
-#: Seconds a SQLite writer waits for the lock before giving up. Imports running at once take
-#: turns for it, and a big file's load holds it for its whole transaction: a minute was too
-#: short with several large imports queued.
-SQLITE_BUSY_TIMEOUT_S = 300
 
 
 def create_db_engine(url: str, **kwargs: Any) -> Engine:
@@ -96,6 +98,17 @@ class Database:
             conn.execution_options(**{READ_ONLY: True})
             yield conn
 
+    def raw_reader(self) -> AbstractContextManager[ReadSession]:
+        """A read-only transaction over a pooled DB-API connection of this engine: what the
+        read queries of ``tracking.history`` run on (as on ``engine.dbapi.Reader``)."""
+        return read_session(
+            self.engine.raw_connection,
+            self.engine.dialect.dbapi,
+            self.dialect,
+            self.schema,
+            lambda: self.masked_url,
+        )
+
     @property
     def dialect(self) -> str:
         """``postgresql`` or ``sqlite``."""
@@ -137,23 +150,5 @@ def is_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` is a connection-level failure :func:`unavailable_as_transient` turns
     into :class:`DatabaseUnavailableError`."""
     return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) and (
-        exc.connection_invalidated or _is_connect_failure(exc)
-    )
-
-
-def _is_connect_failure(exc: sa.exc.DBAPIError) -> bool:
-    text = str(exc.orig).lower()
-    return any(
-        marker in text
-        for marker in (
-            "connection refused",
-            "could not connect",
-            "connection failed",
-            "could not translate host",
-            "server closed the connection",
-            "terminating connection",
-            "unable to open database file",
-            "timeout expired",
-            "no such host",
-        )
+        exc.connection_invalidated or is_connect_failure(exc.orig or exc)
     )

@@ -5,8 +5,9 @@ commits in one transaction, on PostgreSQL and SQLite alike (SQLite's DDL is tran
 once the driver stops managing transactions, see :mod:`histimport_pipeline.engine.db`).
 
 Every command checks that the schema is up to date first (:func:`ensure_schema`). That check
-reads the version table and the migration files without Alembic, which is imported only to
-migrate: its import alone costs more than ``histimport history`` spends on its query.
+reads the version table (over DB-API, ``engine.dbapi``) and the migration files without
+Alembic or SQLAlchemy, which are imported only to migrate: their import alone costs more
+than ``histimport history`` spends on its query.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-
-from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import HistimportError
 
 if TYPE_CHECKING:
     from alembic.config import Config
+
+    from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.dbapi import Reader
 
 VERSION_TABLE = "histimport_schema_version"
 #: A migration file's ``revision = "0002"`` or ``down_revision = "0001"`` (or ``None``) line.
@@ -66,6 +67,8 @@ def _connected(db: Database) -> Iterator[Config]:
     write lock of ``BEGIN IMMEDIATE``) makes them take turns, and Alembic reads the current
     revision only once it holds it, so the later ones find nothing left to do.
     """
+    import sqlalchemy as sa
+
     with db.engine.connect() as conn, conn.begin():
         if db.dialect == "postgresql":
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
@@ -102,18 +105,18 @@ def downgrade(db: Database, revision: str = "-1") -> list[str]:
     return list(reversed(_between(current(db), before)))
 
 
-def current(db: Database) -> str | None:
+def current(db: Database | Reader) -> str | None:
     """The revision the database is at, or ``None`` if no migration was applied.
 
     Raises:
         HistimportError: the version table holds more than one revision (Alembic would
             refuse to upgrade it as well).
     """
-    with db.reader() as conn:
-        if not sa.inspect(conn).has_table(VERSION_TABLE, schema=db.schema):
+    with db.raw_reader() as s:
+        if not s.has_table(VERSION_TABLE):
             return None
-        version = sa.table(VERSION_TABLE, sa.column("version_num"), schema=db.schema)
-        revisions = list(conn.execute(sa.select(version.c.version_num)).scalars())
+        table = s.table(VERSION_TABLE)  # quoted
+        revisions = [rev for (rev,) in s.rows(f'SELECT "version_num" FROM {table}')]  # noqa: S608
     if len(revisions) > 1:
         raise HistimportError(
             f"the tracking tables in {db.masked_url} are at several revisions at once "

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Generic, TypeVar
+
+
+def utcnow() -> datetime:
+    """The current time in UTC (stored as such on both databases)."""
+    return datetime.now(UTC)
 
 
 class ImportStatus(StrEnum):

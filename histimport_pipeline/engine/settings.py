@@ -12,8 +12,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import URL, make_url
+from histimport_pipeline.engine.dbapi import parse_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 DEFAULT_PG_SCHEMA = "histimport"
 #: The largest value of one field, in UTF-8 bytes, that an import loads (32 MiB).
@@ -173,7 +177,12 @@ class Settings:
         if not url:
             url = f"sqlite:///{home / 'histimport.db'}"
         try:
-            make_url(url)
+            # A URL of the usual shape needs no SQLAlchemy (the reports start without it);
+            # anything else, SQLAlchemy judges.
+            if parse_url(url) is None:
+                from sqlalchemy.engine import make_url
+
+                make_url(url)
         except Exception as exc:
             raise SettingsError(
                 f"HISTIMPORT_DATABASE_URL is not a valid SQLAlchemy URL ({exc}); "
@@ -247,6 +256,8 @@ def mask_url(url: str | URL) -> str:
         The URL as text with the password shown as ``***``. A string that does not parse as
         a URL is returned with anything between ``://user:`` and ``@`` masked.
     """
+    from sqlalchemy.engine import make_url
+
     try:
         parsed = make_url(url) if isinstance(url, str) else url
     except Exception:
@@ -261,6 +272,8 @@ def normalize_database_url(url: str) -> str:
     SQLAlchemy 2.0 reads a bare ``postgresql://`` as psycopg2 and 2.1 as psycopg 3; the engine
     is tested on psycopg 3, so the bare forms (and ``postgres://``) are made explicit.
     """
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -278,6 +291,8 @@ def dagster_instance_url(url: str) -> str:
     Raises:
         SettingsError: the URL is not a PostgreSQL URL.
     """
+    from sqlalchemy.engine import make_url
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql":
         raise SettingsError(

@@ -1,9 +1,12 @@
 """Read side of the tracking tables: history, one import in detail and statistics (the
 queries behind ``show``, ``history`` and ``stats``).
 
-Plain queries for the CLI (and anyone else): every function takes a :class:`Database` and
-returns plain dicts. Timestamps come back as timezone-aware UTC datetimes on both backends
-(SQLite hands back naive values that were stored as UTC). Lineage lives in
+Plain queries for the CLI (and anyone else): every function takes a :class:`Database` or
+the light :class:`~histimport_pipeline.engine.dbapi.Reader` (the report commands use it to
+start without SQLAlchemy) and returns plain dicts. The queries are plain SQL over DB-API
+(``engine.dbapi``), the same on both; identifiers quoted, values bound, the sort column
+looked up in :data:`SORTABLE`. Timestamps come back as timezone-aware UTC datetimes on both
+backends (SQLite hands back naive values that were stored as UTC). Lineage lives in
 ``tracking.lineage``, the retention cleanup in ``tracking.cleanup`` and the failed-rows CSV in
 ``tracking.failed_rows``.
 """
@@ -14,14 +17,16 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
-
-from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.dbapi import ReadSession, quote
 from histimport_pipeline.engine.errors import HistimportError, ImportNotFoundError
-from histimport_pipeline.engine.models import ImportStatus
-from histimport_pipeline.engine.tracking.records import utcnow
+from histimport_pipeline.engine.models import ImportStatus, utcnow
+from histimport_pipeline.engine.tracking import columns
+
+if TYPE_CHECKING:
+    from histimport_pipeline.engine.db import Database
+    from histimport_pipeline.engine.dbapi import Reader
 
 #: A running import's live progress (see ``tracking.progress``).
 PROGRESS_COLUMNS = ("rows_done", "rows_expected", "progress_percent", "progress_updated_at")
@@ -161,28 +166,42 @@ class HistoryFilter:
     #: How the file arrived (``inbox``, ``cli``, ``schedule``, ``upload``...).
     source: str | None = None
 
-    def conditions(self, t: sa.Table) -> list[sa.ColumnElement[bool]]:
-        """The filter as conditions on ``import_history`` (values bound, never inlined)."""
-        found: list[sa.ColumnElement[bool]] = []
-        if self.dataset is not None:
-            found.append(t.c.dataset == self.dataset)
-        if self.status is not None:
-            found.append(t.c.status == self.status)
+    def where(self, dialect: str) -> tuple[str, list[Any]]:
+        """The filter as the ``WHERE`` clause of a query on ``import_history`` (empty when it
+        sets no condition) and the values it binds, for ``dialect`` (``sqlite`` or
+        ``postgresql``)."""
+        found: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("dataset", self.dataset),
+            ("status", self.status),
+            ("target_table", self.table),
+            ("source", self.source),
+        ):
+            if value is not None:
+                found.append(f"{quote(column)} = ?")
+                params.append(value)
         if self.since is not None:
-            found.append(t.c.created_at >= self.since.astimezone(UTC))
+            found.append('"created_at" >= ?')
+            params.append(self.since.astimezone(UTC))
         if self.until is not None:
-            found.append(t.c.created_at < self.until.astimezone(UTC))
+            found.append('"created_at" < ?')
+            params.append(self.until.astimezone(UTC))
         if self.file:
-            # LIKE's own wildcards in the text are matched as themselves.
+            # LIKE's own wildcards in the text are matched as themselves; any case: ILIKE on
+            # PostgreSQL, lower() on both sides on SQLite (as SQLAlchemy's ilike() does).
             escaped = self.file.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            found.append(t.c.file_name.ilike(f"%{escaped}%", escape="\\"))
-        if self.table is not None:
-            found.append(t.c.target_table == self.table)
+            like = (
+                "\"file_name\" ILIKE ? ESCAPE '\\'"
+                if dialect == "postgresql"
+                else "lower(\"file_name\") LIKE lower(?) ESCAPE '\\'"
+            )
+            found.append(like)
+            params.append(f"%{escaped}%")
         if self.user is not None:
-            found.append(sa.or_(t.c.user_id == self.user, t.c.user_email == self.user))
-        if self.source is not None:
-            found.append(t.c.source == self.source)
-        return found
+            found.append('("user_id" = ? OR "user_email" = ?)')
+            params += [self.user, self.user]
+        return (" WHERE " + " AND ".join(found) if found else ""), params
 
 
 def parse_sort(text: str) -> tuple[str, bool]:
@@ -204,7 +223,7 @@ def parse_sort(text: str) -> tuple[str, bool]:
 
 
 def list_imports(
-    db: Database,
+    db: Database | Reader,
     filters: HistoryFilter = HistoryFilter(),
     sort: str = DEFAULT_SORT,
     limit: int = 50,
@@ -227,26 +246,22 @@ def list_imports(
         HistimportError: ``sort`` names no sortable column.
     """
     name, descending = parse_sort(sort)
-    t = db.tables.import_history
-    where = filters.conditions(t)
-    ordered = t.c[name].desc() if descending else t.c[name].asc()
-    order = [ordered.nulls_last()]
+    order = f"{quote(name)} {'DESC' if descending else 'ASC'} NULLS LAST"
     if name != "import_id":
-        order.append(t.c.import_id.desc())
-    query = (
-        sa.select(*(t.c[c] for c in LIST_COLUMNS))
-        .where(*where)
-        .order_by(*order)
-        .limit(limit)
-        .offset(offset)
-    )
-    with db.reader() as conn:
-        imports = [plain_row(r) for r in conn.execute(query).mappings()]
-        total = conn.execute(sa.select(sa.func.count()).select_from(t).where(*where)).scalar()
+        order += ', "import_id" DESC'
+    with db.raw_reader() as s:
+        where, params = filters.where(s.dialect)
+        table = s.table("import_history")
+        imports = s.records(
+            f"SELECT {_select(LIST_COLUMNS)} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+            columns.kinds(LIST_COLUMNS),
+        )
+        ((total,),) = s.rows(f"SELECT count(*) FROM {table}{where}", params)
     return {"imports": imports, "total_count": int(total or 0), "limit": limit, "offset": offset}
 
 
-def import_progress(db: Database, import_id: int) -> dict[str, Any]:
+def import_progress(db: Database | Reader, import_id: int) -> dict[str, Any]:
     """One import's status, phase and live progress (see ``tracking.progress``): a cheap
     read, meant to be polled while it runs.
 
@@ -258,16 +273,14 @@ def import_progress(db: Database, import_id: int) -> dict[str, Any]:
     Raises:
         ImportNotFoundError: no import with that id.
     """
-    t = db.tables.import_history
-    query = sa.select(*(t.c[name] for name in _PROGRESS_READ)).where(t.c.import_id == import_id)
-    with db.reader() as conn:
-        row = conn.execute(query).mappings().first()
-    if row is None:
+    with db.raw_reader() as s:
+        found = _one_import(s, _PROGRESS_READ, import_id)
+    if found is None:
         raise ImportNotFoundError(import_id)
-    return plain_row(row)
+    return found
 
 
-def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
+def get_import_detail(db: Database | Reader, import_id: int) -> dict[str, Any]:
     """Everything recorded about one import.
 
     Returns:
@@ -280,66 +293,63 @@ def get_import_detail(db: Database, import_id: int) -> dict[str, Any]:
     Raises:
         ImportNotFoundError: no import with that id.
     """
-    tables = db.tables
-    h, audit, failed = tables.import_history, tables.import_audit_trail, tables.import_failed_rows
-    files, matches = tables.processed_files, tables.import_reconciliation_matches
-    with db.reader() as conn:
-        row = conn.execute(sa.select(h).where(h.c.import_id == import_id)).mappings().first()
-        if row is None:
+    with db.raw_reader() as s:
+        detail = _one_import(s, columns.IMPORT_HISTORY, import_id)
+        if detail is None:
             raise ImportNotFoundError(import_id)
-        detail = plain_row(row)
-        detail["audit_trail"] = [
-            plain_row(r)
-            for r in conn.execute(
-                sa.select(
-                    audit.c.audit_id,
-                    audit.c.action,
-                    audit.c.severity,
-                    audit.c.summary,
-                    audit.c.actor,
-                    audit.c.details,
-                    audit.c.created_at,
-                )
-                .where(audit.c.import_id == import_id)
-                .order_by(audit.c.audit_id)
-            ).mappings()
-        ]
-        by_category = {
-            category: int(count)
-            for category, count in conn.execute(
-                sa.select(failed.c.category, sa.func.count())
-                .where(failed.c.import_id == import_id)
-                .group_by(failed.c.category)
-                .order_by(failed.c.category)
-            )
-        }
+        detail["audit_trail"] = s.records(
+            f"SELECT {_select(_AUDIT_READ)} FROM {s.table('import_audit_trail')} "
+            'WHERE "import_id" = ? ORDER BY "audit_id"',
+            [import_id],
+            columns.kinds(_AUDIT_READ),
+        )
+        by_category = _counts(s, "import_failed_rows", "category", import_id)
         detail["failed_rows"] = {"total": sum(by_category.values()), "by_category": by_category}
         pf = None
-        if row["file_sha256"]:
-            pf = (
-                conn.execute(
-                    sa.select(files).where(
-                        files.c.dataset == row["dataset"], files.c.sha256 == row["file_sha256"]
-                    )
-                )
-                .mappings()
-                .first()
+        if detail["file_sha256"]:
+            found = s.records(
+                f"SELECT {_select(columns.PROCESSED_FILES)} FROM {s.table('processed_files')} "
+                'WHERE "dataset" = ? AND "sha256" = ?',
+                [detail["dataset"], detail["file_sha256"]],
+                columns.kinds(columns.PROCESSED_FILES),
             )
-        detail["processed_file"] = plain_row(pf) if pf else None
-        detail["reconciliation"] = {
-            decision: int(count)
-            for decision, count in conn.execute(
-                sa.select(matches.c.decision, sa.func.count())
-                .where(matches.c.import_id == import_id)
-                .group_by(matches.c.decision)
-                .order_by(matches.c.decision)
-            )
-        }
+            pf = found[0] if found else None
+        detail["processed_file"] = pf
+        detail["reconciliation"] = _counts(
+            s, "import_reconciliation_matches", "decision", import_id
+        )
     return detail
 
 
+#: The audit entries' columns that :func:`get_import_detail` returns.
+_AUDIT_READ = ("audit_id", "action", "severity", "summary", "actor", "details", "created_at")
+
+
+def _select(names: Sequence[str]) -> str:
+    return ", ".join(quote(n) for n in names)
+
+
+def _one_import(s: ReadSession, names: Sequence[str], import_id: int) -> dict[str, Any] | None:
+    """Columns ``names`` of import ``import_id``'s ``import_history`` row, or ``None``."""
+    found = s.records(
+        f'SELECT {_select(names)} FROM {s.table("import_history")} WHERE "import_id" = ?',
+        [import_id],
+        columns.kinds(names),
+    )
+    return found[0] if found else None
+
+
+def _counts(s: ReadSession, table: str, column: str, import_id: int) -> dict[str, int]:
+    """Import ``import_id``'s rows of ``table`` counted by ``column``, in its order."""
+    sql = (
+        f'SELECT {quote(column)}, count(*) FROM {s.table(table)} WHERE "import_id" = ? '
+        f"GROUP BY {quote(column)} ORDER BY {quote(column)}"
+    )
+    return {value: int(count) for value, count in s.rows(sql, [import_id])}
+
+
 def stats(
-    db: Database,
+    db: Database | Reader,
     days: int = 30,
     dataset: str | None = None,
     now: datetime | None = None,
@@ -367,42 +377,34 @@ def stats(
         and ``tables`` (the target tables of the imports), ``distinct_users`` and ``users``
         (the users who imported)).
     """
-    t = db.tables.import_history
     since = (now or utcnow()) - timedelta(days=days)
-    where = HistoryFilter(dataset=dataset, since=since, table=table, user=user).conditions(t)
-    loaded = sa.func.coalesce(t.c.rows_created, 0) + sa.func.coalesce(t.c.rows_updated, 0)
-    query = (
-        sa.select(
-            t.c.dataset,
-            t.c.status,
-            sa.func.count().label("imports"),
-            sa.func.sum(sa.case((t.c.status.in_(LOADED), loaded), else_=0)).label("loaded"),
-            sa.func.sum(sa.func.coalesce(t.c.rows_failed, 0)).label("failed"),
-            sa.func.sum(sa.func.coalesce(t.c.rows_duplicate, 0)).label("duplicate"),
-            sa.func.sum(t.c.total_seconds).label("seconds"),
-            sa.func.count(t.c.total_seconds).label("timed"),
-        )
-        .where(*where)
-        .group_by(t.c.dataset, t.c.status)
-        .order_by(t.c.dataset, t.c.status)
-    )
+    filters = HistoryFilter(dataset=dataset, since=since, table=table, user=user)
+    loaded_in = ", ".join("?" for _ in LOADED)
     out: dict[str, dict[str, Any]] = {}
     totals = _stats_entry(None)
-    with db.reader() as conn:
-        for r in conn.execute(query):
-            for entry in (out.setdefault(r.dataset, _stats_entry(r.dataset)), totals):
-                _add_stats(entry, r)
-        tables, users = (
-            _distinct(conn, t.c.target_table, where),
-            _distinct(conn, t.c.user_id, where),
+    with db.raw_reader() as s:
+        where, params = filters.where(s.dialect)
+        t = s.table("import_history")
+        groups = s.rows(
+            'SELECT "dataset", "status", count(*), '
+            f'sum(CASE WHEN "status" IN ({loaded_in}) '
+            'THEN coalesce("rows_created", 0) + coalesce("rows_updated", 0) ELSE 0 END), '
+            'sum(coalesce("rows_failed", 0)), sum(coalesce("rows_duplicate", 0)), '
+            f'sum("total_seconds"), count("total_seconds") FROM {t}{where} '
+            'GROUP BY "dataset", "status" ORDER BY "dataset", "status"',
+            [*LOADED, *params],
         )
-        by_user = (
-            sa.select(t.c.dataset, t.c.user_id, sa.func.count())
-            .where(*where)
-            .group_by(t.c.dataset, t.c.user_id)
-            .order_by(t.c.dataset, sa.func.count().desc(), t.c.user_id)
+        for group in groups:
+            for entry in (out.setdefault(group[0], _stats_entry(group[0])), totals):
+                _add_stats(entry, group)
+        tables = _distinct(s, "target_table", where, params)
+        users = _distinct(s, "user_id", where, params)
+        by_user = s.rows(
+            f'SELECT "dataset", "user_id", count(*) FROM {t}{where} GROUP BY "dataset", '
+            '"user_id" ORDER BY "dataset", count(*) DESC, "user_id"',
+            params,
         )
-        for name, who, count in conn.execute(by_user):
+        for name, who, count in by_user:
             for entry in (out[name], totals):
                 key = who or NO_USER
                 entry["by_user"][key] = entry["by_user"].get(key, 0) + int(count)
@@ -433,12 +435,12 @@ def _stats_entry(dataset: str | None) -> dict[str, Any]:
     }
 
 
-def _distinct(
-    conn: sa.Connection, column: sa.Column[Any], where: Sequence[sa.ColumnElement[bool]]
-) -> list[Any]:
+def _distinct(s: ReadSession, column: str, where: str, params: Sequence[Any]) -> list[Any]:
     """The distinct non-empty values of ``column`` among the imports ``where`` selects."""
-    query = sa.select(column).where(*where, column.is_not(None)).distinct().order_by(column)
-    return list(conn.execute(query).scalars())
+    name = quote(column)
+    not_null = f"{where} AND {name} IS NOT NULL" if where else f" WHERE {name} IS NOT NULL"
+    sql = f"SELECT DISTINCT {name} FROM {s.table('import_history')}{not_null} ORDER BY {name}"
+    return [value for (value,) in s.rows(sql, params)]
 
 
 def _finish_stats(entry: dict[str, Any]) -> None:
@@ -451,16 +453,17 @@ def _finish_stats(entry: dict[str, Any]) -> None:
     entry["duplicate_imports"] = entry["by_status"].get(ImportStatus.DUPLICATE.value, 0)
 
 
-def _add_stats(entry: dict[str, Any], r: sa.Row[Any]) -> None:
+def _add_stats(entry: dict[str, Any], group: Sequence[Any]) -> None:
     """Add one (dataset, status) group of the statistics query to ``entry``."""
-    entry["imports"] += int(r.imports)
-    entry["by_status"][r.status] = entry["by_status"].get(r.status, 0) + int(r.imports)
-    entry["rows_loaded"] += int(r.loaded or 0)
-    entry["rows_failed"] += int(r.failed or 0)
-    entry["rows_duplicate"] += int(r.duplicate or 0)
-    if r.timed:
-        entry["total_seconds"] = (entry["total_seconds"] or 0.0) + float(r.seconds)
-        entry["_timed"] += int(r.timed)
+    _dataset, status, imports, loaded, failed, duplicate, seconds, timed = group
+    entry["imports"] += int(imports)
+    entry["by_status"][status] = entry["by_status"].get(status, 0) + int(imports)
+    entry["rows_loaded"] += int(loaded or 0)
+    entry["rows_failed"] += int(failed or 0)
+    entry["rows_duplicate"] += int(duplicate or 0)
+    if timed:
+        entry["total_seconds"] = (entry["total_seconds"] or 0.0) + float(seconds)
+        entry["_timed"] += int(timed)
 
 
 def jsonable(value: Any) -> Any:

@@ -39,7 +39,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from histimport_pipeline.engine.db import SQLITE_BUSY_TIMEOUT_S, Database
+from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.dbapi import SQLITE_BUSY_TIMEOUT_S
 from histimport_pipeline.engine.models import ImportPhase, ImportStatus
 from histimport_pipeline.engine.tracking.records import utcnow
 

@@ -25,16 +25,12 @@ from histimport_pipeline.engine.models import (
     ImportStatus,
     RawRow,
     RowError,
+    utcnow,
 )
 from histimport_pipeline.engine.tracking.audit import severity_of, summary_of
 
 #: Failed-row messages kept in the error summary.
 TOP_ERRORS = 5
-
-
-def utcnow() -> datetime:
-    """The current time in UTC (stored as such on both databases)."""
-    return datetime.now(UTC)
 
 
 def worker_id() -> str:
