@@ -893,7 +893,9 @@ def test_run_sh_stops_webserver_daemon_and_run_workers_on_sigterm(tmp_path: Path
         assert not left, f"still running {STOP_TIMEOUT_S} s after SIGTERM: {left}\n{tail()}"
         assert proc.wait(timeout=5) != 0  # stopped by a signal, and says so
     finally:
-        for pid in _still_running(started):
+        # A failure before the tree was taken must not leave dagster dev running: it runs in
+        # a session of its own, out of reach of a signal to the supervisor's group.
+        for pid in _still_running({**_tree(proc.pid), **started}):
             with suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         with suppress(ProcessLookupError):
