@@ -403,6 +403,12 @@ def test_an_unknown_import_is_a_404_page_without_a_traceback(demo: Demo) -> None
     assert "Traceback" not in response.text and 'href="/imports"' in response.text
     confirm = demo.as_(OPERATOR_TOKEN).get("/imports/999/rollback", headers=HTML)
     assert confirm.status_code == 404
+    # an address of no page, or with a value of the wrong kind, is a page too, not JSON
+    for path, code in (("/nowhere", 404), ("/imports/abc", 422)):
+        answer = demo.as_(VIEWER_TOKEN).get(path, headers=HTML)
+        assert answer.status_code == code and answer.headers["content-type"].startswith("text/html")
+        assert "Traceback" not in answer.text and 'href="/imports"' in answer.text
+    assert demo.as_(VIEWER_TOKEN).get("/api/imports/abc").json()["detail"][0]["loc"]
 
 
 def test_the_dagster_run_link_and_a_secure_cookie_over_https(

@@ -11,8 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from histimport_pipeline.engine import errors as engine_errors
 from histimport_pipeline.engine import tracking
@@ -216,6 +222,26 @@ def _add_error_answers(app: FastAPI) -> None:
 
             return error_page(request, status, str(exc))
         return JSONResponse({"detail": str(exc)}, status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if _wants_html(request):
+            from histimport_pipeline.web.pages import error_page
+
+            text = "no such page" if exc.status_code == 404 else str(exc.detail)
+            return error_page(request, exc.status_code, text)
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+        if _wants_html(request):
+            from histimport_pipeline.web.pages import error_page
+
+            where = ", ".join(
+                ".".join(str(p) for p in e.get("loc", ())[1:]) or "request" for e in exc.errors()
+            )
+            return error_page(request, 422, f"this address has a value that does not fit: {where}")
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
