@@ -257,3 +257,24 @@ def test_running_import_progress_updates_live_then_the_page_reloads(
         )
         assert page.locator(f"{row} progress").count() == 0
         context.close()
+
+
+def test_the_api_docs_render_without_the_internet(
+    browser: Any, tmp_path: Path, db_url: str, db: Database
+) -> None:
+    """``/docs`` draws the endpoints with Swagger UI served by the service itself: every
+    request the page makes goes to the service, none leaves the machine."""
+    settings = demo_settings(tmp_path, db_url)
+    app = create_app(settings, web_config(), db)
+    with Service(app) as service:
+        page = browser.new_context(base_url=service.url).new_page()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url))
+        page.goto("/docs")
+        paths = wait_for(
+            "Swagger UI to list the endpoints",
+            lambda: texts(page, ".opblock-summary-path"),
+            lambda found: "/api/imports" in found,
+        )
+        assert "/api/imports/{import_id}/errors" in paths and "/api/uploads" in paths
+        assert asked and all(url.startswith(service.url) for url in asked), asked

@@ -39,8 +39,8 @@ from histimport_pipeline.web.config import WebConfig
 
 log = logging.getLogger("histimport.web")
 HERE = Path(__file__).parent
-#: What every answer says about itself to the browser. The API docs page (``/docs``) loads
-#: Swagger UI from its CDN and gets its own policy.
+#: What every answer says about itself to the browser. The API docs page (``/docs``) runs
+#: Swagger UI's inline start-up script and gets its own policy.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -52,9 +52,8 @@ SECURITY_HEADERS = {
     ),
 }
 _DOCS_CSP = (
-    "default-src 'self'; img-src 'self' data: https://fastapi.tiangolo.com; "
-    "style-src 'self' https://cdn.jsdelivr.net; script-src 'self' 'unsafe-inline' "
-    "https://cdn.jsdelivr.net; frame-ancestors 'none'"
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+    "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
 )
 #: Engine errors and the HTTP status that says what kind of trouble each is.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -173,6 +172,8 @@ def create_app(
         summary="Every import of historical data files: history, status, failed rows, lineage.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.web = WebState(settings=settings, config=config, db=database)
     _add_error_answers(app)
@@ -183,7 +184,29 @@ def create_app(
     app.include_router(router, prefix="/api")
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _add_docs(app)
     return app
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from the files the ``fastapi-offline`` package ships, so
+    the API docs work on a machine without internet access (FastAPI's default loads Swagger
+    UI from a CDN)."""
+    import fastapi_offline
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="docs")
+
+    @app.get("/docs", include_in_schema=False)
+    def _docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="histimport API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
 
 
 def _wants_html(request: Request) -> bool:
@@ -262,6 +285,6 @@ def _add_security_headers(app: FastAPI) -> None:
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        if request.url.path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        if request.url.path == "/docs":
             response.headers["Content-Security-Policy"] = _DOCS_CSP
         return response
