@@ -55,6 +55,11 @@ def test_the_column_lists_are_the_schemas(table: str, listed: tuple[str, ...]) -
     assert columns.kinds(listed) == {c.name: _kind(c) for c in defined.c}
 
 
+def test_the_not_null_columns_are_the_schemas() -> None:
+    defined = tracking_tables(None).import_history
+    assert {c.name for c in defined.c if not c.nullable} == columns.IMPORT_HISTORY_NOT_NULL
+
+
 def _typed(value: Any) -> Any:
     """``value`` with the type of every part spelled out (``True == 1`` would pass)."""
     if isinstance(value, dict):

@@ -189,6 +189,10 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Index("ix_import_history_user_id", "user_id"),
         sa.Index("ix_import_history_user_email", "user_email"),
         sa.Index("ix_import_history_corrects", "corrects_import_id"),
+        # Added by migration 0010: the web service's listing filters and sorts.
+        sa.Index("ix_import_history_created_at", "created_at"),
+        sa.Index("ix_import_history_dataset_status", "dataset", "status"),
+        sa.Index("ix_import_history_file_name", "file_name"),
     )
 
 

@@ -10,6 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+#: The columns of ``import_history`` that are never NULL: sorting by one needs no NULLS LAST,
+#: which would keep PostgreSQL from reading the order off an index.
+IMPORT_HISTORY_NOT_NULL = frozenset(
+    {
+        "created_at",
+        "dataset",
+        "forced",
+        "import_id",
+        "import_type",
+        "source",
+        "status",
+        "target_table",
+        "updated_at",
+    }
+)
 #: Every column of ``import_history``.
 IMPORT_HISTORY = (
     "import_id",
