@@ -4,10 +4,12 @@ listings read them (benchmarks/web_service.py measures how much that matters).""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
-from histimport_pipeline.engine import migrations
+from histimport_pipeline.engine import dbapi, migrations
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.tracking import history
 
@@ -45,13 +47,11 @@ def _fill(db: Database, count: int) -> None:
         conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(statement)
 
 
-def _plan(db: Database, query: sa.Select[tuple[int]]) -> str:
-    with db.engine.connect() as conn:
-        sql = str(query.compile(conn, compile_kwargs={"literal_binds": True}))
-        rows = conn.exec_driver_sql(
-            f"EXPLAIN {'QUERY PLAN ' if db.dialect == 'sqlite' else ''}{sql}"
-        )
-        return "\n".join(str(r[-1]) for r in rows)
+def _plan_of(db: Database, sql: str, params: list[object]) -> str:
+    """The plan of a query as the history runs it (DB-API, ``?`` placeholders)."""
+    prefix = "EXPLAIN QUERY PLAN " if db.dialect == "sqlite" else "EXPLAIN "
+    with db.raw_reader() as s:
+        return "\n".join(str(r[-1]) for r in s.rows(prefix + sql, params))
 
 
 def test_migration_0010_adds_and_removes_the_listing_indexes(db: Database) -> None:
@@ -67,7 +67,6 @@ def test_migration_0010_adds_and_removes_the_listing_indexes(db: Database) -> No
 
 def test_since_until_and_dataset_status_counts_read_their_indexes(db: Database) -> None:
     _fill(db, 4000)
-    t = db.tables.import_history
     week = history.HistoryFilter(
         since=START + dt.timedelta(days=100), until=START + dt.timedelta(days=107)
     )
@@ -76,21 +75,44 @@ def test_since_until_and_dataset_status_counts_read_their_indexes(db: Database) 
         (week, "ix_import_history_created_at", 84),
         (both, "ix_import_history_dataset_status", 250),
     ):
-        count = sa.select(sa.func.count()).select_from(t).where(*filters.conditions(t))
-        assert index in _plan(db, count)
+        where, params = filters.where(db.dialect)
+        with db.raw_reader() as s:
+            table = s.table("import_history")
+        assert index in _plan_of(db, f"SELECT count(*) FROM {table}{where}", params)
         assert history.list_imports(db, filters, limit=1)["total_count"] == expected
+
+
+def test_the_newest_first_listing_reads_the_primary_key_in_order(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listing's own query, newest first: no NULLS LAST on a NOT NULL column, so
+    PostgreSQL reads the page off the primary key instead of sorting every row."""
+    _fill(db, 4000)
+    ran: list[tuple[str, list[object]]] = []
+    records = dbapi.ReadSession.records
+
+    def spy(self: dbapi.ReadSession, sql: str, params: Any = (), *rest: Any) -> Any:
+        ran.append((sql, list(params)))
+        return records(self, sql, params, *rest)
+
+    monkeypatch.setattr(dbapi.ReadSession, "records", spy)
+    page = history.list_imports(db, limit=2)
+    assert [r["import_id"] for r in page["imports"]] == [4000, 3999]
+    ((sql, params),) = ran
+    plan = _plan_of(db, sql, params)
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
 
 
 def test_sorting_by_file_name_reads_its_index(db: Database) -> None:
     _fill(db, 4000)
-    t = db.tables.import_history
-    name, _descending = history.parse_sort("file_name")
+    with db.raw_reader() as s:
+        table = s.table("import_history")
+    # the listing's own order: file_name may be NULL, so NULLS LAST
     query = (
-        sa.select(t.c.import_id)
-        .order_by(t.c[name].asc().nulls_last(), t.c.import_id.desc())
-        .limit(50)
+        f'SELECT "import_id" FROM {table} '
+        'ORDER BY "file_name" ASC NULLS LAST, "import_id" DESC LIMIT 50'
     )
-    assert "ix_import_history_file_name" in _plan(db, query)
+    assert "ix_import_history_file_name" in _plan_of(db, query, [])
     page = history.list_imports(db, sort="file_name", limit=3)
     assert [r["file_name"] for r in page["imports"]] == [
         "file_00000.csv",
