@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import (
     http_exception_handler,
     request_validation_exception_handler,
@@ -18,7 +19,9 @@ from fastapi.exception_handlers import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from histimport_pipeline.engine import errors as engine_errors
 from histimport_pipeline.engine import tracking
@@ -109,7 +112,7 @@ class WebState:
         return specs[name]
 
 
-def state_of(request: Request) -> WebState:
+async def state_of(request: Request) -> WebState:
     """The application's shared state."""
     state: WebState = request.app.state.web
     return state
@@ -118,12 +121,14 @@ def state_of(request: Request) -> WebState:
 State = Annotated[WebState, Depends(state_of)]
 
 
-def reader(request: Request, state: State) -> Caller:
+# The dependencies are coroutines: checking a token is a hash, not I/O, and a plain function
+# would cost a hop to the thread pool on every request (the status poll is mostly that).
+async def reader(request: Request, state: State) -> Caller:
     """A caller who may read (every known token; anyone on loopback without tokens)."""
     return caller_of(request, state.config)
 
 
-def operator(request: Request, state: State) -> Caller:
+async def operator(request: Request, state: State) -> Caller:
     """A caller who may write: an operator token (a cookie also needs ``X-CSRF-Token``)."""
     caller = caller_of(request, state.config)
     return require_operator(caller, state.config, request.headers.get(CSRF_HEADER))
@@ -218,7 +223,7 @@ def _wants_html(request: Request) -> bool:
 def _add_error_answers(app: FastAPI) -> None:
     @app.exception_handler(AccessRefusedError)
     async def _refused(request: Request, exc: AccessRefusedError) -> Response:
-        state = state_of(request)
+        state: WebState = request.app.state.web
         details = {
             "method": request.method,
             "path": request.url.path,
@@ -227,7 +232,9 @@ def _add_error_answers(app: FastAPI) -> None:
             "client": request.client.host if request.client else None,
         }
         try:
-            tracking.record_event(state.db, AuditAction.ACCESS_REFUSED, exc.caller, details)
+            await run_in_threadpool(
+                tracking.record_event, state.db, AuditAction.ACCESS_REFUSED, exc.caller, details
+            )
         except Exception:  # the refusal stands even when the audit cannot be written
             log.exception("could not audit a refused request")
         if _wants_html(request):
@@ -278,13 +285,31 @@ def _add_error_answers(app: FastAPI) -> None:
 
 
 def _add_security_headers(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def _headers(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        response = await call_next(request)
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if request.url.path == "/docs":
-            response.headers["Content-Security-Policy"] = _DOCS_CSP
-        return response
+    app.add_middleware(SecurityHeaders)
+
+
+class SecurityHeaders:
+    """Adds :data:`SECURITY_HEADERS` to every answer (``/docs`` gets its own policy). Plain
+    ASGI rather than ``@app.middleware``: that one wraps every request in extra tasks and
+    streams, which the status poll would pay for each time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        docs = scope.get("path") == "/docs"
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = value
+                if docs:
+                    headers["Content-Security-Policy"] = _DOCS_CSP
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
