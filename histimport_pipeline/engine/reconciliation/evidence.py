@@ -8,18 +8,19 @@ import math
 from collections import Counter
 
 import numpy as np
-import numpy.typing as npt
 
 from histimport_pipeline.engine.reconciliation.blocking import Part
 from histimport_pipeline.engine.reconciliation.master import MasterData
 from histimport_pipeline.engine.reconciliation.rules import (
+    BoolArray,
     FloatArray,
     IntArray,
     ReconcileSettings,
     pair_scores,
     prepared,
 )
-from histimport_pipeline.engine.spec import MatchMethod, MatchRule, Scorer
+from histimport_pipeline.engine.reconciliation.values import FieldCodes, field_codes, similar_codes
+from histimport_pipeline.engine.spec import MatchField, MatchMethod, MatchRule, Scorer
 
 
 class Evidence:
@@ -79,66 +80,86 @@ class Evidence:
     ) -> FloatArray:
         """Log2 evidence of each candidate pair: the sum over fields, -inf if a required
         field disagrees."""
-        s = self.settings
-        size = max(self.master.size, 1)
         total = np.zeros(len(qi))
         for fi, f in enumerate(rule.fields):
-            mine = [p for p in parts if p.field_index == fi]
-            alignments = [mine]
-            if len(mine) > 1:
-                alignments.append(
-                    [
-                        Part(
-                            p.field_index, p.spec, p.source_index, q.master_name, p.inputs, q.master
-                        )
-                        for p, q in zip(mine, reversed(mine), strict=True)
-                    ]
-                )
-            best: FloatArray | None = None
-            best_ok: npt.NDArray[np.bool_] | None = None
-            for alignment in alignments:
-                field_total = np.zeros(len(qi))
-                ok = np.ones(len(qi), dtype=bool)
-                for part in alignment:
-                    u_equal = self.u_equal_of(part)
-                    asked = np.array(part.inputs, dtype=object)[qi]
-                    have = np.array(part.master, dtype=object)[mi]
-                    present = (asked != None) & (have != None)  # noqa: E711
-                    equal = present & (asked == have)
-                    if f.method is MatchMethod.FUZZY:
-                        scorer = f.scorer
-                        a = np.array(prepared(asked, scorer), dtype=object)
-                        b = np.array(prepared(have, scorer), dtype=object)
-                        similar = (
-                            present
-                            & ~equal
-                            & (pair_scores(a, b, scorer, s.workers) >= f.similar_at)
-                        )
-                        u_similar = self.u_similar(part)
-                        m_different = s.m_different
-                        similar_bits = math.log2(s.m_similar / u_similar)
-                        different_bits = math.log2(m_different / max(1.0 - u_similar, 0.5))
-                    else:
-                        similar = np.zeros(len(qi), dtype=bool)
-                        similar_bits = 0.0
-                        different_bits = math.log2(1.0 - s.m_equal)
-                    bits = np.where(
-                        equal,
-                        np.log2(s.m_equal / np.maximum(u_equal[mi], 1.0 / size)),
-                        np.where(similar, similar_bits, different_bits),
-                    )
-                    field_total += np.where(present, bits, 0.0)
-                    if f.required:
-                        agrees = equal | similar
-                        ok &= agrees | (asked == None)  # noqa: E711
-                        ok &= have != None  # noqa: E711
-                if best is None or best_ok is None:
-                    best, best_ok = field_total, ok
-                else:
-                    better = field_total > best
-                    best = np.where(better, field_total, best)
-                    best_ok = np.where(better, ok, best_ok)
-            assert best is not None and best_ok is not None
+            best, best_ok = self._field(f, [p for p in parts if p.field_index == fi], qi, mi)
             total += f.weight * best
             total[~best_ok] = -np.inf
         return total
+
+    def _field(
+        self, f: MatchField, mine: list[Part], qi: IntArray, mi: IntArray
+    ) -> tuple[FloatArray, BoolArray]:
+        """The evidence of one field for each pair, and whether a required field agrees.
+
+        A field of several parts is also read crosswise (given name against surname and the
+        other way round, for names written in the other order); the better reading counts.
+        """
+        fuzzy = f.method is MatchMethod.FUZZY
+        codes = field_codes(
+            [p.inputs for p in mine], [p.master for p in mine], f.scorer if fuzzy else None
+        )
+        # (input codes of a part, master codes and master part it is compared with)
+        alignments = [[(codes.inputs[k], codes.master[k], p) for k, p in enumerate(mine)]]
+        if len(mine) > 1:
+            last = len(mine) - 1
+            alignments.append(
+                [
+                    (codes.inputs[k], codes.master[last - k], mine[last - k])
+                    for k in range(len(mine))
+                ]
+            )
+        best: FloatArray | None = None
+        best_ok: BoolArray | None = None
+        for alignment in alignments:
+            field_total = np.zeros(len(qi))
+            ok = np.ones(len(qi), dtype=bool)
+            for input_codes, master_codes, part in alignment:
+                bits, present, agrees, asked_missing, have_missing = self._part_bits(
+                    f, part, codes, input_codes[qi], master_codes[mi], mi
+                )
+                field_total += np.where(present, bits, 0.0)
+                if f.required:
+                    ok &= agrees | asked_missing
+                    ok &= ~have_missing
+            if best is None or best_ok is None:
+                best, best_ok = field_total, ok
+            else:
+                better = field_total > best
+                best = np.where(better, field_total, best)
+                best_ok = np.where(better, ok, best_ok)
+        assert best is not None and best_ok is not None
+        return best, best_ok
+
+    def _part_bits(
+        self,
+        f: MatchField,
+        part: Part,
+        codes: FieldCodes,
+        asked: IntArray,
+        have: IntArray,
+        mi: IntArray,
+    ) -> tuple[FloatArray, BoolArray, BoolArray, BoolArray, BoolArray]:
+        """Per pair: the bits of one part (input codes ``asked`` against master codes
+        ``have``, ``part`` the master side), present, agreeing, input missing, master missing."""
+        s = self.settings
+        size = max(self.master.size, 1)
+        asked_missing, have_missing = asked < 0, have < 0
+        present = ~(asked_missing | have_missing)
+        equal = present & (asked == have)
+        if f.method is MatchMethod.FUZZY:
+            similar = similar_codes(codes.prepared, asked, have, f.scorer, f.similar_at, s.workers)
+            u_similar = self.u_similar(part)
+            similar_bits = math.log2(s.m_similar / u_similar)
+            different_bits = math.log2(s.m_different / max(1.0 - u_similar, 0.5))
+        else:
+            similar = np.zeros(len(asked), dtype=bool)
+            similar_bits = 0.0
+            different_bits = math.log2(1.0 - s.m_equal)
+        u_equal = self.u_equal_of(part)
+        bits = np.where(
+            equal,
+            np.log2(s.m_equal / np.maximum(u_equal[mi], 1.0 / size)),
+            np.where(similar, similar_bits, different_bits),
+        )
+        return bits, present, equal | similar, asked_missing, have_missing
