@@ -148,7 +148,7 @@ class Evidence:
         present = ~(asked_missing | have_missing)
         equal = present & (asked == have)
         if f.method is MatchMethod.FUZZY:
-            similar = similar_codes(codes.prepared, asked, have, f.scorer, f.similar_at, s.workers)
+            similar = similar_codes(codes, asked, have, f.scorer, f.similar_at, s.workers)
             u_similar = self.u_similar(part)
             similar_bits = math.log2(s.m_similar / u_similar)
             different_bits = math.log2(s.m_different / max(1.0 - u_similar, 0.5))

@@ -158,6 +158,9 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
 
+UIntArray = npt.NDArray[np.uint64]
+
+
 def prepared(values: Iterable[str | None], scorer: Scorer) -> list[str | None]:
     """Texts as the scorer compares them: for ``token_sort_ratio`` the words sorted."""
     if scorer is not Scorer.TOKEN_SORT_RATIO:

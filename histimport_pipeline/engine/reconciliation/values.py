@@ -4,6 +4,13 @@ scorer once, so candidate pairs are compared as pairs of codes and scored in bul
 
 Scores are the ones :func:`~.rules.pair_scores` gives for the same texts: the same rapidfuzz
 scorer on the same prepared strings (``cdist`` and ``cpdist`` give the same float32 values).
+
+For the scorers built on the Indel distance (``ratio``, ``token_sort_ratio``) a pair is not
+scored at all when it cannot reach ``similar_at``: ``ratio`` is ``200 * LCS / (len1 + len2)``
+and the longest common subsequence is at most the characters the two texts have in common,
+which the lengths and two 64-bit masks per text bound from above (which character buckets
+occur once or more, and twice or more). Most candidate pairs differ in a field, so this
+leaves a tenth of them or less to score on names, streets and id numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from histimport_pipeline.engine.reconciliation.rules import (
     FloatArray,
     IntArray,
     ObjArray,
+    UIntArray,
     prepared,
 )
 from histimport_pipeline.engine.spec import Scorer
@@ -31,6 +39,13 @@ from histimport_pipeline.engine.spec import Scorer
 DENSE_CELLS_PER_PAIR = 8
 #: ...and at most this many cells (float32: 4 bytes each).
 DENSE_MAX_CELLS = 16_000_000
+#: Scorers whose result is ``200 * LCS / (len1 + len2)`` (the Indel similarity).
+INDEL_SCORERS = frozenset({Scorer.RATIO, Scorer.TOKEN_SORT_RATIO})
+#: How far below ``similar_at`` the bound must be for a pair to be left unscored: far more
+#: than the rounding of a score (rapidfuzz's float64 arithmetic, then float32).
+_BOUND_SLACK = 1e-4
+#: Texts up to this length get their character masks with numpy, longer ones one by one.
+_MASKED_WIDTH = 64
 
 
 @dataclass
@@ -43,6 +58,11 @@ class FieldCodes:
     inputs: list[IntArray]
     #: Per part: the code of each master row.
     master: list[IntArray]
+    #: For an Indel scorer, per code: the length of its prepared text, and the character
+    #: buckets (code point mod 64) occurring in it once or more and twice or more.
+    lengths: IntArray | None = None
+    once: UIntArray | None = None
+    twice: UIntArray | None = None
 
 
 def field_codes(
@@ -71,7 +91,67 @@ def field_codes(
     coded_master = [encode(values) for values in master]
     texts = np.empty(len(index), dtype=object)
     texts[:] = list(index) if scorer is None else prepared(index, scorer)
-    return FieldCodes(texts, coded_inputs, coded_master)
+    codes = FieldCodes(texts, coded_inputs, coded_master)
+    if scorer in INDEL_SCORERS:
+        codes.lengths, codes.once, codes.twice = char_buckets(texts)
+    return codes
+
+
+def char_buckets(texts: ObjArray) -> tuple[IntArray, UIntArray, UIntArray]:
+    """Per text: its length, and the masks of character buckets (code point mod 64) that
+    occur in it at least once and at least twice."""
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    once = np.zeros(len(texts), dtype=np.uint64)
+    twice = np.zeros(len(texts), dtype=np.uint64)
+    short = np.flatnonzero(lengths <= _MASKED_WIDTH)
+    if len(short):
+        width = max(int(lengths[short].max()), 1)
+        chars = np.array(texts[short].tolist(), dtype=f"<U{width}").view(np.uint32)
+        chars = chars.reshape(len(short), width)
+        inside = np.arange(width)[None, :] < lengths[short][:, None]
+        one = np.uint64(1)
+        bits = np.where(inside, np.left_shift(one, (chars & 63).astype(np.uint64)), 0)
+        bits = bits.astype(np.uint64)
+        seen = np.bitwise_or.accumulate(bits, axis=1)
+        once[short] = seen[:, -1]
+        twice[short] = np.bitwise_or.reduce(bits[:, 1:] & seen[:, :-1], axis=1)
+    for i in np.flatnonzero(lengths > _MASKED_WIDTH).tolist():
+        a = b = 0
+        for ch in texts[i]:
+            bit = 1 << (ord(ch) & 63)
+            b |= a & bit
+            a |= bit
+        once[i], twice[i] = a, b
+    return lengths, once, twice
+
+
+def _popcount(x: UIntArray) -> IntArray:
+    """Bits set in each 64-bit word."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
+
+
+def may_reach(codes: FieldCodes, left: IntArray, right: IntArray, at: float) -> BoolArray:
+    """Whether the Indel similarity of each code pair can be ``at`` or more.
+
+    Characters of one text absent from the other are not in their common subsequence: a
+    bucket in one text and not the other stands for at least one such character, a bucket
+    twice in one and at most once in the other for at least one more.
+    """
+    assert codes.lengths is not None and codes.once is not None and codes.twice is not None
+    once, twice = codes.once, codes.twice
+    length_a, length_b = codes.lengths[left], codes.lengths[right]
+    once_a, once_b, twice_a, twice_b = once[left], once[right], twice[left], twice[right]
+    only_a = _popcount(once_a & ~once_b) + _popcount(twice_a & ~twice_b)
+    only_b = _popcount(once_b & ~once_a) + _popcount(twice_b & ~twice_a)
+    common = np.minimum(length_a - only_a, length_b - only_b)
+    total = length_a + length_b
+    bound = 200.0 * common / np.maximum(total, 1)
+    return (bound + _BOUND_SLACK >= at) | (total == 0)
 
 
 def _dense_index(codes: IntArray, size: int) -> tuple[IntArray, IntArray]:
@@ -108,7 +188,7 @@ def code_scores(
 
 
 def similar_codes(
-    texts: ObjArray,
+    codes: FieldCodes,
     left: IntArray,
     right: IntArray,
     scorer: Scorer,
@@ -117,8 +197,11 @@ def similar_codes(
 ) -> BoolArray:
     """Whether each code pair scores at least ``similar_at``; equal codes are not scored (they
     are equal, not similar) and come out False, like pairs with a missing side."""
-    asked = (left >= 0) & (right >= 0) & (left != right)
+    asked = np.flatnonzero((left >= 0) & (right >= 0) & (left != right))
+    if codes.lengths is not None and len(asked):
+        asked = asked[may_reach(codes, left[asked], right[asked], similar_at)]
     result = np.zeros(len(left), dtype=bool)
-    if asked.any():
-        result[asked] = code_scores(texts, left[asked], right[asked], scorer, workers) >= similar_at
+    if len(asked):
+        scores = code_scores(codes.prepared, left[asked], right[asked], scorer, workers)
+        result[asked] = scores >= similar_at
     return result
