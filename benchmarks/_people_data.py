@@ -36,9 +36,10 @@ RULE_YAML = """\
           - {source: state, field: state, method: exact}
 """
 SYLLABLES = (
-    "ka ri to man el sa no be lu ve dan mi ra son ter li ne go la ber and wy zo ch is ton "
-    "mar jo an ste phen ly tt ca ro bin gh am ley wood ford"
-).split()
+    "ka", "ri", "to", "man", "el", "sa", "no", "be", "lu", "ve", "dan", "mi", "ra", "son",
+    "ter", "li", "ne", "go", "la", "ber", "and", "wy", "zo", "ch", "is", "ton", "mar", "jo",
+    "an", "ste", "phen", "ly", "tt", "ca", "ro", "bin", "gh", "am", "ley", "wood", "ford",
+)  # fmt: skip
 STREET_TYPES = ("street", "road", "avenue", "crescent", "place", "circuit", "close", "drive")
 STATES = ("nsw", "vic", "qld", "wa", "sa", "tas", "act", "nt")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

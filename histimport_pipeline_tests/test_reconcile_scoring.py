@@ -27,6 +27,7 @@ from histimport_pipeline.engine.reconciliation import (
     Resolution,
     resolve_values,
 )
+from histimport_pipeline.engine.reconciliation import evidence as evidence_module
 from histimport_pipeline.engine.reconciliation import values as bulk
 from histimport_pipeline.engine.reconciliation.blocking import (
     InputColumns,
@@ -254,6 +255,8 @@ def _decisions(resolutions: list[Resolution]) -> list[tuple[Any, ...]]:
 
 
 def _force_path(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    # Small chunks of pairs, so that many chunk boundaries fall inside an input's candidates.
+    monkeypatch.setattr(evidence_module, "PAIR_CHUNK", 777)
     if path == "pairwise":
         monkeypatch.setattr(bulk, "DENSE_CELLS_PER_PAIR", 0)
     elif path == "table":

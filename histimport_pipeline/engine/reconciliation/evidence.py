@@ -22,6 +22,12 @@ from histimport_pipeline.engine.reconciliation.rules import (
 from histimport_pipeline.engine.reconciliation.values import FieldCodes, field_codes, similar_codes
 from histimport_pipeline.engine.spec import MatchField, MatchMethod, MatchRule, Scorer
 
+#: Candidate pairs are weighed in chunks of this many: arrays of a few MiB are reused by the
+#: allocator, where arrays over the whole candidate set (tens of millions of pairs) would be
+#: mapped and zeroed afresh for every step. Every step is elementwise, so the chunk size
+#: changes no value.
+PAIR_CHUNK = 1 << 18
+
 
 class Evidence:
     """The evidence of candidate pairs under a rule of several fields, with the chance rates it
@@ -80,25 +86,35 @@ class Evidence:
     ) -> FloatArray:
         """Log2 evidence of each candidate pair: the sum over fields, -inf if a required
         field disagrees."""
+        fields = [
+            (f, [p for p in parts if p.field_index == fi]) for fi, f in enumerate(rule.fields)
+        ]
+        coded = [
+            field_codes(
+                [p.inputs for p in mine],
+                [p.master for p in mine],
+                f.scorer if f.method is MatchMethod.FUZZY else None,
+            )
+            for f, mine in fields
+        ]
         total = np.zeros(len(qi))
-        for fi, f in enumerate(rule.fields):
-            best, best_ok = self._field(f, [p for p in parts if p.field_index == fi], qi, mi)
-            total += f.weight * best
-            total[~best_ok] = -np.inf
+        for start in range(0, len(qi), PAIR_CHUNK):
+            stop = start + PAIR_CHUNK
+            q, m, chunk = qi[start:stop], mi[start:stop], total[start:stop]
+            for (f, mine), codes in zip(fields, coded, strict=True):
+                best, best_ok = self._field(f, mine, codes, q, m)
+                chunk += f.weight * best
+                chunk[~best_ok] = -np.inf
         return total
 
     def _field(
-        self, f: MatchField, mine: list[Part], qi: IntArray, mi: IntArray
+        self, f: MatchField, mine: list[Part], codes: FieldCodes, qi: IntArray, mi: IntArray
     ) -> tuple[FloatArray, BoolArray]:
         """The evidence of one field for each pair, and whether a required field agrees.
 
         A field of several parts is also read crosswise (given name against surname and the
         other way round, for names written in the other order); the better reading counts.
         """
-        fuzzy = f.method is MatchMethod.FUZZY
-        codes = field_codes(
-            [p.inputs for p in mine], [p.master for p in mine], f.scorer if fuzzy else None
-        )
         # (input codes of a part, master codes and master part it is compared with)
         alignments = [[(codes.inputs[k], codes.master[k], p) for k, p in enumerate(mine)]]
         if len(mine) > 1:
@@ -115,10 +131,10 @@ class Evidence:
             field_total = np.zeros(len(qi))
             ok = np.ones(len(qi), dtype=bool)
             for input_codes, master_codes, part in alignment:
-                bits, present, agrees, asked_missing, have_missing = self._part_bits(
+                bits, agrees, asked_missing, have_missing = self._part_bits(
                     f, part, codes, input_codes[qi], master_codes[mi], mi
                 )
-                field_total += np.where(present, bits, 0.0)
+                field_total += bits
                 if f.required:
                     ok &= agrees | asked_missing
                     ok &= ~have_missing
@@ -139,9 +155,10 @@ class Evidence:
         asked: IntArray,
         have: IntArray,
         mi: IntArray,
-    ) -> tuple[FloatArray, BoolArray, BoolArray, BoolArray, BoolArray]:
+    ) -> tuple[FloatArray, BoolArray, BoolArray, BoolArray]:
         """Per pair: the bits of one part (input codes ``asked`` against master codes
-        ``have``, ``part`` the master side), present, agreeing, input missing, master missing."""
+        ``have``, ``part`` the master side; 0 where a side is missing), whether it agrees,
+        whether the input is missing, whether the master value is missing."""
         s = self.settings
         size = max(self.master.size, 1)
         asked_missing, have_missing = asked < 0, have < 0
@@ -156,10 +173,9 @@ class Evidence:
             similar = np.zeros(len(asked), dtype=bool)
             similar_bits = 0.0
             different_bits = math.log2(1.0 - s.m_equal)
-        u_equal = self.u_equal_of(part)
-        bits = np.where(
-            equal,
-            np.log2(s.m_equal / np.maximum(u_equal[mi], 1.0 / size)),
-            np.where(similar, similar_bits, different_bits),
-        )
-        return bits, present, equal | similar, asked_missing, have_missing
+        contribution = np.where(similar, similar_bits, different_bits)
+        if equal.any():
+            u_equal = self.u_equal_of(part)[mi[equal]]
+            contribution[equal] = np.log2(s.m_equal / np.maximum(u_equal, 1.0 / size))
+        contribution[~present] = 0.0
+        return contribution, equal | similar, asked_missing, have_missing

@@ -75,6 +75,8 @@ def as_text(value: Any) -> str | None:
     """A staged or master value as the text it is compared by (``None`` stays ``None``)."""
     if value is None:
         return None
+    if type(value) is str:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime | date):
@@ -98,6 +100,10 @@ def normalize(text: str | None, strip_accents: bool = False) -> str | None:
     """
     if text is None:
         return None
+    if text.isascii():
+        # NFKC and removing accents leave ASCII as it is, and casefold() is lower() there;
+        # split() and \s+ split at the same (isspace) characters.
+        return " ".join(text.lower().split()) or None
     folded = unicodedata.normalize("NFKC", text).casefold()
     if strip_accents:
         decomposed = unicodedata.normalize("NFKD", folded)

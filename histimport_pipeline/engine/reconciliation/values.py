@@ -15,10 +15,13 @@ leaves a tenth of them or less to score on names, streets and id numbers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from rapidfuzz import process
 
 from histimport_pipeline.engine.reconciliation.rules import (
@@ -79,22 +82,32 @@ def field_codes(
         scorer: the field's scorer (what the distinct texts are prepared for); ``None``
             for a field compared by equality only.
     """
-    index: dict[str, int] = {}
-
-    def encode(values: Sequence[str | None]) -> IntArray:
-        codes: Iterable[int] = (
-            -1 if v is None else index.setdefault(v, len(index)) for v in values
-        )
-        return np.fromiter(codes, dtype=np.int64, count=len(values))
-
-    coded_inputs = [encode(values) for values in inputs]
-    coded_master = [encode(values) for values in master]
-    texts = np.empty(len(index), dtype=object)
-    texts[:] = list(index) if scorer is None else prepared(index, scorer)
+    # Each new text takes the running number of the value it first appears as (map() and
+    # setdefault() run in C); the numbers are then made dense, in order of first appearance.
+    index: dict[str | None, int] = {None: -1}
+    counter = itertools.count()
+    raw_inputs = [_encoded(index, values, counter) for values in inputs]
+    raw_master = [_encoded(index, values, counter) for values in master]
+    seen = next(counter)
+    dense = np.full(seen + 1, -1, dtype=np.int64)  # dense[-1] stays -1: a missing value
+    distinct = list(index)[1:]
+    dense[np.fromiter(index.values(), dtype=np.int64, count=len(index))[1:]] = np.arange(
+        len(distinct)
+    )
+    coded_inputs = [dense[c] for c in raw_inputs]
+    coded_master = [dense[c] for c in raw_master]
+    texts = np.empty(len(distinct), dtype=object)
+    texts[:] = distinct if scorer is None else prepared(distinct, scorer)
     codes = FieldCodes(texts, coded_inputs, coded_master)
     if scorer in INDEL_SCORERS:
         codes.lengths, codes.once, codes.twice = char_buckets(texts)
     return codes
+
+
+def _encoded(
+    index: dict[str | None, int], values: Sequence[str | None], counter: Iterator[int]
+) -> IntArray:
+    return np.fromiter(map(index.setdefault, values, counter), dtype=np.int64, count=len(values))
 
 
 def char_buckets(texts: ObjArray) -> tuple[IntArray, UIntArray, UIntArray]:
@@ -125,14 +138,14 @@ def char_buckets(texts: ObjArray) -> tuple[IntArray, UIntArray, UIntArray]:
     return lengths, once, twice
 
 
-def _popcount(x: UIntArray) -> IntArray:
-    """Bits set in each 64-bit word."""
+def _popcount(x: UIntArray) -> npt.NDArray[Any]:
+    """Bits set in each 64-bit word (a small unsigned integer type)."""
     if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(x).astype(np.int64)
+        return np.bitwise_count(x)
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
     x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.int64)
+    return ((x * np.uint64(0x0101010101010101)) >> np.uint64(56)).astype(np.uint8)
 
 
 def may_reach(codes: FieldCodes, left: IntArray, right: IntArray, at: float) -> BoolArray:
@@ -149,9 +162,8 @@ def may_reach(codes: FieldCodes, left: IntArray, right: IntArray, at: float) -> 
     only_a = _popcount(once_a & ~once_b) + _popcount(twice_a & ~twice_b)
     only_b = _popcount(once_b & ~once_a) + _popcount(twice_b & ~twice_a)
     common = np.minimum(length_a - only_a, length_b - only_b)
-    total = length_a + length_b
-    bound = 200.0 * common / np.maximum(total, 1)
-    return (bound + _BOUND_SLACK >= at) | (total == 0)
+    # 200 * common / (length_a + length_b) >= at - slack, without the division
+    return 200.0 * common >= (at - _BOUND_SLACK) * (length_a + length_b)
 
 
 def _dense_index(codes: IntArray, size: int) -> tuple[IntArray, IntArray]:
