@@ -33,6 +33,7 @@ an alias in ``reconciliation_aliases`` so the same input matches exactly next ti
 
 Modules: ``rules`` (settings, text normalisation, input keys, scorers), ``master`` (master
 data, aliases), ``blocking`` (candidate generation), ``evidence`` (multi-field evidence),
+``values`` (each field's distinct values coded once, candidate pairs scored in bulk),
 ``fuzzy`` (the fuzzy stage), ``matching`` (the matcher, :func:`resolve_values`), ``apply``
 (:func:`reconcile_staged`), ``created`` (master rows created by policy) and ``review`` (the
 review cycle). The stage's public names are re-exported here: import them from

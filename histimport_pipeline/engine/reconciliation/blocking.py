@@ -54,6 +54,14 @@ def _reverse(value: str | None) -> str | None:
     return None if value is None else value[::-1]
 
 
+def _same(value: str) -> str:
+    return value
+
+
+def _backwards(value: str) -> str:
+    return value[::-1]
+
+
 def joined(parts: Sequence[str | None]) -> str | None:
     present = [p for p in parts if p]
     return " ".join(present) if present else None
@@ -134,23 +142,21 @@ def blocking_keys(
                 )
             )
         return keys
-    for part in parts:
-        others = [p for p in parts if p is not part]
-
-        def rest(side: str, others: list[Part] = others) -> list[str]:
-            columns = [getattr(p, side) for p in others]
-            return ["\x1f".join(v or "" for v in row) for row in zip(*columns, strict=True)]
-
-        master_rest, input_rest = rest("master"), rest("inputs")
-        for transform in (lambda v: v, _reverse):
+    # Each part's key is its value, then every other part's value (missing ones as "").
+    filled = [([v or "" for v in p.master], [v or "" for v in p.inputs]) for p in parts]
+    for k, part in enumerate(parts):
+        others = filled[:k] + filled[k + 1 :]
+        master_rest = ["\x1f".join(row) for row in zip(*(o[0] for o in others), strict=True)]
+        input_rest = ["\x1f".join(row) for row in zip(*(o[1] for o in others), strict=True)]
+        for transform in (_same, _backwards):
             keys.append(
                 (
                     [
-                        None if v is None else f"{transform(v)}\x1e{r}"
+                        None if v is None else transform(v) + "\x1e" + r
                         for v, r in zip(part.master, master_rest, strict=True)
                     ],
                     [
-                        None if v is None else f"{transform(v)}\x1e{r}"
+                        None if v is None else transform(v) + "\x1e" + r
                         for v, r in zip(part.inputs, input_rest, strict=True)
                     ],
                 )

@@ -75,6 +75,8 @@ def as_text(value: Any) -> str | None:
     """A staged or master value as the text it is compared by (``None`` stays ``None``)."""
     if value is None:
         return None
+    if type(value) is str:
+        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime | date):
@@ -98,6 +100,10 @@ def normalize(text: str | None, strip_accents: bool = False) -> str | None:
     """
     if text is None:
         return None
+    if text.isascii():
+        # NFKC and removing accents leave ASCII as it is, and casefold() is lower() there;
+        # split() and \s+ split at the same (isspace) characters.
+        return " ".join(text.lower().split()) or None
     folded = unicodedata.normalize("NFKC", text).casefold()
     if strip_accents:
         decomposed = unicodedata.normalize("NFKD", folded)
@@ -131,7 +137,8 @@ def input_key(
     )
 
 
-_SCORERS: dict[Scorer, tuple[Any, float]] = {
+#: The rapidfuzz function of each scorer, and the factor that puts its result on 0-100.
+SCORERS: dict[Scorer, tuple[Any, float]] = {
     Scorer.RATIO: (fuzz.ratio, 1.0),
     Scorer.PARTIAL_RATIO: (fuzz.partial_ratio, 1.0),
     # token_sort_ratio is ratio() of the words sorted: sorted once per value, not per pair.
@@ -154,7 +161,14 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 
+BoolArray = npt.NDArray[np.bool_]
+
+
+UIntArray = npt.NDArray[np.uint64]
+
+
 def prepared(values: Iterable[str | None], scorer: Scorer) -> list[str | None]:
+    """Texts as the scorer compares them: for ``token_sort_ratio`` the words sorted."""
     if scorer is not Scorer.TOKEN_SORT_RATIO:
         return list(values)
     return [None if v is None else " ".join(sorted(v.split(" "))) for v in values]
@@ -164,7 +178,7 @@ def pair_scores(left: ObjArray, right: ObjArray, scorer: Scorer, workers: int) -
     """Similarity (0-100) of ``left[i]`` and ``right[i]``; 0 where either is missing."""
     if len(left) == 0:
         return np.zeros(0)
-    function, scale = _SCORERS[scorer]
+    function, scale = SCORERS[scorer]
     present = (left != None) & (right != None)  # noqa: E711 - elementwise on object arrays
     result = np.zeros(len(left))
     if present.any():
