@@ -78,8 +78,9 @@ def write_target(
     strategy = strategy or spec.strategy
     new: sa.Table | None = None
     if target is None and strategy is Strategy.APPEND:
-        new = create_target_keyed_later(conn, spec)
-    target = new if new is not None else target if target is not None else ensure_target(conn, spec)
+        new = target = create_target_keyed_later(conn, spec)
+    if target is None:
+        target = ensure_target(conn, spec)
     rows = _ready_rows(conn, db, spec, import_id, business_date, target, staged_rows)
     if new is not None:
         # A new table is empty and the staged keys are distinct: every row is created.
