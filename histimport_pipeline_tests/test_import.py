@@ -532,3 +532,42 @@ def test_ragged_rows_keep_every_value_and_their_own_message(db: Database, tmp_pa
         ("row has 4 fields, header has 3", 1),
         ("row has 6 fields, header has 3", 1),
     ]
+
+
+def test_keyed_append_into_a_new_table_gives_it_its_key(db: Database, tmp_path: Path) -> None:
+    """The first keyed append makes the target (on PostgreSQL its primary key is added once
+    the rows are in): the table ends with the declared key, in-file duplicates are failed
+    rows, a later import's existing keys are skipped, and rollback takes the rows out."""
+    spec = make_spec(strategy="append", key=["email", "signup_id"])
+    first = write(
+        tmp_path / "first.csv",
+        "ID,email,amount\n007,a@example.com,1\n008,b@example.com,2\n007,a@example.com,3\n",
+    )
+    result = run_import(db, spec, first)
+    assert (result.status, result.rows_created, result.rows_duplicate) == (
+        ImportStatus.PARTIAL,
+        2,
+        1,
+    )
+    inspector = sa.inspect(db.engine)
+    pk = inspector.get_pk_constraint("signups")
+    # The columns' order, as target_table declares them (columns first, whatever the key says).
+    assert pk["constrained_columns"] == ["signup_id", "email"]
+    if db.dialect == "postgresql":
+        assert pk["name"] == "signups_pkey"
+    with db.engine.connect() as conn, pytest.raises(sa.exc.IntegrityError):
+        conn.execute(
+            sa.text(
+                "INSERT INTO signups (signup_id, email, _import_id, _loaded_at) "
+                "VALUES ('007', 'a@example.com', 99, CURRENT_TIMESTAMP)"
+            )
+        )
+    assert [(r["signup_id"], r["amount"]) for r in rows(db, "signups")] == [
+        ("007", Decimal("1.00")),
+        ("008", Decimal("2.00")),
+    ]
+    second = write(tmp_path / "second.csv", "ID,email,amount\n008,b@example.com,5\n009,c@x.org,6\n")
+    later = run_import(db, spec, second)
+    assert (later.rows_created, later.rows_duplicate) == (1, 1)
+    rollback_import(db, result.import_id)
+    assert [r["signup_id"] for r in rows(db, "signups")] == ["009"]

@@ -24,6 +24,8 @@ from histimport_pipeline.engine.loading.staging_tables import (
 )
 from histimport_pipeline.engine.loading.targets import (
     COUNT,
+    add_primary_key,
+    create_target_keyed_later,
     data_columns,
     ensure_target,
     qualified_name,
@@ -74,8 +76,17 @@ def write_target(
         Created, updated, unchanged and deleted counts.
     """
     strategy = strategy or spec.strategy
-    target = target if target is not None else ensure_target(conn, spec)
+    new: sa.Table | None = None
+    if target is None and strategy is Strategy.APPEND:
+        new = target = create_target_keyed_later(conn, spec)
+    if target is None:
+        target = ensure_target(conn, spec)
     rows = _ready_rows(conn, db, spec, import_id, business_date, target, staged_rows)
+    if new is not None:
+        # A new table is empty and the staged keys are distinct: every row is created.
+        created = rows.insert()
+        add_primary_key(conn, spec)
+        return WriteCounts(created=created)
     if strategy is Strategy.APPEND:
         return _append(rows, direct)
     if strategy is Strategy.REPLACE_DATE:

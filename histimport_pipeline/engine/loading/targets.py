@@ -73,8 +73,11 @@ def written_columns(spec: DatasetSpec) -> list[str]:
     return [*spec.columns, *spec.references]
 
 
-def target_table(spec: DatasetSpec, metadata: sa.MetaData | None = None) -> sa.Table:
-    """The target table as the spec declares it (not reflected).
+def target_table(
+    spec: DatasetSpec, metadata: sa.MetaData | None = None, *, key_later: bool = False
+) -> sa.Table:
+    """The target table as the spec declares it (not reflected); with ``key_later``, without
+    its primary key (``create_target_keyed_later``).
 
     The natural key is the primary key. A table without one has none: its rows are told
     apart by ``(_import_id, _source_row)``, which is unique, and a surrogate key's index would
@@ -90,7 +93,7 @@ def target_table(spec: DatasetSpec, metadata: sa.MetaData | None = None) -> sa.T
             sa.Column(
                 name,
                 column_type(col.type, col.scale, col.max_length),
-                primary_key=name in spec.key,
+                primary_key=name in spec.key and not key_later,
                 nullable=name not in spec.key,
             )
         )
@@ -173,6 +176,36 @@ def ensure_target(conn: sa.Connection, spec: DatasetSpec) -> sa.Table:
             f"ADD COLUMN {preparer.quote(column.name)} {ddl_type}"
         )
     return sa.Table(spec.target_table, sa.MetaData(), autoload_with=conn)
+
+
+def create_target_keyed_later(conn: sa.Connection, spec: DatasetSpec) -> sa.Table | None:
+    """On PostgreSQL, a keyed target that does not exist yet is created without its primary
+    key, which ``add_primary_key`` adds once the rows are in; returns it (else ``None``: the
+    table exists, there is no key, or SQLite).
+
+    Building the key's index in one sort once the rows are in took 4.9 s where maintaining
+    it row by row added 11.9 s to the INSERT (336,776 flights rows, a busy machine). No one
+    else sees the table before the transaction commits, by which time it has its key; a
+    concurrent import waits on the same lock as ``ensure_target``'s.
+    """
+    if conn.dialect.name != "postgresql" or not spec.key:
+        return None
+    if sa.inspect(conn).has_table(spec.target_table):
+        return None
+    lock_target(conn, spec.target_table)
+    if sa.inspect(conn).has_table(spec.target_table):
+        return None
+    table = target_table(spec, key_later=True)
+    table.create(conn)
+    return table
+
+
+def add_primary_key(conn: sa.Connection, spec: DatasetSpec) -> None:
+    """Give a target made by ``create_target_keyed_later`` the primary key ``target_table``
+    declares (same columns, same order, the same default name ``<table>_pkey``)."""
+    q = conn.dialect.identifier_preparer.quote
+    columns = ", ".join(q(c.name) for c in target_table(spec).primary_key.columns)
+    conn.exec_driver_sql(f"ALTER TABLE {q(spec.target_table)} ADD PRIMARY KEY ({columns})")
 
 
 def lock_target(conn: sa.Connection, table: str) -> None:
