@@ -6,10 +6,9 @@ imports the demo's first sign-up file, then times each command as a fresh proces
 CPU seconds from the kernel's accounting of the finished child), in rounds that interleave the
 commands so that the machine's drift hits each alike. Baselines measured in the same rounds:
 ``python -c pass`` (the interpreter), ``import typer`` (the floor of a typer CLI),
-``import sqlalchemy``, and ``import typer, typer._adapters, rich.table, sqlite3``: the floor of a
-report, which parses options with typer (typer coerces every option value that is not a bare
-flag through pydantic's ``TypeAdapter``, in ``typer._adapters``), prints with rich and reads
-over DB-API (``engine.dbapi``, no SQLAlchemy).
+``import sqlalchemy``, and ``import typer, rich.table, sqlite3``: the floor of a report, which
+parses options with typer (below 0.29, which would also coerce every option value through
+pydantic), prints with rich and reads over DB-API (``engine.dbapi``, no SQLAlchemy).
 
 Printed per command: min / median / max wall seconds, the median CPU seconds, the median over
 ``python -c pass`` and as a multiple of it and of ``import typer``, and which of the heavy
@@ -54,9 +53,8 @@ HEAVY = (
     "psycopg",
 )
 
-#: The libraries a report cannot start without: typer, the pydantic that typer coerces option
-#: values with (typer._adapters imports it), rich and the SQLite driver.
-FLOOR = "import typer, typer._adapters, rich.table, sqlite3"
+#: The libraries a report cannot start without: typer, rich and the SQLite driver.
+FLOOR = "import typer, rich.table, sqlite3"
 
 
 @dataclass
