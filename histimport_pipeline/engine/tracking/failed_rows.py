@@ -44,13 +44,13 @@ def _require_import(conn: sa.Connection, db: Database, import_id: int) -> dict[s
 
 
 def iter_failed_rows(
-    db: Database, import_id: int, batch_size: int = 1_000
+    db: Database, import_id: int, batch_size: int = 1_000, limit: int | None = None
 ) -> Iterator[dict[str, Any]]:
     """Stream the failed-row records of an import, ordered by source row.
 
     The rows are fetched ``batch_size`` at a time (a server-side cursor on PostgreSQL), so
     memory does not grow with the number of failed rows. The connection stays open until the
-    iterator is exhausted or closed.
+    iterator is exhausted or closed. ``limit`` stops after that many rows (``None``: all).
 
     Yields:
         ``source_row``, ``column_name``, ``category``, ``message``, ``raw_value`` and
@@ -72,6 +72,8 @@ def iter_failed_rows(
         .where(t.c.import_id == import_id)
         .order_by(t.c.source_row, t.c.failed_row_id)
     )
+    if limit is not None:
+        query = query.limit(limit)
     with db.reader() as conn:
         _require_import(conn, db, import_id)
         result = conn.execution_options(yield_per=batch_size).execute(query).mappings()

@@ -16,9 +16,9 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import freshness
 from histimport_pipeline.engine.db import Database
-from histimport_pipeline.engine.errors import ImportNotFoundError
 from histimport_pipeline.engine.freshness import LOADED
 from histimport_pipeline.engine.spec import DatasetSpec
+from histimport_pipeline.engine.tracking import failed_rows
 from histimport_pipeline.engine.tracking.history import plain_row
 
 #: The columns of a dataset's last import in the overview.
@@ -174,21 +174,4 @@ def first_failed_rows(db: Database, import_id: int, limit: int = 20) -> list[dic
     Raises:
         ImportNotFoundError: no import with that id.
     """
-    h, t = db.tables.import_history, db.tables.import_failed_rows
-    query = (
-        sa.select(
-            t.c.source_row,
-            t.c.column_name,
-            t.c.category,
-            t.c.message,
-            t.c.raw_value,
-            t.c.raw_values,
-        )
-        .where(t.c.import_id == import_id)
-        .order_by(t.c.source_row, t.c.failed_row_id)
-        .limit(limit)
-    )
-    with db.reader() as conn:
-        if conn.execute(sa.select(h.c.import_id).where(h.c.import_id == import_id)).first() is None:
-            raise ImportNotFoundError(import_id)
-        return [dict(r) for r in conn.execute(query).mappings()]
+    return list(failed_rows.iter_failed_rows(db, import_id, limit=limit))
