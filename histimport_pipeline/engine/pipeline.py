@@ -63,7 +63,7 @@ from histimport_pipeline.engine.pipeline_steps import (
     take_over,
 )
 from histimport_pipeline.engine.reading import open_file
-from histimport_pipeline.engine.spec import DatasetSpec, Strategy
+from histimport_pipeline.engine.spec import DatasetSpec
 from histimport_pipeline.engine.tracking import failed_rows
 
 __all__ = [
@@ -461,7 +461,7 @@ def _run_steps(
         return _duplicate_result(spec, handle)
     steps_here = all_steps_here.set(True)
     try:
-        if load.loads_directly(db, spec) and spec.strategy is Strategy.APPEND:
+        if load.loads_in_one_pass(db, spec):
             return _import_in_one_pass(db, spec, handle, options, progress)
         stage_file(db, spec, handle, options, progress)
         reconcile_import(db, spec, handle)
@@ -516,27 +516,43 @@ def _import_in_one_pass(
     options: ImportOptions,
     progress: Progress | None,
 ) -> ImportResult:
-    """``run_import`` of a direct load (an append without key or references): check the rows
-    and COPY them into the target in one streaming pass, in the load transaction.
+    """``run_import`` of an append on PostgreSQL (``loads_in_one_pass``): check the rows and
+    COPY them into the target in one streaming pass, in the load transaction.
 
     The steps are the same as ``stage_file`` + ``load_import``, and so are every tracking row
     and the outcome; what differs is that nothing waits between them, so the server writes
     the target while the next block is being checked. Over the error gate the transaction
     rolls back and the import is rejected as usual; a file the columnar reader declines is
     staged by the Python reader and loaded step by step.
+
+    With a key, a new target gets its primary key after the rows (one index build), and an
+    existing one checks each row against its key as the COPY goes. A key repeated in the
+    file or already in the table is a unique violation: the pass is rolled back and the file
+    staged as usual (``stage_file`` starts from a clean slate), so that each such row is
+    recorded as a duplicate. A clean file is then written once, not three times.
     """
-    with db.engine.connect() as conn, conn.begin() as transaction:
-        load.tune_session(conn, db)
-        target = load.ensure_target(conn, spec)
-        staged = stage(db, spec, handle, options, progress, None, IntoTarget(conn, target))
-        if staged.into_target:
-            share = staged.rows_failed / staged.rows_read if staged.rows_read else 0.0
-            # The gate can only be known once the pass has written the target: over it the
-            # transaction rolls back, and the step by step path below records the rejection.
-            if share <= error_gate(spec, options):
-                streamed = (target, staged.rows_staged)
-                return _confirm_and_load(db, spec, handle, options, conn, streamed=streamed)
-        transaction.rollback()
+    try:
+        with db.engine.connect() as conn, conn.begin() as transaction:
+            load.tune_session(conn, db)
+            new = load.create_target_keyed_later(conn, spec)
+            target = new if new is not None else load.ensure_target(conn, spec)
+            staged = stage(db, spec, handle, options, progress, None, IntoTarget(conn, target))
+            if staged.into_target:
+                share = staged.rows_failed / staged.rows_read if staged.rows_read else 0.0
+                # The gate can only be known once the pass has written the target: over it
+                # the transaction rolls back, and the step by step path below records the
+                # rejection.
+                if share <= error_gate(spec, options):
+                    if new is not None:
+                        load.add_primary_key(conn, spec)
+                    streamed = (target, staged.rows_staged)
+                    return _confirm_and_load(db, spec, handle, options, conn, streamed=streamed)
+            transaction.rollback()
+    except Exception as exc:
+        if not (spec.key and load.is_unique_violation(exc)):
+            raise
+        # A repeated key: staged, the duplicates are found and recorded row by row.
+        stage_file(db, spec, handle, options, progress)
     reconcile_import(db, spec, handle)
     return _confirm_and_load(db, spec, handle, options)
 

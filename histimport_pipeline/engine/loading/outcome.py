@@ -264,7 +264,8 @@ def write_and_finish(
     """
     duplicates = state.duplicates
     with writer.keeping_alive():
-        if spec.strategy.value == "append" and spec.key:
+        # A direct write into a keyed target passed its primary key: nothing conflicts.
+        if spec.strategy.value == "append" and spec.key and write.direct is None:
             duplicates += load.record_append_conflicts(tx, db, spec, handle.import_id)
         counts = load.write_target(
             tx,

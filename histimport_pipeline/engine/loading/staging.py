@@ -96,7 +96,8 @@ def stage(
         db, handle.import_id, options.progress_every_s, enabled=conn is None
     )
     writer.start(ImportPhase.VALIDATE, None)
-    direct = load.loads_directly(db, spec) and columnar_plan is not None
+    # ``into``: run_import's one pass (``loads_in_one_pass``), keyed appends included.
+    direct = columnar_plan is not None and (into is not None or load.loads_directly(db, spec))
     staged: _Staged | None = None
     if columnar_plan is not None:
         try:

@@ -166,8 +166,11 @@ def _ready_rows(
 
 
 def _append(rows: _ReadyRows, direct: DirectWrite | None) -> WriteCounts:
-    """append: insert every row; with a key, only rows whose key is new (the rest conflict)."""
-    if rows.spec.key:
+    """append: insert every row; with a key, only rows whose key is new (the rest conflict).
+
+    A direct write (with a key: the one pass into the keyed target, whose primary key let
+    every row in) is all created."""
+    if rows.spec.key and direct is None:
         staged = rows.count()
         created = rows.insert_new_keys()
         return WriteCounts(created=created, conflicts=staged - created)

@@ -136,6 +136,31 @@ def loads_directly(db: Database, spec: DatasetSpec) -> bool:
     )
 
 
+def loads_in_one_pass(db: Database, spec: DatasetSpec) -> bool:
+    """Whether ``run_import`` may check the rows and COPY them into the target in one pass.
+
+    True on PostgreSQL for ``append`` datasets without references, with a key or without
+    one. Without a key it is ``loads_directly``'s case. With a key, the target's primary key
+    does the staging table's work: a key repeated in the file, or already in the table,
+    makes the COPY (or, for a new table, the key's index built after it) fail with a unique
+    violation (``is_unique_violation``), and the caller then rolls the pass back and stages
+    the file as usual, which names every such row. A clean file is written once instead of
+    three times (staging, its unique index, the target).
+    """
+    return db.dialect == "postgresql" and not spec.references and spec.strategy is Strategy.APPEND
+
+
+#: PostgreSQL's SQLSTATE for a unique violation.
+UNIQUE_VIOLATION = "23505"
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or wraps) PostgreSQL's unique violation: psycopg's own error from
+    a COPY, or SQLAlchemy's ``IntegrityError`` around it."""
+    candidates = (exc, getattr(exc, "orig", None), exc.__cause__)
+    return any(getattr(e, "sqlstate", None) == UNIQUE_VIOLATION for e in candidates)
+
+
 def qualified_name(conn: sa.Connection, schema: str | None, name: str) -> str:
     """``"schema"."name"`` (or ``"name"``) quoted by the connection's dialect."""
     preparer = conn.dialect.identifier_preparer
