@@ -93,7 +93,8 @@ def _build_check(spec: DatasetSpec, name: str) -> dg.AssetChecksDefinition:
             return dg.AssetCheckResult(
                 passed=True, description="no import in this run", metadata={}
             )
-        v = verdicts.import_verdicts(database.database, spec, int(row["import_id"]))[name]
+        found = verdicts.import_verdicts(database.database, spec, int(row["import_id"]), [name])
+        v = found[name]
         return dg.AssetCheckResult(
             passed=v.passed,
             severity=_severity(v),
