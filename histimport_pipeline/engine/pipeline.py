@@ -41,7 +41,7 @@ from histimport_pipeline.engine.errors import (
 from histimport_pipeline.engine.loading import outcome
 from histimport_pipeline.engine.loading.memory import fewer_collections
 from histimport_pipeline.engine.loading.outcome import error_gate
-from histimport_pipeline.engine.loading.sinks import IntoTarget
+from histimport_pipeline.engine.loading.sinks import IntoTarget, Streamed
 from histimport_pipeline.engine.loading.staging import stage
 from histimport_pipeline.engine.migrations import ensure_schema
 from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportPhase, ImportStatus
@@ -298,15 +298,15 @@ def load_import(
     options: ImportOptions = ImportOptions(),
     conn: sa.Connection | None = None,
     *,
-    streamed: tuple[sa.Table, int] | None = None,
+    streamed: Streamed | None = None,
 ) -> ImportResult:
     """Write the target and the final tracking rows atomically, once ``confirm_import`` let
     the import through its error gate (this step does not apply the gate again).
 
     Args:
-        streamed: the target and the rows already in it, uncommitted in ``conn``'s
-            transaction (``run_import``'s one-pass direct load): only the tracking rows are
-            written.
+        streamed: the rows already in the target, uncommitted in ``conn``'s transaction
+            (``run_import``'s one pass): only the tracking rows are written (and, for a new
+            keyed table, its primary key).
     """
     take_over(db, handle, conn)
     t0 = time.perf_counter()
@@ -343,7 +343,7 @@ def _confirm_and_load(
     options: ImportOptions,
     conn: sa.Connection | None = None,
     *,
-    streamed: tuple[sa.Table, int] | None = None,
+    streamed: Streamed | None = None,
 ) -> ImportResult:
     rejected = confirm_import(db, spec, handle, options, conn)
     if rejected is not None:
@@ -543,9 +543,7 @@ def _import_in_one_pass(
                 # the transaction rolls back, and the step by step path below records the
                 # rejection.
                 if share <= error_gate(spec, options):
-                    if new is not None:
-                        load.add_primary_key(conn, spec)
-                    streamed = (target, staged.rows_staged)
+                    streamed = Streamed(target, staged.rows_staged, key_later=new is not None)
                     return _confirm_and_load(db, spec, handle, options, conn, streamed=streamed)
             transaction.rollback()
     except Exception as exc:

@@ -14,6 +14,7 @@ from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import StagingLostError
 from histimport_pipeline.engine.loading.direct import direct_write
+from histimport_pipeline.engine.loading.sinks import Streamed
 from histimport_pipeline.engine.models import AuditAction, FileStatus, ImportPhase, ImportStatus
 from histimport_pipeline.engine.pipeline_records import ImportHandle, ImportOptions, ImportResult
 from histimport_pipeline.engine.pipeline_steps import seconds_spent
@@ -226,7 +227,7 @@ def prepare_write(
     spec: DatasetSpec,
     handle: ImportHandle,
     row: dict[str, Any],
-    streamed: tuple[sa.Table, int] | None,
+    streamed: Streamed | None,
     writer: tracking.ProgressWriter,
 ) -> Write:
     """Check that the rows to load are all there, or plan the direct write (which reports
@@ -237,14 +238,23 @@ def prepare_write(
     """
     metadata = row["file_metadata"] or {}
     if streamed is not None:
-        target, written = streamed
-        return Write(direct=lambda _target: written, target=target)  # written while validating
+        return Write(
+            direct=lambda target: _streamed(tx, spec, target, streamed), target=streamed.table
+        )
     if metadata.get("staged", True):
         expected = int(row["rows_processed"] or 0)
         return Write(staged_rows=check_staging(tx, db, spec, handle.import_id, expected))
     if load.loads_directly(db, spec):
         return Write(direct=direct_write(tx, spec, handle, row, writer))
     raise StagingLostError(handle.import_id, int(row["rows_processed"] or 0), 0)
+
+
+def _streamed(tx: sa.Connection, spec: DatasetSpec, target: sa.Table, streamed: Streamed) -> int:
+    """The write of rows COPYed in while they were checked: a new keyed table gets its key
+    (a repeated key raises the unique violation the one pass falls back on)."""
+    if streamed.key_later:
+        load.add_primary_key(tx, spec)
+    return streamed.rows
 
 
 def write_and_finish(

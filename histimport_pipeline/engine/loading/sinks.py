@@ -27,6 +27,17 @@ class IntoTarget:
     table: sa.Table
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """The rows ``run_import``'s one pass has COPYed into ``table``, uncommitted."""
+
+    table: sa.Table
+    rows: int
+    #: The table is new and was made without its primary key
+    #: (``create_target_keyed_later``): the load adds it.
+    key_later: bool = False
+
+
 class StagingSink:
     """One binary COPY into an import's staging table, fed block by block.
 
