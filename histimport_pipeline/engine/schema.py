@@ -193,6 +193,21 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Index("ix_import_history_created_at", "created_at"),
         sa.Index("ix_import_history_dataset_status", "dataset", "status"),
         sa.Index("ix_import_history_file_name", "file_name"),
+        # Added by migration 0011. PostgreSQL: the file-name search, where pg_trgm could be
+        # added (the migration qualifies the operator class with the extension's schema),
+        # and the newest-started-first sort. SQLite: the ids alone, for deep pages.
+        sa.Index(
+            "ix_import_history_file_name_trgm",
+            "file_name",
+            postgresql_using="gin",
+            postgresql_ops={"file_name": "gin_trgm_ops"},
+        ).ddl_if(dialect="postgresql"),
+        sa.Index(
+            "ix_import_history_started_at_desc",
+            sa.text('"started_at" DESC NULLS LAST'),
+            sa.text('"import_id" DESC'),
+        ).ddl_if(dialect="postgresql"),
+        sa.Index("ix_import_history_import_id", "import_id").ddl_if(dialect="sqlite"),
     )
 
 

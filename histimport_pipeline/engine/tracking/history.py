@@ -232,6 +232,12 @@ def list_imports(
 ) -> dict[str, Any]:
     """One page of the imports that match ``filters``.
 
+    The page's ids are chosen first, by a query that reads only ``import_id`` and what the
+    filter and the sort need (an index alone where one covers them), and only those rows are
+    then read in full: skipping the 90,000 rows before a deep page, or sorting the 8,000 of a
+    month, costs index entries instead of whole rows. Two statements rather than one with a
+    subquery: the ids come back in the page's order, and the rows need no second sort.
+
     Args:
         db: the target database.
         filters: which imports (see :class:`HistoryFilter`).
@@ -255,13 +261,63 @@ def list_imports(
     with db.raw_reader() as s:
         where, params = filters.where(s.dialect)
         table = s.table("import_history")
-        imports = s.records(
-            f"SELECT {_select(LIST_COLUMNS)} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?",
-            [*params, limit, offset],
-            columns.kinds(LIST_COLUMNS),
-        )
+        if filters.file:
+            _search_by_trigrams(s)
+        ids = [
+            import_id
+            for (import_id,) in s.rows(
+                f'SELECT "import_id" FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?',
+                [*params, limit, offset],
+            )
+        ]
+        imports = _imports_by_id(s, table, ids)
         ((total,),) = s.rows(f"SELECT count(*) FROM {table}{where}", params)
     return {"imports": imports, "total_count": int(total or 0), "limit": limit, "offset": offset}
+
+
+#: Ids bound in one read of whole rows (a CLI page may be long; SQLite binds 32,766 at most).
+_IDS_PER_READ = 500
+
+
+def _imports_by_id(s: ReadSession, table: str, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The listing columns of imports ``ids``, in that order (an import gone since its id
+    was read, on PostgreSQL where each statement sees the latest commits, is left out)."""
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(ids), _IDS_PER_READ):
+        chunk = ids[start : start + _IDS_PER_READ]
+        marks = ", ".join("?" for _ in chunk)
+        for row in s.records(
+            f'SELECT {_select(LIST_COLUMNS)} FROM {table} WHERE "import_id" IN ({marks})',
+            chunk,
+            columns.kinds(LIST_COLUMNS),
+        ):
+            found[row["import_id"]] = row
+    return [found[i] for i in ids if i in found]
+
+
+#: The trigram index of ``import_history.file_name`` (migration 0011, PostgreSQL with pg_trgm).
+FILE_NAME_TRIGRAM_INDEX = "ix_import_history_file_name_trgm"
+
+
+def _search_by_trigrams(s: ReadSession) -> None:
+    """Make this read's file-name search find its matches in the trigram index.
+
+    PostgreSQL prices ``ILIKE`` on a row like an integer comparison, so reading the whole
+    file-name index (for the count) or the primary key newest first until a page is full
+    (for the page) looks cheaper to it than the trigram index, and takes 3 to 5 times as long
+    over 100,000 imports; a name matching only old imports, or none, reads every row. Plain
+    index scans are switched off for this transaction only; bitmap scans, the trigram index's
+    kind, stay on. Nothing changes where the index is missing (no pg_trgm: see migration
+    0011), nor on SQLite.
+    """
+    if s.dialect != "postgresql":
+        return
+    ((present,),) = s.rows("SELECT to_regclass(?) IS NOT NULL", [s.table(FILE_NAME_TRIGRAM_INDEX)])
+    if present:
+        s.rows(
+            "SELECT set_config('enable_indexscan', 'off', true), "
+            "set_config('enable_indexonlyscan', 'off', true)"
+        )
 
 
 def import_progress(db: Database | Reader, import_id: int) -> dict[str, Any]:
