@@ -111,7 +111,7 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
 
     Long because: one line per column of the table.
     """
-    return sa.Table(
+    table = sa.Table(
         "import_history",
         md,
         sa.Column("import_id", BigId, primary_key=True, autoincrement=True),
@@ -193,22 +193,25 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Index("ix_import_history_created_at", "created_at"),
         sa.Index("ix_import_history_dataset_status", "dataset", "status"),
         sa.Index("ix_import_history_file_name", "file_name"),
-        # Added by migration 0011. PostgreSQL: the file-name search, where pg_trgm could be
-        # added (the migration qualifies the operator class with the extension's schema),
-        # and the newest-started-first sort. SQLite: the ids alone, for deep pages.
+    )
+    # Added by migration 0011. PostgreSQL: the file-name search (where pg_trgm could be added;
+    # the migration names the operator class with the extension's schema) and the newest
+    # started first sort. SQLite: the ids alone, for deep pages.
+    if md.schema is None:
+        sa.Index("ix_import_history_import_id", table.c.import_id)
+    else:
         sa.Index(
             "ix_import_history_file_name_trgm",
-            "file_name",
+            table.c.file_name,
             postgresql_using="gin",
             postgresql_ops={"file_name": "gin_trgm_ops"},
-        ).ddl_if(dialect="postgresql"),
+        )
         sa.Index(
             "ix_import_history_started_at_desc",
-            sa.text('"started_at" DESC NULLS LAST'),
-            sa.text('"import_id" DESC'),
-        ).ddl_if(dialect="postgresql"),
-        sa.Index("ix_import_history_import_id", "import_id").ddl_if(dialect="sqlite"),
-    )
+            table.c.started_at.desc().nulls_last(),
+            table.c.import_id.desc(),
+        )
+    return table
 
 
 def _processed_files(md: sa.MetaData, fk_import: str) -> sa.Table:

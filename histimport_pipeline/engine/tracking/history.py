@@ -9,6 +9,9 @@ looked up in :data:`SORTABLE`. Timestamps come back as timezone-aware UTC dateti
 backends (SQLite hands back naive values that were stored as UTC). Lineage lives in
 ``tracking.lineage``, the retention cleanup in ``tracking.cleanup`` and the failed-rows CSV in
 ``tracking.failed_rows``.
+
+Long because: the listing, the detail and the statistics share the filter, the sort and the
+conversions, and the listing's page is read in two steps (ids, then rows) for speed.
 """
 
 from __future__ import annotations
@@ -302,13 +305,13 @@ FILE_NAME_TRIGRAM_INDEX = "ix_import_history_file_name_trgm"
 def _search_by_trigrams(s: ReadSession) -> None:
     """Make this read's file-name search find its matches in the trigram index.
 
-    PostgreSQL prices ``ILIKE`` on a row like an integer comparison, so reading the whole
-    file-name index (for the count) or the primary key newest first until a page is full
-    (for the page) looks cheaper to it than the trigram index, and takes 3 to 5 times as long
-    over 100,000 imports; a name matching only old imports, or none, reads every row. Plain
-    index scans are switched off for this transaction only; bitmap scans, the trigram index's
-    kind, stay on. Nothing changes where the index is missing (no pg_trgm: see migration
-    0011), nor on SQLite.
+    PostgreSQL prices ``ILIKE`` on a row like an integer comparison, so to it reading all the
+    file-name b-tree (the count) or the primary key from the newest import until the page is
+    full looks cheaper than the trigram index; over 100,000 imports the count took 3.5 times
+    as long, and a page of names that match only old imports, or none, reads every row. So
+    plain index scans are off for this transaction only; bitmap scans (the trigram index's
+    kind) stay on. Nothing changes without the index (no pg_trgm: migration 0011), nor on
+    SQLite.
     """
     if s.dialect != "postgresql":
         return
