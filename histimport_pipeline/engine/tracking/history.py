@@ -264,17 +264,18 @@ def list_imports(
     with db.raw_reader() as s:
         where, params = filters.where(s.dialect)
         table = s.table("import_history")
-        if filters.file:
-            _search_by_trigrams(s)
-        ids = [
-            import_id
-            for (import_id,) in s.rows(
-                f'SELECT "import_id" FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?',
-                [*params, limit, offset],
-            )
-        ]
-        imports = _imports_by_id(s, table, ids)
-        ((total,),) = s.rows(f"SELECT count(*) FROM {table}{where}", params)
+        # A search the trigram index serves reads all its matches for the page anyway (to
+        # sort them): the same scan counts them, instead of a second one.
+        counted = ", count(*) OVER ()" if filters.file and _search_by_trigrams(s) else ""
+        found = s.rows(
+            f'SELECT "import_id"{counted} FROM {table}{where} ORDER BY {order} LIMIT ? OFFSET ?',
+            [*params, limit, offset],
+        )
+        imports = _imports_by_id(s, table, [row[0] for row in found])
+        if counted and found:
+            total = found[0][1]
+        else:
+            ((total,),) = s.rows(f"SELECT count(*) FROM {table}{where}", params)
     return {"imports": imports, "total_count": int(total or 0), "limit": limit, "offset": offset}
 
 
@@ -302,8 +303,9 @@ def _imports_by_id(s: ReadSession, table: str, ids: Sequence[int]) -> list[dict[
 FILE_NAME_TRIGRAM_INDEX = "ix_import_history_file_name_trgm"
 
 
-def _search_by_trigrams(s: ReadSession) -> None:
-    """Make this read's file-name search find its matches in the trigram index.
+def _search_by_trigrams(s: ReadSession) -> bool:
+    """Make this read's file-name search find its matches in the trigram index; whether it
+    will (PostgreSQL with the index).
 
     PostgreSQL prices ``ILIKE`` on a row like an integer comparison, so to it reading all the
     file-name b-tree (the count) or the primary key from the newest import until the page is
@@ -314,13 +316,14 @@ def _search_by_trigrams(s: ReadSession) -> None:
     SQLite.
     """
     if s.dialect != "postgresql":
-        return
+        return False
     ((present,),) = s.rows("SELECT to_regclass(?) IS NOT NULL", [s.table(FILE_NAME_TRIGRAM_INDEX)])
     if present:
         s.rows(
             "SELECT set_config('enable_indexscan', 'off', true), "
             "set_config('enable_indexonlyscan', 'off', true)"
         )
+    return bool(present)
 
 
 def import_progress(db: Database | Reader, import_id: int) -> dict[str, Any]:
