@@ -488,3 +488,29 @@ def test_pg_trgm_in_another_schema_serves_tracking_tables_in_theirs(
         assert _trigram_index_def(db) is None
     finally:
         db.dispose()
+
+
+def test_the_reviewed_sql_adds_0011s_indexes_too(pg_url: str) -> None:
+    """``histimport db sql`` (what a DBA reviews and runs): the same two indexes, pg_trgm
+    added and looked up by the block itself."""
+    import psycopg
+
+    with psycopg.connect(
+        sa.make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False),
+        autocommit=True,
+    ) as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'"
+        ).fetchone():
+            pytest.skip("pg_trgm is not available on this PostgreSQL server (contrib missing)")
+        conn.execute(migrations.offline_sql("audit"))
+        found = dict(
+            conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'audit' "
+                "AND tablename = 'import_history'"
+            ).fetchall()
+        )
+    assert "USING gin (file_name gin_trgm_ops)" in found[history.FILE_NAME_TRIGRAM_INDEX]
+    assert (
+        "(started_at DESC NULLS LAST, import_id DESC)" in found["ix_import_history_started_at_desc"]
+    )
