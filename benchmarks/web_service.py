@@ -660,13 +660,11 @@ def run_backend(backend: str, args: argparse.Namespace, pg_url: str | None) -> d
                 if db.dialect == "postgresql":
                     # What autovacuum does within a minute of such a load (statistics, and
                     # the visibility map that lets a count read an index alone); done now so
-                    # that every run starts from a settled table. The filled tables by name:
-                    # a database-wide VACUUM ANALYZE right after the load left the history's
-                    # visibility map empty (PostgreSQL 15), and index-only scans read the heap.
+                    # that every run starts from a settled table.
                     with db.engine.connect() as conn:
-                        auto = conn.execution_options(isolation_level="AUTOCOMMIT")
-                        for table in (db.tables.import_history, db.tables.import_failed_rows):
-                            auto.exec_driver_sql(f'VACUUM ANALYZE "{table.schema}"."{table.name}"')
+                        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                            "VACUUM ANALYZE"
+                        )
             finally:
                 db.dispose()
             print(
