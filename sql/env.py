@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 from sqlalchemy.schema import CreateSchema
 
 from histimport_pipeline.engine.migrations import VERSION_TABLE
@@ -29,9 +29,11 @@ def run_offline() -> None:
 def run_online() -> None:
     db = config.attributes["histimport_db"]
     connection = config.attributes["connection"]
-    if db.schema is not None:
-        # Inside the caller's transaction (engine.migrations), which holds the migration lock.
-        connection.execute(CreateSchema(db.schema, if_not_exists=True))
+    # Inside the caller's transaction (engine.migrations), which holds the migration lock.
+    # A schema made by an administrator is used as it is: CREATE SCHEMA asks for the right to
+    # create in the database even with IF NOT EXISTS, which the role then need not have.
+    if db.schema is not None and not inspect(connection).has_schema(db.schema):
+        connection.execute(CreateSchema(db.schema))
     context.configure(
         connection=connection,
         version_table=VERSION_TABLE,

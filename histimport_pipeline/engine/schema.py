@@ -111,7 +111,7 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
 
     Long because: one line per column of the table.
     """
-    return sa.Table(
+    table = sa.Table(
         "import_history",
         md,
         sa.Column("import_id", BigId, primary_key=True, autoincrement=True),
@@ -194,6 +194,24 @@ def _import_history(md: sa.MetaData, fk_import: str) -> sa.Table:
         sa.Index("ix_import_history_dataset_status", "dataset", "status"),
         sa.Index("ix_import_history_file_name", "file_name"),
     )
+    # Added by migration 0011. PostgreSQL: the file-name search (where pg_trgm could be added;
+    # the migration names the operator class with the extension's schema) and the newest
+    # started first sort. SQLite: the ids alone, for deep pages.
+    if md.schema is None:
+        sa.Index("ix_import_history_import_id", table.c.import_id)
+    else:
+        sa.Index(
+            "ix_import_history_file_name_trgm",
+            table.c.file_name,
+            postgresql_using="gin",
+            postgresql_ops={"file_name": "gin_trgm_ops"},
+        )
+        sa.Index(
+            "ix_import_history_started_at_desc",
+            table.c.started_at.desc().nulls_last(),
+            table.c.import_id.desc(),
+        )
+    return table
 
 
 def _processed_files(md: sa.MetaData, fk_import: str) -> sa.Table:
