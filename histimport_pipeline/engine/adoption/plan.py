@@ -17,7 +17,12 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
 from histimport_pipeline.engine.errors import AdoptionError
-from histimport_pipeline.engine.loading.targets import column_type, family, reference_columns
+from histimport_pipeline.engine.loading.targets import (
+    column_type,
+    family,
+    reference_columns,
+    unique_column_sets,
+)
 from histimport_pipeline.engine.models import AdoptionStatus
 from histimport_pipeline.engine.spec import SYSTEM_COLUMNS, ColumnType, DatasetSpec, Partitioning
 
@@ -242,17 +247,7 @@ def _unfilled_columns(
 
 def _key_is_unique(inspector: sa.Inspector, name: str, key: tuple[str, ...]) -> bool:
     """Whether a primary key, unique constraint or unique index on (a part of) the key exists."""
-    want = set(key)
-    candidates: list[list[str | None]] = [
-        list(inspector.get_pk_constraint(name).get("constrained_columns") or [])
-    ]
-    candidates += [list(u["column_names"]) for u in inspector.get_unique_constraints(name)]
-    candidates += [
-        list(i["column_names"])
-        for i in inspector.get_indexes(name)
-        if i.get("unique") and not i.get("dialect_options", {}).get("postgresql_where")
-    ]
-    return any(cols and None not in cols and set(cols) <= want for cols in candidates)
+    return any(cols <= set(key) for cols, _ in unique_column_sets(inspector, name))
 
 
 def _repeated_keys(conn: sa.Connection, table: sa.Table, key: tuple[str, ...]) -> list[str]:

@@ -150,6 +150,21 @@ def loads_in_one_pass(db: Database, spec: DatasetSpec) -> bool:
     return db.dialect == "postgresql" and not spec.references and spec.strategy is Strategy.APPEND
 
 
+def unique_column_sets(inspector: sa.Inspector, table: str) -> list[tuple[set[str], bool]]:
+    """The sets of columns ``table`` keeps unique: its primary key, its unique constraints
+    and its unique indexes on plain columns (not partial ones, not expressions), each with
+    whether it is the primary key (whose columns are never NULL)."""
+    primary: list[str | None] = list(inspector.get_pk_constraint(table)["constrained_columns"])
+    found: list[tuple[list[str | None], bool]] = [(primary, True)]
+    found += [(list(u["column_names"]), False) for u in inspector.get_unique_constraints(table)]
+    found += [
+        (list(i["column_names"]), False)
+        for i in inspector.get_indexes(table)
+        if i.get("unique") and not i.get("dialect_options", {}).get("postgresql_where")
+    ]
+    return [({str(c) for c in cols}, pk) for cols, pk in found if cols and None not in cols]
+
+
 #: PostgreSQL's SQLSTATE for a unique violation.
 UNIQUE_VIOLATION = "23505"
 

@@ -13,13 +13,14 @@ So an import whose status is ``partial`` never passes every check.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
 
 from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.loading.targets import unique_column_sets
 from histimport_pipeline.engine.models import ImportStatus
 from histimport_pipeline.engine.spec import DatasetSpec, OnUnmatched
 
@@ -138,22 +139,14 @@ def _unique_keys(conn: sa.Connection, spec: DatasetSpec) -> Verdict:
 
 
 def _key_enforced(conn: sa.Connection, table: sa.Table, spec: DatasetSpec) -> bool:
-    """Whether the table's primary key, or a unique index or constraint, is on exactly the
-    dataset's key columns, none of them nullable (a unique index lets NULL keys repeat,
-    which the check counts as repeats)."""
+    """Whether the table's primary key, or a unique index or constraint on NOT NULL columns,
+    is on (a part of) the dataset's key (a unique index lets NULLs repeat, which the check's
+    grouping counts as repeats)."""
     wanted = set(spec.key)
-    if {c.name for c in table.primary_key.columns} == wanted:
-        return True
-    if any(table.c[k].nullable for k in spec.key):
-        return False
-    inspector = sa.inspect(conn)
-    uniques = [set(u["column_names"]) for u in inspector.get_unique_constraints(table.name)]
-    uniques += [
-        {c for c in i["column_names"] if c is not None}
-        for i in inspector.get_indexes(table.name)
-        if i["unique"] and not i.get("dialect_options", {}).get("postgresql_where")
-    ]
-    return wanted in uniques
+    return any(
+        cols <= wanted and (primary or not any(table.c[c].nullable for c in cols))
+        for cols, primary in unique_column_sets(sa.inspect(conn), table.name)
+    )
 
 
 def _references(
@@ -239,7 +232,7 @@ def _accounting(row: dict[str, Any]) -> Verdict:
 
 
 def import_verdicts(
-    db: Database, spec: DatasetSpec, import_id: int, names: Sequence[str] = CHECKS
+    db: Database, spec: DatasetSpec, import_id: int, only: str | None = None
 ) -> dict[str, Verdict]:
     """The checks' verdicts on one finished import (see the module docstring for the rules).
 
@@ -247,8 +240,8 @@ def import_verdicts(
         db: the target database.
         spec: the import's dataset.
         import_id: the import.
-        names: the checks wanted (default: every one); a Dagster check step asks for its
-            own only, since each verdict may read the whole target table.
+        only: one check name, or all of them (as ``freshness_verdicts``); a Dagster check
+            step asks for its own, since a verdict may read the whole target table.
 
     Returns:
         The verdicts by check name, in :data:`CHECKS` order.
@@ -268,4 +261,4 @@ def import_verdicts(
             REFERENCES: lambda: _references(conn, db, spec, row),
             ACCOUNTING: lambda: _accounting(row),
         }
-        return {name: rules[name]() for name in CHECKS if name in names}
+        return {name: rules[name]() for name in CHECKS if only in (None, name)}
