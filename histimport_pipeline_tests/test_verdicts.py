@@ -22,7 +22,7 @@ def test_one_verdict_is_computed_alone_and_an_enforced_key_is_trusted(
     spec = make_spec(strategy="append")
     result = run_import(db, spec, write(tmp_path / "signups_1.csv", ROWS))
     assert result.status is ImportStatus.SUCCESS
-    alone = verdicts.import_verdicts(db, spec, result.import_id, [verdicts.UNIQUE_KEYS])
+    alone = verdicts.import_verdicts(db, spec, result.import_id, verdicts.UNIQUE_KEYS)
     assert list(alone) == [verdicts.UNIQUE_KEYS]
     assert alone[verdicts.UNIQUE_KEYS].passed
     assert "the table's key enforces it" in alone[verdicts.UNIQUE_KEYS].summary
@@ -39,7 +39,7 @@ def test_without_an_enforced_key_a_repeated_key_fails_the_check(
     with pg_db.engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE signups DROP CONSTRAINT signups_pkey"))
         conn.execute(sa.text("INSERT INTO signups SELECT * FROM signups WHERE signup_id = '007'"))
-    verdict = verdicts.import_verdicts(pg_db, spec, result.import_id, [verdicts.UNIQUE_KEYS])[
+    verdict = verdicts.import_verdicts(pg_db, spec, result.import_id, verdicts.UNIQUE_KEYS)[
         verdicts.UNIQUE_KEYS
     ]
     assert not verdict.passed
@@ -48,5 +48,5 @@ def test_without_an_enforced_key_a_repeated_key_fails_the_check(
     with pg_db.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM signups WHERE ctid IN (SELECT max(ctid) FROM signups)"))
         conn.execute(sa.text("CREATE UNIQUE INDEX signups_key ON signups (signup_id)"))
-    again = verdicts.import_verdicts(pg_db, spec, result.import_id, [verdicts.UNIQUE_KEYS])
+    again = verdicts.import_verdicts(pg_db, spec, result.import_id, verdicts.UNIQUE_KEYS)
     assert "enforces it" in again[verdicts.UNIQUE_KEYS].summary

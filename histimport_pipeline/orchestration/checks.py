@@ -93,7 +93,7 @@ def _build_check(spec: DatasetSpec, name: str) -> dg.AssetChecksDefinition:
             return dg.AssetCheckResult(
                 passed=True, description="no import in this run", metadata={}
             )
-        found = verdicts.import_verdicts(database.database, spec, int(row["import_id"]), [name])
+        found = verdicts.import_verdicts(database.database, spec, int(row["import_id"]), name)
         v = found[name]
         return dg.AssetCheckResult(
             passed=v.passed,

@@ -238,9 +238,7 @@ def prepare_write(
     """
     metadata = row["file_metadata"] or {}
     if streamed is not None:
-        return Write(
-            direct=lambda target: _streamed(tx, spec, target, streamed), target=streamed.table
-        )
+        return Write(direct=lambda _target: _streamed(tx, spec, streamed), target=streamed.table)
     if metadata.get("staged", True):
         expected = int(row["rows_processed"] or 0)
         return Write(staged_rows=check_staging(tx, db, spec, handle.import_id, expected))
@@ -249,7 +247,7 @@ def prepare_write(
     raise StagingLostError(handle.import_id, int(row["rows_processed"] or 0), 0)
 
 
-def _streamed(tx: sa.Connection, spec: DatasetSpec, target: sa.Table, streamed: Streamed) -> int:
+def _streamed(tx: sa.Connection, spec: DatasetSpec, streamed: Streamed) -> int:
     """The write of rows COPYed in while they were checked: a new keyed table gets its key
     (a repeated key raises the unique violation the one pass falls back on)."""
     if streamed.key_later:
