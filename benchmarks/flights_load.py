@@ -567,23 +567,9 @@ def spawn_cli(
 ) -> dict[str, Any]:
     """``histimport ARGS`` in a fresh interpreter, timed from outside (start-up included);
     with ``db_url``, the newest import's counts and phases read back from its history."""
-    command = [sys.executable, "-c", CLI_WRAPPER, *args]
     t0 = time.perf_counter()
-    # From the home: ``python -c`` puts the working folder first on sys.path, and a checkout
-    # there would shadow the histimport being measured.
-    done = subprocess.run(
-        command,
-        env=env,
-        cwd=home,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        check=False,
-    )
+    run_from_home(home, env, [CLI_WRAPPER, *args], f"histimport {' '.join(args)}")
     seconds = time.perf_counter() - t0
-    if done.returncode != 0:
-        sys.stdout.write(done.stdout)
-        raise SystemExit(f"histimport {' '.join(args)} failed (exit {done.returncode})")
     result: dict[str, Any] = {
         "seconds": seconds,
         "peak_rss_mib": float((home / "peak_rss").read_text(encoding="ascii")),
@@ -703,8 +689,15 @@ def spawn_tree(command: list[str], env: dict[str, str], cwd: Path) -> dict[str, 
 
 def python_snippet(home: Path, env: dict[str, str], code: str, *args: str) -> str:
     """``python -c code args`` from ``home``; its output, or the benchmark stops with it."""
+    return run_from_home(home, env, [code, *args], "python -c snippet")
+
+
+def run_from_home(home: Path, env: dict[str, str], args: list[str], what: str) -> str:
+    """``python -c ARGS`` in a fresh interpreter, from ``home``: ``python -c`` puts the
+    working folder first on sys.path, and a checkout there would shadow the histimport being
+    measured. Its output, or the benchmark stops with it, saying ``what`` failed."""
     done = subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-c", *args],
         env=env,
         cwd=home,
         stdout=subprocess.PIPE,
@@ -714,7 +707,7 @@ def python_snippet(home: Path, env: dict[str, str], code: str, *args: str) -> st
     )
     if done.returncode != 0:
         sys.stdout.write(done.stdout)
-        raise SystemExit(f"python -c snippet failed (exit {done.returncode})")
+        raise SystemExit(f"{what} failed (exit {done.returncode})")
     return done.stdout
 
 
