@@ -150,6 +150,13 @@ def test_a_key_repeated_in_the_file_is_a_duplicate_as_when_staged(
     (failure,) = failures(pg_db, one.import_id)
     assert failure[0] == 302 and failure[2] == "duplicate"
     assert not went_in_one_pass(pg_db, one.import_id)
+    # The audit trail says why the rows were validated a second time.
+    started = [
+        e for e in audit_entries(pg_db, one.import_id) if e["action"] == "validation_started"
+    ]
+    assert [e["details"].get("restarted") is not None for e in started] == [False, True]
+    assert "rolled back" in started[1]["summary"] and "one" in started[1]["summary"]
+    assert all("restarted" not in e["details"] for e in audit_entries(pg_db, steps.import_id))
 
 
 @pytest.mark.parametrize("rows_before", [20, 120_000], ids=["one block", "many blocks"])

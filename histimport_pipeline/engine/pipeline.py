@@ -550,7 +550,12 @@ def _import_in_one_pass(
         if not (spec.key and load.is_unique_violation(exc)):
             raise
         # A repeated key: staged, the duplicates are found and recorded row by row.
-        stage_file(db, spec, handle, options, progress)
+        why = (
+            f"the one-pass load into {spec.target_table} met a key repeated in the file or "
+            "already in the table and was rolled back; the rows are staged to record each "
+            "such row as a duplicate"
+        )
+        stage(db, spec, handle, options, progress, None, restarted=why)
     reconcile_import(db, spec, handle)
     return _confirm_and_load(db, spec, handle, options)
 

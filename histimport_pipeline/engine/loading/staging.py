@@ -60,10 +60,12 @@ def stage(
     progress: Progress | None,
     conn: sa.Connection | None,
     into: IntoTarget | None = None,
+    restarted: str | None = None,
 ) -> StageResult:
     """``pipeline.stage_file``; with ``into``, a direct load's valid rows are COPYed into the
     target (uncommitted, on ``into.conn``) as they are checked, and ``rows_staged`` counts
-    them."""
+    them. ``restarted`` says why the rows are checked a second time (the audit trail's
+    ``validation_started`` entry carries it)."""
     take_over(db, handle, conn)
     path = Path(handle.file_path)
     t0 = time.perf_counter()
@@ -89,7 +91,8 @@ def stage(
             handle.import_id,
             AuditAction.VALIDATION_STARTED,
             None,
-            {"reader": "python" if columnar_plan is None else "columnar"},
+            {"reader": "python" if columnar_plan is None else "columnar"}
+            | ({"restarted": restarted} if restarted else {}),
         )
     # A caller's transaction (a dry run) is seen by no one: no progress for it.
     writer = tracking.ProgressWriter(

@@ -160,6 +160,7 @@ _SUMMARIES: dict[AuditAction, _Summary] = {
     AuditAction.PARSED: _parsed,
     AuditAction.VALIDATION_STARTED: lambda d, _a: (
         f"validation of the rows started ({d.get('reader', 'python')} reader)"
+        + (f"; again: {d['restarted']}" if d.get("restarted") else "")
     ),
     AuditAction.VALIDATED: _validated,
     AuditAction.RECONCILIATION_STARTED: lambda d, _a: (
