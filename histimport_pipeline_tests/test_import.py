@@ -272,6 +272,34 @@ def test_rollback_refuses_when_a_later_import_changed_rows(db: Database, tmp_pat
     assert empty is None
 
 
+def test_daily_upsert_stamps_the_business_date_on_updated_and_new_rows(
+    db: Database, tmp_path: Path
+) -> None:
+    """A daily dataset's upsert: the rows it updates and the rows it creates carry its
+    business date; unchanged rows keep the date of the import that wrote them, and a
+    rollback puts the table back as it was."""
+    spec = make_spec(
+        name="daily_upserts", target_table="daily_upserts", partitioning="daily", files="du_*.csv"
+    )
+    first = run_import(db, spec, write(tmp_path / "du_2024-01-01.csv", GOOD))
+    before = table_checksum(db, "daily_upserts")
+    changed = GOOD.replace("10.50", "12.00") + "010,d@example.com,2024-03-01,1,new\n"
+    second = run_import(db, spec, write(tmp_path / "du_2024-01-02.csv", changed))
+    assert (first.status, second.status) == (ImportStatus.SUCCESS, ImportStatus.SUCCESS)
+    assert (second.rows_created, second.rows_updated, second.rows_unchanged) == (1, 1, 2)
+    by_id = {r["signup_id"]: r for r in rows(db, "daily_upserts")}
+    assert {k: (r["_business_date"], r["_import_id"]) for k, r in by_id.items()} == {
+        "007": (dt.date(2024, 1, 2), second.import_id),
+        "008": (dt.date(2024, 1, 1), first.import_id),
+        "009": (dt.date(2024, 1, 1), first.import_id),
+        "010": (dt.date(2024, 1, 2), second.import_id),
+    }
+    assert by_id["007"]["amount"] == Decimal("12.00")
+    assert by_id["010"]["_source_row"] == 5  # the record number (row 008 spans two lines)
+    rollback_import(db, second.import_id)
+    assert table_checksum(db, "daily_upserts") == before
+
+
 def test_replace_date_swaps_one_business_day(db: Database, tmp_path: Path) -> None:
     spec = make_spec(
         name="daily_signups",

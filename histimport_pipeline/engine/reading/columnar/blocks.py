@@ -51,10 +51,11 @@ from histimport_pipeline.engine.validation import Validator
 #: bounds memory (a few dozen times it at the peak, read-ahead, allocator slack and COPY queue
 #: included) and sets how often progress is reported. On the flights benchmark 2 MiB blocks
 #: peaked at about 260 MiB (8 MiB: 380 MiB) and cost at most a few per cent of speed; about
-#: 170 MiB since ``allocator.release_freed_memory``. 1 MiB blocks peak some 20 MiB lower again
-#: (in-process: 143 MiB, where 2 MiB gave 163 and 512 KiB 131) at the same speed, within
-#: noise; 512 KiB was slower.
-BLOCK_BYTES = 1024 * 1024
+#: 170 MiB since ``allocator.release_freed_memory``. Smaller blocks peak lower again at the
+#: same speed, within noise (in-process: 2 MiB 163 MiB, 1 MiB 143, 768 KiB 137); 512 KiB (131
+#: MiB) was slower. A Dagster run, whose floor is about 180 MiB, peaked at 197 MiB with 768
+#: KiB blocks and 203 with 1 MiB.
+BLOCK_BYTES = 768 * 1024
 #: Threads processing a block's columns in parallel (pyarrow's kernels run without the GIL).
 COLUMN_THREADS = 2
 
