@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import failpoints, tracking
 from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.digest import file_digest
 from histimport_pipeline.engine.errors import FileChangedError
 from histimport_pipeline.engine.loading.memory import fewer_collections
 from histimport_pipeline.engine.loading.sinks import (
@@ -75,25 +76,8 @@ def stage(
         info = parsed.info
     columnar_plan, note = _columnar_plan(db, spec, info, path, options)
     parse_seconds = time.perf_counter() - t0
-    with in_tx(db, conn) as tx:
-        record_parsed(tx, db, handle, info)
-        tracking.record_audit(
-            tx,
-            db,
-            handle.import_id,
-            AuditAction.PARSED,
-            None,
-            {**info.as_metadata(), "file_type": info.file_type},
-        )
-        tracking.record_audit(
-            tx,
-            db,
-            handle.import_id,
-            AuditAction.VALIDATION_STARTED,
-            None,
-            {"reader": "python" if columnar_plan is None else "columnar"}
-            | ({"restarted": restarted} if restarted else {}),
-        )
+    reader = "python" if columnar_plan is None else "columnar"
+    _record_parse(db, handle, info, reader, restarted, conn)
     # A caller's transaction (a dry run) is seen by no one: no progress for it.
     writer = tracking.ProgressWriter(
         db, handle.import_id, options.progress_every_s, enabled=conn is None
@@ -135,6 +119,34 @@ def stage(
     )
     _record_staged(db, handle, info, staged, result, direct, note, conn)
     return result
+
+
+def _record_parse(
+    db: Database,
+    handle: ImportHandle,
+    info: FileInfo,
+    reader: str,
+    restarted: str | None,
+    conn: sa.Connection | None,
+) -> None:
+    """The file's detected layout on the import, and the audit entries of the parse and of
+    the validation that starts (with why it starts again, if it does)."""
+    with in_tx(db, conn) as tx:
+        record_parsed(tx, db, handle, info)
+        tracking.record_audit(
+            tx,
+            db,
+            handle.import_id,
+            AuditAction.PARSED,
+            None,
+            {**info.as_metadata(), "file_type": info.file_type},
+        )
+        started: dict[str, Any] = {"reader": reader}
+        if restarted:
+            started["restarted"] = restarted
+        tracking.record_audit(
+            tx, db, handle.import_id, AuditAction.VALIDATION_STARTED, None, started
+        )
 
 
 def _index_staged(
@@ -313,6 +325,10 @@ def _stage_python(
                 _record_batch(tx, db, handle, headers, staged, outcome.failed + outcome.duplicates)
             seconds["stage"] += time.perf_counter() - t2
             _batch_done(staged, progress, parsed.bytes_read)
+    # This reader does not hash what it reads (the columnar one does): the file is hashed
+    # again once read, so that rows of another content than the one recorded never load.
+    if file_digest(Path(handle.file_path))[0] != handle.sha256:
+        raise FileChangedError(handle.file_path, handle.import_id, "the file's content changed")
     return staged
 
 
