@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
+import hashlib
 import zipfile
 from decimal import Decimal
 from pathlib import Path
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from histimport_pipeline.engine import tracking
 from histimport_pipeline.engine.db import Database
+from histimport_pipeline.engine.digest import DigestAhead, file_digest
 from histimport_pipeline.engine.errors import RollbackConflictError
 from histimport_pipeline.engine.loading import memory
 from histimport_pipeline.engine.models import ImportStatus
@@ -402,14 +404,43 @@ def test_xlsx_with_formula_loads_cached_values(db: Database, tmp_path: Path) -> 
     assert loaded[1]["amount"] == Decimal("4")
 
 
+def test_a_digest_worked_out_ahead_is_the_files_and_its_errors_come_through(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path / "a.csv", GOOD * 5000)  # several 1 MiB chunks
+    content = path.read_bytes()
+    expected = (hashlib.sha256(content).hexdigest(), len(content))
+    assert DigestAhead(path).result() == file_digest(path) == expected
+    with pytest.raises(FileNotFoundError):
+        DigestAhead(tmp_path / "gone.csv").result()
+
+
+def test_an_import_given_a_digest_ahead_records_that_hash_and_checks_the_read(
+    db: Database, tmp_path: Path
+) -> None:
+    """The hash given ahead is the one recorded; a file that changed after it was hashed
+    is caught where its rows are read, and nothing is loaded."""
+    path = write(tmp_path / "a.csv", GOOD)
+    ahead = DigestAhead(path)
+    done = run_import(db, make_spec(), path, digest=ahead.result)
+    assert done.status is ImportStatus.SUCCESS and done.sha256 == file_digest(path)[0]
+    stale = DigestAhead(path)
+    stale.result()
+    write(path, GOOD.replace("10.50", "10.75"))
+    changed = run_import(
+        db, make_spec(name="other", target_table="other"), path, digest=stale.result
+    )
+    assert changed.status is ImportStatus.FAILED
+    assert "changed" in (changed.error_message or "")
+    assert not sa.inspect(db.engine).has_table("other") or rows(db, "other") == []
+
+
 def test_a_stale_running_import_is_failed_before_a_new_attempt(
     db: Database, tmp_path: Path
 ) -> None:
     spec = make_spec()
     path = write(tmp_path / "a.csv", GOOD)
-    sha, size = __import__(
-        "histimport_pipeline.engine.pipeline", fromlist=["file_sha256"]
-    ).file_sha256(path)
+    sha, size = file_digest(path)
     with db.engine.begin() as conn:
         dead = tracking.create_import(
             conn,

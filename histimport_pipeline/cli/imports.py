@@ -196,6 +196,10 @@ def import_file(
 ) -> None:
     """Import FILE and print a summary. Exits 1 when the import failed or was rejected, or
     when another import of the same content still runs after the wait."""
+    from histimport_pipeline.engine.digest import DigestAhead
+
+    # Hashed on another core while the engine is imported (the import needs the hash first).
+    digest = DigestAhead(file)
     from histimport_pipeline.engine.pipeline import ImportOptions, run_import
     from histimport_pipeline.engine.tracking import history
 
@@ -224,7 +228,9 @@ def import_file(
             )
 
         with _progress_bar(file) as progress:
-            result = run_import(db, spec, file, options, progress, on_wait=waiting)
+            result = run_import(
+                db, spec, file, options, progress, on_wait=waiting, digest=digest.result
+            )
         detail = None if result.dry_run else history.get_import_detail(db, result.import_id)
         _print_summary(result, detail)
     if result.status in (ImportStatus.FAILED, ImportStatus.REJECTED):

@@ -20,8 +20,8 @@ it under 500 lines.
 
 from __future__ import annotations
 
-import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from histimport_pipeline.engine import loading as load
 from histimport_pipeline.engine import reconciliation, tracking
 from histimport_pipeline.engine.db import Database, is_unavailable, unavailable_as_transient
+from histimport_pipeline.engine.digest import file_digest
 from histimport_pipeline.engine.errors import (
     ContentBusyError,
     FileError,
@@ -76,7 +77,6 @@ __all__ = [
     "confirm_import",
     "ensure_schema",
     "fail_import",
-    "file_sha256",
     "inspect_file",
     "load_import",
     "reconcile_import",
@@ -87,15 +87,8 @@ __all__ = [
 ]
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+#: Gives a file's SHA-256 and size (see ``start_import``).
+Digest = Callable[[], tuple[str, int]]
 
 
 def start_import(
@@ -105,6 +98,7 @@ def start_import(
     options: ImportOptions = ImportOptions(),
     conn: sa.Connection | None = None,
     on_wait: OnWait | None = None,
+    digest: Digest | None = None,
 ) -> ImportHandle:
     """Record a new import of ``path`` and claim its content for it.
 
@@ -116,6 +110,8 @@ def start_import(
 
     Args:
         on_wait: called with the holder's id when the wait for it begins.
+        digest: gives the file's SHA-256 and size (a ``digest.DigestAhead``'s ``result``,
+            started before this); by default they are worked out here.
 
     Raises:
         FileError: the file is missing, or a daily dataset's file name has no date.
@@ -125,7 +121,7 @@ def start_import(
     path = Path(path)
     if not path.is_file():
         raise FileError(path, "no such file", hint="Check the path")
-    sha, size = file_sha256(path)
+    sha, size = digest() if digest is not None else file_digest(path)
     business_date = file_business_date(spec, path, options)
     handle, busy = claim_content(db, spec, path, options, conn, on_wait, sha, size, business_date)
     if busy is not None:
@@ -416,6 +412,7 @@ def run_import(
     options: ImportOptions = ImportOptions(),
     progress: Progress | None = None,
     on_wait: OnWait | None = None,
+    digest: Digest | None = None,
 ) -> ImportResult:
     """Import one file from start to end.
 
@@ -424,6 +421,7 @@ def run_import(
 
     Args:
         on_wait: see ``start_import`` (another live import holds the same content).
+        digest: see ``start_import`` (the file's hash, worked out ahead).
 
     Returns:
         How the import ended. File-level errors end as ``failed`` with the error's message;
@@ -440,8 +438,8 @@ def run_import(
     with unavailable_as_transient(db.engine.url), fewer_collections():
         ensure_schema(db)
         if options.dry_run:
-            return _dry_run(db, spec, Path(path), options, progress)
-        result = _run_steps(db, spec, Path(path), options, progress, on_wait)
+            return _dry_run(db, spec, Path(path), options, progress, digest)
+        result = _run_steps(db, spec, Path(path), options, progress, on_wait, digest)
         return with_error_file(db, result, options.error_dir)
 
 
@@ -452,9 +450,10 @@ def _run_steps(
     options: ImportOptions,
     progress: Progress | None,
     on_wait: OnWait | None,
+    digest: Digest | None,
 ) -> ImportResult:
     try:
-        handle = start_import(db, spec, path, options, on_wait=on_wait)
+        handle = start_import(db, spec, path, options, on_wait=on_wait, digest=digest)
     except ContentBusyError as busy:
         return _busy_result(spec, path, options, busy)
     if handle.duplicate_of is not None:
@@ -587,13 +586,18 @@ def _duplicate_result(spec: DatasetSpec, handle: ImportHandle) -> ImportResult:
 
 
 def _dry_run(
-    db: Database, spec: DatasetSpec, path: Path, options: ImportOptions, progress: Progress | None
+    db: Database,
+    spec: DatasetSpec,
+    path: Path,
+    options: ImportOptions,
+    progress: Progress | None,
+    digest: Digest | None,
 ) -> ImportResult:
     with db.engine.connect() as conn:
         outer = conn.begin()
         try:
             try:
-                handle = start_import(db, spec, path, options, conn=conn)
+                handle = start_import(db, spec, path, options, conn=conn, digest=digest)
             except ContentBusyError as busy:
                 return _busy_result(spec, path, options, busy)
             if handle.duplicate_of is not None:
