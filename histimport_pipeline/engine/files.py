@@ -7,7 +7,6 @@ read; anything else is moved aside to the quarantine folder with a note saying w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from histimport_pipeline.engine.digest import file_digest
 from histimport_pipeline.engine.spec import DatasetSpec
 
 #: Suffixes of files still being written by their producer.
@@ -226,12 +226,8 @@ def ensure_inside(path: Path, inbox: Path) -> Path:
 
 
 def sha256_of(path: Path) -> str:
-    """SHA-256 of a file's content, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """SHA-256 of a file's content (``digest.file_digest``)."""
+    return file_digest(path)[0]
 
 
 def partition_key_for(path: Path, sha256: str) -> str:
