@@ -195,12 +195,23 @@ def _replace_date(
 
 def _upsert(rows: _ReadyRows, db: Database, import_id: int) -> WriteCounts:
     """upsert: images of the rows about to change, then update them, then insert new keys."""
-    conn, spec, target, stage, ready = rows.conn, rows.spec, rows.target, rows.stage, rows.ready
     staged = rows.count()
-    others = [n for n in rows.names if n not in spec.key]
-    if db.dialect == "postgresql":
-        created, updated = _upsert_postgresql(rows, db, import_id, others)
-        return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
+    others = [n for n in rows.names if n not in rows.spec.key]
+    write = _upsert_postgresql if db.dialect == "postgresql" else _upsert_portable
+    created, updated = write(rows, db, import_id, others)
+    return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
+
+
+def _upsert_portable(
+    rows: _ReadyRows, db: Database, import_id: int, others: Sequence[str]
+) -> tuple[int, int]:
+    """Upsert in portable statements (SQLite): images of the rows whose values differ, their
+    update, then the insert of the new keys.
+
+    Returns:
+        Rows created and rows updated.
+    """
+    conn, spec, target, stage, ready = rows.conn, rows.spec, rows.target, rows.stage, rows.ready
     updated = 0
     if others:
         on_key = sa.and_(*(target.c[k] == stage.c[k] for k in spec.key))
@@ -210,8 +221,7 @@ def _upsert(rows: _ReadyRows, db: Database, import_id: int) -> WriteCounts:
         values: dict[str, Any] = {n: stage.c[n] for n in others} | rows.system
         result = conn.execute(sa.update(target).values(values).where(on_key, changed, ready))
         updated = int(result.rowcount)
-    created = rows.insert_new_keys()
-    return WriteCounts(created=created, updated=updated, unchanged=staged - created - updated)
+    return rows.insert_new_keys(), updated
 
 
 def _upsert_postgresql(
